@@ -1,0 +1,185 @@
+"""The array layer: one place that knows whether arrays live in NumPy or CuPy.
+
+Everything else in rnncore is written against an array module ``xp`` (``numpy`` or
+``cupy``) obtained here, so the same reference code runs on the CPU and the GPU.
+CuPy is imported lazily, only when a CUDA device is asked for or a CuPy array is seen;
+importing and testing rnncore never needs it.
+
+Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (device 0) or ``"cuda:1"``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class Device(NamedTuple):
+    """A parsed device string: ``kind`` is ``"cpu"`` or ``"cuda"``; ``index`` is the GPU."""
+
+    kind: str
+    index: int
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def parse_device(device) -> Device:
+    """Turn ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`Device` into a :class:`Device`."""
+    if isinstance(device, Device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string like 'cpu' or 'cuda:0', got {device!r}")
+    text = device.strip().lower()
+    if text == "cpu":
+        return Device("cpu", 0)
+    if text == "cuda":
+        return Device("cuda", 0)
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return Device("cuda", int(text[5:]))
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def import_cupy():
+    """Import and return cupy, or raise a clear error saying why the GPU is unavailable."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(
+            "device 'cuda' needs CuPy, which is not installed: "
+            "pip install 'rnncore[cuda12]' (or [cuda13])"
+        ) from err
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # cupy raises CUDARuntimeError when no driver is present
+        raise RuntimeError(f"device 'cuda' asked for, but no CUDA GPU is usable: {err}") from err
+    if count == 0:
+        raise RuntimeError("device 'cuda' asked for, but no CUDA GPU is present")
+    return cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        import_cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def array_module(device):
+    """The array module (``numpy`` or ``cupy``) for a device string."""
+    dev = parse_device(device)
+    if dev.kind == "cpu":
+        return np
+    cupy = import_cupy()
+    if dev.index >= cupy.cuda.runtime.getDeviceCount():
+        raise RuntimeError(f"device {device!r} asked for, but this machine has fewer GPUs")
+    return cupy
+
+
+def is_cupy_array(array) -> bool:
+    """True for a ``cupy.ndarray``, without importing cupy when it was never imported."""
+    return type(array).__module__.startswith("cupy")
+
+
+def device_of(array) -> Device:
+    """The device an array lives on."""
+    if is_cupy_array(array):
+        return Device("cuda", int(array.device.id))
+    return Device("cpu", 0)
+
+
+def xp_of(array):
+    """The array module of an array: ``cupy`` for CuPy arrays, else ``numpy``."""
+    if is_cupy_array(array):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_device(array, device, dtype=None):
+    """Copy (only if needed) ``array`` onto ``device``, optionally casting to ``dtype``."""
+    dev = parse_device(device)
+    if dev.kind == "cpu":
+        out = to_numpy(array)
+        return out if dtype is None else out.astype(dtype, copy=False)
+    cupy = array_module(dev)
+    with cupy.cuda.Device(dev.index):
+        return cupy.asarray(array, dtype=dtype)
+
+
+def to_numpy(array) -> np.ndarray:
+    """A NumPy array holding ``array``'s values (a host copy for CuPy arrays)."""
+    if is_cupy_array(array):
+        return array.get()
+    if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """``"float32"``/``"float64"`` (or the numpy types) to a numpy dtype; nothing else."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        return np.dtype(DTYPES[dtype])
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from err
+    if resolved not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return resolved
+
+
+def sigmoid(xp, x, out=None):
+    """Logistic sigmoid σ(x) = 1 / (1 + e^{-x}), via the fused special-function ufunc."""
+    if xp is np:
+        from scipy.special import expit
+    else:
+        from cupyx.scipy.special import expit
+    return expit(x, out=out)
+
+
+def sum_outer(d, a):
+    """Σ_t d_tᵀ a_t for (T, B, m) and (T, B, n) stacks: one (m, T·B) × (T·B, n) GEMM."""
+    return d.reshape(-1, d.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+
+
+class Generator:
+    """The seeded random source of a module: dropout masks, random initial states, inits.
+
+    Numbers are drawn on the host by ``numpy.random.Generator`` and moved to the module's
+    device, so a seed gives the same weights and masks on the CPU and on the GPU.
+    """
+
+    def __init__(self, seed=None):
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def uniform(self, low, high, shape, dtype, device="cpu"):
+        return to_device(self._rng.uniform(low, high, size=shape).astype(dtype), device)
+
+    def normal(self, std, shape, dtype, device="cpu"):
+        return to_device((std * self._rng.standard_normal(size=shape)).astype(dtype), device)
+
+    def keep_mask(self, p, shape, dtype, device="cpu"):
+        """Inverted-dropout mask: 1/(1-p) with probability 1-p, else 0."""
+        keep = self._rng.random(size=shape) >= p
+        return to_device((keep / (1.0 - p)).astype(dtype), device)
+
+    def get_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
+    @property
+    def numpy(self) -> np.random.Generator:
+        """The underlying NumPy generator, for draws the helpers above do not cover."""
+        return self._rng
