@@ -1,0 +1,140 @@
+"""Bad input gets a ValueError/TypeError that names the argument."""
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import backend
+
+
+@pytest.fixture
+def lstm():
+    return rnncore.LSTM(3, 4, num_layers=2, seed=0)
+
+
+def x32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("x,error,match", [
+    (x32(5), ValueError, "input must be 3-D"),
+    (x32(2, 2, 2, 3), ValueError, "input must be 3-D"),
+    (x32(5, 2, 7), ValueError, "input has 7 features"),
+    (x32(0, 2, 3), ValueError, "at least one step"),
+    (np.zeros((5, 2, 3), np.int64), TypeError, "input has dtype int64"),
+    (np.zeros((5, 2, 3), np.float64), TypeError, "input has dtype float64"),
+    ([[[0.0] * 3]], TypeError, "input must be a numpy or cupy array"),
+])
+def test_bad_input(lstm, x, error, match):
+    with pytest.raises(error, match=match):
+        lstm(x)
+
+
+@pytest.mark.parametrize("hx,error,match", [
+    (x32(2, 2, 4), TypeError, r"tuple \(h0, c0\)"),
+    ((x32(2, 3, 4), x32(2, 2, 4)), ValueError, r"h0 must have shape \(2, 2, 4\)"),
+    ((x32(2, 2, 4), x32(1, 2, 4)), ValueError, r"c0 must have shape \(2, 2, 4\)"),
+    ((x32(2, 2, 4), np.zeros((2, 2, 4))), TypeError, "c0 has dtype float64"),
+])
+def test_bad_hx(lstm, hx, error, match):
+    with pytest.raises(error, match=match):
+        lstm(x32(5, 2, 3), hx)
+
+
+def test_bad_gru_hx():
+    with pytest.raises(ValueError, match=r"hx must have shape \(1, 2, 4\)"):
+        rnncore.GRU(3, 4)(x32(5, 2, 3), x32(1, 4, 4))
+
+
+@pytest.mark.parametrize("lengths,error,match", [
+    ([5], ValueError, r"lengths must hold one int per sequence \(2\)"),
+    ([5, 6], ValueError, r"lengths must lie in \[1, 5\]"),
+    ([5, 0], ValueError, r"lengths must lie in \[1, 5\]"),
+    ([5.0, 2.0], TypeError, "lengths must be integers"),
+])
+def test_bad_lengths(lstm, lengths, error, match):
+    with pytest.raises(error, match=match):
+        lstm(x32(5, 2, 3), lengths=lengths)
+
+
+def test_nan_and_inf_with_check_finite():
+    gru = rnncore.GRU(3, 4, check_finite=True)
+    for bad in (np.nan, np.inf):
+        x = x32(5, 2, 3)
+        x[1, 1, 1] = bad
+        with pytest.raises(ValueError, match="input contains NaN or Inf"):
+            gru(x)
+    h0 = x32(1, 2, 4)
+    h0[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="hx contains NaN or Inf"):
+        gru(x32(5, 2, 3), h0)
+
+
+def test_bad_dout(lstm):
+    out, _ = lstm(x32(5, 2, 3))
+    with pytest.raises(ValueError, match="dout must have the output's shape"):
+        lstm.backward(x32(5, 2, 3))
+    with pytest.raises(TypeError, match="dout has dtype float64"):
+        lstm.backward(np.zeros(out.shape))
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        rnncore.RNN(2, 2).backward(x32(1, 1, 2))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(residual="dense"), ValueError, "residual must be one of"),
+    (dict(init="he"), ValueError, "init must be one of"),
+    (dict(init_state="random"), ValueError, "init_state must be one of"),
+    (dict(dropout_mode="zoneout"), ValueError, "dropout_mode must be one of"),
+    (dict(dropout=1.0), ValueError, "dropout must be a number in"),
+    (dict(dtype="float16"), ValueError, "dtype must be 'float32' or 'float64'"),
+    (dict(dtype=np.int32), ValueError, "dtype must be"),
+    (dict(device="tpu"), ValueError, "device must be"),
+    (dict(device=0), TypeError, "device must be a string"),
+    (dict(impl="triton"), ValueError, "impl must be one of"),
+    (dict(num_layers=0), ValueError, "num_layers must be >= 1"),
+    (dict(num_layers=1.5), TypeError, "num_layers must be an int"),
+    (dict(bidirectional="yes"), TypeError, "bidirectional must be a bool"),
+    (dict(proj_size=4), ValueError, "proj_size must be smaller"),
+    (dict(forget_bias=1.0, bias=False), ValueError, "forget_bias needs bias=True"),
+])
+def test_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rnncore.LSTM(3, 4, **kwargs)
+
+
+def test_options_belonging_to_other_cells():
+    with pytest.raises(ValueError, match="nonlinearity must be one of"):
+        rnncore.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(TypeError, match="GRU does not take proj_size"):
+        rnncore.GRU(3, 4, proj_size=2)
+    with pytest.raises(TypeError, match="RNN does not take forget_bias"):
+        rnncore.RNN(3, 4, forget_bias=1.0)
+    with pytest.raises(TypeError, match="LSTM does not take reset_after"):
+        rnncore.LSTM(3, 4, reset_after=False)
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if backend.cuda_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="cuda"):
+        rnncore.GRU(3, 4, device="cuda")
+
+
+def test_device_mismatch_names_the_argument(monkeypatch):
+    """A numpy array given to a cuda module (simulated: only the device is faked)."""
+    gru = rnncore.GRU(3, 4)
+    monkeypatch.setattr(gru, "device", backend.Device("cuda", 0))
+    with pytest.raises(TypeError, match="input is a numpy array but the module is on cuda:0"):
+        gru(x32(5, 2, 3))
+
+
+def test_state_dict_errors(lstm):
+    sd = lstm.state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        lstm.load_state_dict({k: v for k, v in sd.items() if k != "weight_hh_l1"})
+    sd["weight_hh_l0"] = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\] has shape"):
+        lstm.load_state_dict(sd)

@@ -1,0 +1,139 @@
+"""Initializers, initial states, dropout, residual paths, train/eval, state_dict, to()."""
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import backend
+
+
+def test_pytorch_init_bounds_and_seed():
+    a = rnncore.LSTM(10, 16, num_layers=2, seed=7)
+    b = rnncore.LSTM(10, 16, num_layers=2, seed=7)
+    bound = 1 / np.sqrt(16)
+    for name, p in a.params.items():
+        assert p.dtype == np.float32 and np.abs(p).max() <= bound
+        assert np.abs(p).max() > 0.9 * bound
+        np.testing.assert_array_equal(p, b.params[name])
+
+
+def test_xavier_and_orthogonal_blocks():
+    H, I = 8, 5
+    orth = rnncore.LSTM(I, H, init="orthogonal", forget_bias=1.0, dtype="float64", seed=0)
+    w = orth.params["weight_hh_l0"]
+    for g in range(4):
+        block = w[g * H : (g + 1) * H]
+        np.testing.assert_allclose(block @ block.T, np.eye(H), atol=1e-12)
+    assert np.abs(orth.params["weight_ih_l0"]).max() <= np.sqrt(6 / (I + H))
+    b = orth.params["bias_ih_l0"]
+    assert np.all(b[H : 2 * H] == 1.0) and np.all(np.delete(b, np.s_[H : 2 * H]) == 0)
+    xav = rnncore.GRU(I, H, init="xavier", seed=0)
+    assert np.abs(xav.params["weight_hh_l0"]).max() <= np.sqrt(6 / (2 * H))
+
+
+def test_forget_bias_added_to_pytorch_init():
+    base = rnncore.LSTM(3, 4, seed=0, dtype="float64")
+    fb = rnncore.LSTM(3, 4, seed=0, dtype="float64", forget_bias=1.0)
+    diff = fb.params["bias_ih_l0"] - base.params["bias_ih_l0"]
+    np.testing.assert_allclose(diff, np.r_[np.zeros(4), np.ones(4), np.zeros(8)], atol=1e-15)
+
+
+def test_learned_initial_state_is_a_parameter_and_hx_wins():
+    gru = rnncore.GRU(3, 4, num_layers=2, init_state="learned", dtype="float64", seed=0)
+    assert gru.params["h0"].shape == (2, 1, 4)
+    gru.params["h0"][:] = 0.3
+    x = np.random.default_rng(0).standard_normal((3, 5, 3))
+    out, _ = gru(x)
+    out0, _ = gru(x, np.zeros((2, 5, 4)))
+    assert not np.allclose(out, out0)
+    gru.zero_grad()
+    gru(x)
+    gru.backward(np.ones_like(out))
+    assert np.abs(gru.grads["h0"]).sum() > 0
+    gru.zero_grad()
+    gru(x, np.full((2, 5, 4), 0.3))
+    gru.backward(np.ones_like(out))
+    assert np.all(gru.grads["h0"] == 0)
+
+
+def test_normal_initial_state_is_drawn_per_forward():
+    lstm = rnncore.LSTM(2, 3, init_state="normal", seed=0)
+    x = np.zeros((2, 1, 2), np.float32)
+    a, _ = lstm(x)
+    b, _ = lstm(x)
+    assert not np.array_equal(a, b)
+    again = rnncore.LSTM(2, 3, init_state="normal", seed=0)
+    np.testing.assert_array_equal(again(x)[0], a)
+
+
+@pytest.mark.parametrize("mode", ["standard", "variational"])
+def test_dropout_between_layers(mode):
+    lstm = rnncore.LSTM(4, 50, num_layers=3, dropout=0.5, dropout_mode=mode, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 8, 4)).astype(np.float32)
+    lstm(x)
+    masks = lstm._last[0].masks
+    assert masks[-1] is None and all(m is not None for m in masks[:-1])
+    steps = 1 if mode == "variational" else 6
+    assert masks[0].shape == (steps, 8, 50)
+    assert set(np.unique(masks[0])) == {0.0, 2.0}
+    assert 0.4 < (masks[0] == 0).mean() < 0.6
+    lstm.eval()
+    a, _ = lstm(x)
+    b, _ = lstm(x)
+    np.testing.assert_array_equal(a, b)
+    assert lstm._last[0].masks is None or all(m is None for m in lstm._last[0].masks)
+
+
+def test_residual_layers_adds_matching_inputs():
+    res = rnncore.RNN(4, 4, num_layers=3, residual="layers", dtype="float64", seed=0)
+    plain = rnncore.RNN(4, 4, num_layers=3, dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4))
+    h0 = np.zeros((3, 2, 4))
+    ys, u = [], x
+    for k in range(3):
+        single = rnncore.RNN(4, 4, dtype="float64")
+        single.load_state_dict({n[:-1] + "0": plain.params[n] for n in plain.params
+                                if n.endswith(str(k))})
+        u = single(u, h0[k : k + 1])[0] + u
+        ys.append(u)
+    np.testing.assert_allclose(res(x)[0], ys[-1], atol=1e-14)
+
+
+def test_residual_stack_projection_parameters():
+    lstm = rnncore.LSTM(3, 4, num_layers=2, residual="stack", bidirectional=True)
+    assert lstm.params["residual_weight"].shape == (8, 3)
+    assert lstm.params["residual_bias"].shape == (8,)
+    same = rnncore.LSTM(4, 4, num_layers=2, residual="stack")
+    assert "residual_weight" not in same.params
+
+
+def test_state_dict_roundtrip_and_list_input():
+    a = rnncore.GRU(3, 4, seed=0)
+    b = rnncore.GRU(3, 4, seed=1)
+    b.load_state_dict({k: v.tolist() for k, v in a.state_dict().items()})
+    x = np.ones((2, 1, 3), np.float32)
+    np.testing.assert_array_equal(a(x)[0], b(x)[0])
+
+
+def test_grads_accumulate_until_zero_grad():
+    rnn = rnncore.RNN(2, 3, dtype="float64", seed=0)
+    x = np.ones((2, 1, 2))
+    out, _ = rnn(x)
+    rnn.backward(np.ones_like(out))
+    once = rnn.grads["weight_hh_l0"].copy()
+    rnn.backward(np.ones_like(out))
+    np.testing.assert_allclose(rnn.grads["weight_hh_l0"], 2 * once)
+    rnn.zero_grad()
+    assert np.all(rnn.grads["weight_hh_l0"] == 0)
+    assert [n for n, _ in rnn.named_parameters()] == list(rnn.params)
+    assert len(rnn.parameters()) == 4
+
+
+def test_backend_devices():
+    assert backend.parse_device("cuda:1") == backend.Device("cuda", 1)
+    assert str(backend.parse_device("CUDA")) == "cuda:0"
+    assert backend.array_module("cpu") is np
+    assert backend.xp_of(np.zeros(1)) is np
+    assert backend.to_device([1.0, 2.0], "cpu", np.float32).dtype == np.float32
+    rnn = rnncore.RNN(2, 2).to("cpu")
+    assert rnn.device.kind == "cpu"
