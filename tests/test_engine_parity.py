@@ -10,10 +10,8 @@ TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=1e-5, atol=
 
 CONFIGS = [
     # (kind, options)
-    *[("lstm", dict(num_layers=L, bidirectional=bi)) for L, bi in itertools.product((1, 2, 3),
-                                                                                     (False, True))],
-    *[("gru", dict(num_layers=L, bidirectional=bi)) for L, bi in itertools.product((1, 2, 3),
-                                                                                    (False, True))],
+    *[(kind, dict(num_layers=L, bidirectional=bi))
+      for kind, L, bi in itertools.product(("lstm", "gru"), (1, 2, 3), (False, True))],
     *[("rnn", dict(num_layers=L, bidirectional=bi, nonlinearity=nl))
       for L, bi, nl in itertools.product((1, 3), (False, True), ("tanh", "relu"))],
     ("lstm", dict(num_layers=2, proj_size=3)),
