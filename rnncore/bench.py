@@ -1,0 +1,538 @@
+"""rnncore against torch.nn, side by side: ``python -m rnncore.bench``.
+
+For each configuration ("row") the benchmark
+
+1. builds one rnncore module, and loads its weights into every other implementation
+   (torch.nn with ``load_state_dict``), so that all of them compute the same function;
+2. runs one forward + backward of every implementation and of a float64 torch CPU
+   reference, and prints the relative error of the output, the input gradient and the
+   first layer's recurrent weight gradient (max |a − ref| / max |ref|);
+3. times ``forward`` and ``forward + backward`` of every implementation, warm-up first,
+   then ``repeats`` rounds in which the implementations alternate (ABBA order, so that
+   machine load and cache effects hit them all alike), and reports the median.
+
+The ratio columns are baseline_time / impl_time: above 1 means rnncore is faster.
+
+What is timed, so the columns compare like with like:
+
+- rnncore ``forward`` always keeps what backward needs; torch's forward is therefore
+  timed with autograd on (input ``requires_grad=True``), the training forward.
+- ``forward + backward`` is ``out = m(x); m.backward(dout)`` against
+  ``out = tm(x); out.backward(dout)``: both compute the input gradient and accumulate
+  every weight gradient.
+- On CUDA the clock is read only after a device-wide synchronize, and TF32 is switched off
+  in torch (``fp32_precision = "ieee"``), as CuPy does not use it either.
+
+Threads (CPU): ``--threads N`` sets ``torch.set_num_threads(N)`` and the BLAS thread count
+of NumPy (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``, which must be set before NumPy
+loads, so the command re-executes itself once when they need changing).
+
+Examples::
+
+    python -m rnncore.bench                                  # CPU table, all cores
+    python -m rnncore.bench --rows lstm-3x512,gru-3x512 --repeats 9 --json cpu.json
+    python -m rnncore.bench --device cuda --json gpu.json    # fused, reference, cuDNN
+    python -m rnncore.bench --quick                          # tiny sizes: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import backend
+from .modules import GRU, LSTM
+
+REEXEC_FLAG = "RNNCORE_BENCH_REEXEC"
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+PASSES = ("forward", "forward+backward")
+
+
+# --------------------------------------------------------------------------- rows
+@dataclass(frozen=True)
+class Row:
+    """One benchmark configuration; ``input`` defaults to ``hidden``."""
+
+    key: str
+    cell: str  # "lstm" or "gru"
+    layers: int
+    hidden: int
+    batch: int
+    steps: int
+    input: int = 0
+    note: str = ""
+
+    @property
+    def input_size(self) -> int:
+        return self.input or self.hidden
+
+    @property
+    def label(self) -> str:
+        size = f"{self.cell.upper()} {self.layers}×{self.hidden}"
+        if self.input_size != self.hidden:
+            size += f", input {self.input_size}"
+        text = f"{size} (B {self.batch}, T {self.steps})"
+        return f"{text} {self.note}" if self.note else text
+
+    def quick(self) -> Row:
+        """The same shape of network at toy sizes (for the smoke test)."""
+        return dataclasses.replace(self, hidden=16, batch=4, steps=6,
+                                   input=12 if self.input else 0)
+
+
+ROWS = {
+    row.key: row
+    for row in (
+        Row("lstm-1x128", "lstm", 1, 128, 32, 100),
+        Row("lstm-3x512", "lstm", 3, 512, 64, 100),
+        Row("gru-3x512", "gru", 3, 512, 64, 100),
+        Row("seed-lstm-3x128", "lstm", 3, 128, 32, 50, input=100, note="(seed)"),
+        Row("lstm-1x1024", "lstm", 1, 1024, 64, 25),
+        Row("lstm-4x512", "lstm", 4, 512, 64, 100),
+    )
+}
+DEFAULT_ROWS = {
+    "cpu": ("lstm-1x128", "lstm-3x512", "gru-3x512", "seed-lstm-3x128"),
+    "cuda": ("lstm-1x128", "lstm-3x512", "gru-3x512", "seed-lstm-3x128",
+             "lstm-1x1024", "lstm-4x512"),
+}
+DEFAULT_REPEATS = {"cpu": (5, 1), "cuda": (30, 3)}  # (repeats, warm-up rounds)
+
+
+# --------------------------------------------------------------------------- implementations
+@dataclass
+class Runner:
+    """One implementation of one row, ready to call.
+
+    ``forward`` and ``forward_backward`` are what is timed; ``results`` runs one clean
+    forward + backward and returns host float64 arrays (out, dx, dW_hh of layer 0) for the
+    accuracy check.
+    """
+
+    name: str
+    forward: Callable[[], object]
+    forward_backward: Callable[[], object]
+    results: Callable[[], dict]
+
+
+def _as_float64(array) -> np.ndarray:
+    return np.asarray(backend.to_numpy(array), dtype=np.float64)
+
+
+def rnncore_runner(name, row, weights, x, dout, device, dtype, impl) -> Runner:
+    """rnncore on ``device`` with ``impl`` ("reference", "fused", "auto")."""
+    cls = LSTM if row.cell == "lstm" else GRU
+    module = cls(row.input_size, row.hidden, num_layers=row.layers, dtype=dtype,
+                 device=device, impl=impl)
+    if impl != "auto" and module.impl_in_use != impl:
+        raise RuntimeError(f"impl={impl!r} resolved to {module.impl_in_use!r}")
+    module.load_state_dict(weights)
+    x = backend.to_device(x, device, module.dtype)
+    dout = backend.to_device(dout, device, module.dtype)
+
+    def forward():
+        return module(x)
+
+    def forward_backward():
+        module(x)
+        return module.backward(dout)
+
+    def results():
+        module.zero_grad()
+        out = module(x)[0]
+        dx = module.backward(dout)[0]
+        return {"out": _as_float64(out), "dx": _as_float64(dx),
+                "dW_hh_l0": _as_float64(module.grads["weight_hh_l0"])}
+
+    return Runner(name, forward, forward_backward, results)
+
+
+def torch_runner(name, row, weights, x, dout, device, dtype) -> Runner:
+    """torch.nn.LSTM/GRU (cuDNN on CUDA) with the given weights."""
+    import torch
+
+    tdtype = getattr(torch, np.dtype(dtype).name)
+    cls = torch.nn.LSTM if row.cell == "lstm" else torch.nn.GRU
+    module = cls(row.input_size, row.hidden, num_layers=row.layers)
+    module.load_state_dict({k: torch.from_numpy(np.asarray(backend.to_numpy(v)))
+                            for k, v in weights.items()})
+    module = module.to(device=device, dtype=tdtype)
+    x = torch.from_numpy(x).to(device=device, dtype=tdtype).requires_grad_(True)
+    dout = torch.from_numpy(dout).to(device=device, dtype=tdtype)
+
+    def forward():
+        return module(x)
+
+    def forward_backward():
+        out = module(x)[0]
+        out.backward(dout)
+        return x.grad
+
+    def results():
+        module.zero_grad()
+        x.grad = None
+        out = module(x)[0]
+        out.backward(dout)
+        return {"out": _as_float64(out.detach()), "dx": _as_float64(x.grad),
+                "dW_hh_l0": _as_float64(module.weight_hh_l0.grad)}
+
+    return Runner(name, forward, forward_backward, results)
+
+
+def build_runners(row, weights, x, dout, device, dtype):
+    """The implementations for ``device``: (runners, baseline name, skipped {name: why})."""
+    runners, skipped = [], {}
+    if device.kind == "cpu":
+        rnncore_impls, baseline = [("rnncore", "reference")], "torch"
+    else:
+        rnncore_impls = [("rnncore fused", "fused"), ("rnncore reference", "reference")]
+        baseline = "torch cuDNN"
+    for name, impl in rnncore_impls:
+        try:
+            runners.append(rnncore_runner(name, row, weights, x, dout, str(device), dtype,
+                                          impl))
+        except Exception as err:  # e.g. impl="fused" not built yet, or no compiler
+            skipped[name] = _describe(err)
+    runners.append(torch_runner(baseline, row, weights, x, dout, str(device), dtype))
+    return runners, baseline, skipped
+
+
+# --------------------------------------------------------------------------- measuring
+def device_synchronizer(device) -> Callable[[], None]:
+    """A function that waits for all queued GPU work (a no-op on the CPU)."""
+    if device.kind == "cpu":
+        return lambda: None
+    import torch
+
+    try:
+        cupy = backend.import_cupy()
+    except RuntimeError:
+        cupy = None
+
+    def sync():
+        # Each is a device-wide synchronize; calling both costs microseconds and does
+        # not depend on which library's stream the work was queued on.
+        if cupy is not None:
+            cupy.cuda.Device(device.index).synchronize()
+        torch.cuda.synchronize(device.index)
+
+    return sync
+
+
+def time_interleaved(fns: dict, sync, repeats: int, warmup: int) -> dict:
+    """Seconds per call of each function in ``fns``, ``repeats`` samples each.
+
+    Every round calls every function once; the order flips each round (A B, B A, …) so
+    that neither side always runs right after the other. ``sync`` is called before a
+    clock is started and before it is read. The garbage collector is off while timing.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+        sync()
+    samples = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else reversed(names):
+                sync()
+                start = time.perf_counter()
+                fns[name]()
+                sync()
+                samples[name].append(time.perf_counter() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def relative_error(a: np.ndarray, ref: np.ndarray) -> float:
+    """max |a − ref| / max |ref| (norm-wise, so tiny reference entries do not blow up)."""
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return float(np.max(np.abs(a - ref))) / scale
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def check_accuracy(runners, reference: Runner, baseline: str, skipped: dict):
+    """Relative errors against the float64 reference: {impl: {tensor: error}}.
+
+    An rnncore implementation that fails on its first call (a kernel that does not compile,
+    say) is moved to ``skipped`` and dropped from ``runners``, so that one broken column
+    does not cost the whole run; the baseline failing is an error.
+    """
+    ref = reference.results()
+    errors = {}
+    for runner in list(runners):
+        try:
+            got = runner.results()
+        except Exception as err:
+            if runner.name == baseline:
+                raise
+            skipped[runner.name] = _describe(err)
+            runners.remove(runner)
+            continue
+        errors[runner.name] = {k: relative_error(v, ref[k]) for k, v in got.items()}
+    return errors
+
+
+def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
+    """Accuracy check and timings of every implementation on one row."""
+    cls = LSTM if row.cell == "lstm" else GRU
+    weights = cls(row.input_size, row.hidden, num_layers=row.layers, dtype=dtype,
+                  seed=seed, impl="reference").state_dict()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((row.steps, row.batch, row.input_size)).astype(dtype)
+    dout = rng.standard_normal((row.steps, row.batch, row.hidden)).astype(dtype)
+    runners, baseline, skipped = build_runners(row, weights, x, dout, device, dtype)
+    reference = torch_runner("float64 reference", row, weights, x, dout, "cpu", "float64")
+    errors = check_accuracy(runners, reference, baseline, skipped)
+    sync = device_synchronizer(device)
+    samples = {}
+    for pass_name in PASSES:
+        fns = {r.name: (r.forward if pass_name == "forward" else r.forward_backward)
+               for r in runners}
+        samples[pass_name] = time_interleaved(fns, sync, repeats, warmup)
+    median_ms = {p: {n: 1e3 * statistics.median(s) for n, s in by_impl.items()}
+                 for p, by_impl in samples.items()}
+    ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
+              for p, by_impl in median_ms.items()}
+    return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
+            "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
+            "rel_error": errors, "median_ms": median_ms, "ratio": ratios,
+            "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
+                           for p, by_impl in samples.items()}}
+
+
+# --------------------------------------------------------------------------- environment
+def configure_threads(threads: int, argv, allow_reexec: bool) -> str:
+    """Give torch and NumPy's BLAS ``threads`` threads; returns how NumPy's count was set.
+
+    BLAS libraries read their thread count when NumPy loads, which has happened by now;
+    when the environment does not already say ``threads``, the command runs itself again
+    (once) with ``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` set.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    env_value = os.environ.get(BLAS_ENV[0])
+    if env_value == str(threads):
+        return f"{threads} ({BLAS_ENV[0]}={env_value})"
+    if env_value is None and threads == os.cpu_count():
+        return f"{threads} (BLAS default: all cores)"
+    if allow_reexec and not os.environ.get(REEXEC_FLAG):
+        env = dict(os.environ, **{k: str(threads) for k in BLAS_ENV}, **{REEXEC_FLAG: "1"})
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "rnncore.bench", *argv], env)
+    return f"unknown: {BLAS_ENV[0]}={env_value} (not re-executed)"
+
+
+def disable_tf32() -> None:
+    """Make torch compute float32 in IEEE float32 on the GPU, as CuPy does by default."""
+    import torch
+
+    for holder in (getattr(torch.backends.cudnn, "rnn", None),
+                   getattr(torch.backends.cudnn, "conv", None),
+                   getattr(torch.backends.cuda, "matmul", None)):
+        if holder is not None and hasattr(holder, "fp32_precision"):
+            holder.fp32_precision = "ieee"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_blas() -> str:
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{info['name']} {info.get('version', '')}".strip()
+    except Exception:  # older NumPy: no dict mode
+        return "unknown"
+
+
+def machine_info(device, threads, blas_threads) -> dict:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": f"{cpu_model()} ({cores} cores available)",
+        "threads": threads,
+        "numpy_blas_threads": blas_threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": numpy_blas(),
+        "torch": torch.__version__,
+        "load_average_before": os.getloadavg(),
+    }
+    if device.kind == "cuda":
+        cupy = backend.import_cupy()
+        props = cupy.cuda.runtime.getDeviceProperties(device.index)
+        name = props["name"]
+        info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() \
+            else "unavailable"
+        info["torch_fp32_precision"] = "ieee (TF32 off)"
+    return info
+
+
+# --------------------------------------------------------------------------- output
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
+
+
+def markdown_report(meta: dict, results: list) -> str:
+    """The header, the accuracy table and the timing table, as Markdown."""
+    dev = meta["device"]
+    lines = [f"### rnncore vs torch.nn on {dev} ({meta['dtype']})", ""]
+    lines.append(f"- command: `{meta['command']}`")
+    lines.append(f"- date: {meta['date']}")
+    lines.append(f"- machine: {meta.get('gpu', meta['cpu'])}"
+                 + (f"; host CPU {meta['cpu']}" if "gpu" in meta else ""))
+    lines.append(f"- threads: torch {meta['threads']}, NumPy BLAS {meta['numpy_blas_threads']}")
+    versions = (f"- versions: Python {meta['python']}, NumPy {meta['numpy']} "
+                f"({meta['numpy_blas']}), torch {meta['torch']}")
+    if "cupy" in meta:
+        versions += (f", CuPy {meta['cupy']}, CUDA runtime {meta['cuda_runtime']}, "
+                     f"cuDNN {meta['cudnn']}, torch float32 {meta['torch_fp32_precision']}")
+    lines.append(versions)
+    lines.append(f"- timing: median of {meta['repeats']} interleaved repeats after "
+                 f"{meta['warmup']} warm-up round(s); load average before "
+                 f"{_fmt_load(meta['load_average_before'])}, after "
+                 f"{_fmt_load(meta['load_average_after'])}")
+    for name, why in {n: w for r in results for n, w in r["skipped"].items()}.items():
+        lines.append(f"- {name}: skipped ({why})")
+    lines += ["", "Relative error against a float64 torch CPU reference "
+              "(max |a − ref| / max |ref|):", ""]
+    tensors = list(next(iter(results[0]["rel_error"].values())))
+    lines.append("| row | impl | " + " | ".join(tensors) + " |")
+    lines.append("|---|---|" + "---:|" * len(tensors))
+    for r in results:
+        for impl, errs in r["rel_error"].items():
+            lines.append(f"| {r['label']} | {impl} | "
+                         + " | ".join(f"{errs[t]:.1e}" for t in tensors) + " |")
+    impls = list(dict.fromkeys(n for r in results for n in r["impls"]))
+    baseline = results[0]["baseline"]
+    others = [n for n in impls if n != baseline]
+    lines += ["", f"Time per call in ms; ratio = {baseline} time / rnncore time "
+              "(> 1: rnncore faster):", ""]
+    header = ["row", "pass"] + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---|---|" + "---:|" * (len(header) - 2))
+    for r in results:
+        for p in PASSES:
+            cells = [r["label"], p]
+            cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
+            cells += [f"{r['ratio'][p][n]:.2f}" if n in r["impls"] else "–" for n in others]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_load(load) -> str:
+    return " ".join(f"{v:.2f}" for v in load)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m rnncore.bench", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated row keys (default: the device's table); "
+                             "known: " + ", ".join(ROWS))
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds per pass (default 5 on cpu, 30 on cuda)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed rounds first (default 1 on cpu, 3 on cuda)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and NumPy's BLAS (default: all cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="toy sizes, 2 repeats: checks that the benchmark runs")
+    parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+    args = parser.parse_args(argv)
+    args.device = backend.parse_device(args.device)
+    keys = args.rows.split(",") if args.rows else DEFAULT_ROWS[args.device.kind]
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}; known: {', '.join(ROWS)}")
+    args.rows = [ROWS[k].quick() if args.quick else ROWS[k] for k in keys]
+    repeats, warmup = (2, 1) if args.quick else DEFAULT_REPEATS[args.device.kind]
+    args.repeats = repeats if args.repeats is None else args.repeats
+    args.warmup = warmup if args.warmup is None else args.warmup
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    args.threads = cores if args.threads is None else args.threads
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv=None) -> list:
+    """Run the benchmark; prints Markdown, optionally writes JSON; returns the row results.
+
+    Called without ``argv`` (the command line), it may re-execute itself to set NumPy's
+    BLAS thread count; called with ``argv`` (from Python) it never does.
+    """
+    from_command_line = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    blas_threads = configure_threads(args.threads, argv, allow_reexec=from_command_line)
+    if args.device.kind == "cuda":
+        import torch
+
+        backend.import_cupy().cuda.Device(args.device.index).use()
+        torch.cuda.set_device(args.device.index)
+        disable_tf32()
+    meta = machine_info(args.device, args.threads, blas_threads)
+    meta.update(device=str(args.device), dtype=args.dtype, repeats=args.repeats,
+                warmup=args.warmup, quick=args.quick,
+                command=shlex.join(["python", "-m", "rnncore.bench", *argv]))
+    results = []
+    for row in args.rows:
+        print(f"[bench] {row.label} ...", file=sys.stderr, flush=True)
+        results.append(bench_row(row, args.device, args.dtype, args.repeats, args.warmup))
+    meta["load_average_after"] = os.getloadavg()
+    print(markdown_report(meta, results))
+    tolerance = 1e-3 if args.dtype == "float32" else 1e-8
+    bad = [(r["label"], n, t, e) for r in results for n, errs in r["rel_error"].items()
+           for t, e in errs.items() if not e <= tolerance]
+    for label, name, tensor, err in bad:
+        print(f"WARNING: {name} on {label}: {tensor} relative error {err:.1e} > {tolerance:g}",
+              file=sys.stderr)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "rows": results}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
