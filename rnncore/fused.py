@@ -1,9 +1,390 @@
-"""Placeholder until the kernel launcher lands (issue 3)."""
+"""The fused pointwise kernels: load ``kernels/*.cu``, compile them, launch them.
+
+The kernels (one thread per (batch, unit) element, templated on float and double) are
+compiled one of two ways, and driven by the *same* launch code either way:
+
+* on a GPU by NVRTC through ``cupy.RawModule`` (once per device and dtype, cached);
+* on the CPU by the host C++ compiler, through ``kernels/host_shim.h``, into a shared
+  library cached by source hash in the user's cache directory and loaded with ctypes.
+  There a launch runs the kernel for every (block, thread) index in turn, so the CPU
+  executes exactly the code the GPU runs, and the tests compare it with the NumPy
+  reference in every run.
+
+``pointwise_for(device, dtype)`` returns a namespace with the names, signatures and
+return values of ``rnncore.cells.REFERENCE`` (``lstm_forward``, ``gru_backward``, …), so
+a cell runs with either. Each call is one kernel launch: a (B, H) grid of threads, in
+blocks of ``BLOCK``, with arguments ``(B, H, matrix, leading dimension, …, valid, outputs)``.
+Inputs are read in place (column slices and broadcast rows through their leading
+dimension); outputs are fresh C-contiguous arrays. On a GPU nothing here synchronises
+with the host: shapes are checked on the host, the launch is asynchronous.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import backend
+from .cells.gru import GRUCache
+from .cells.lstm import LSTMCache
+
+BLOCK = 256  # threads per block, on the GPU and in the emulation alike
+SOURCES = ("lstm.cu", "gru.cu", "rnn.cu")
+NVRTC_OPTIONS = ("--std=c++17",)
+HOST_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
+CTYPES = {"float32": "float", "float64": "double"}
+SUFFIX = {"float32": "f32", "float64": "f64"}
 
 
-def available(device):
-    return False
+class FusedUnavailableError(RuntimeError):
+    """The fused kernels cannot run here (no compiler, no GPU, or the build failed)."""
 
 
-def pointwise_for(device, dtype):
-    raise RuntimeError("impl='fused' is not available: the kernel launcher is not built yet")
+# ----------------------------------------------------------------------------- sources
+def kernel_table(dtype) -> dict:
+    """{exported name: C++ template expression} of every kernel for one dtype."""
+    dt = backend.resolve_dtype(dtype).name
+    ctype, sfx = CTYPES[dt], SUFFIX[dt]
+    table = {f"{name}_{sfx}": f"{name}<{ctype}>" for name in (
+        "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+        "gru_gates_forward", "gru_candidate_forward")}
+    for act, relu in (("tanh", "false"), ("relu", "true")):
+        for step in ("forward", "backward"):
+            table[f"rnn_{act}_{step}_{sfx}"] = f"rnn_{step}<{ctype}, {relu}>"
+    return table
+
+
+def kernels_dir() -> Path:
+    """The folder holding the .cu sources: inside the package (wheel) or the checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernels", here.parent / "kernels"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FusedUnavailableError(f"kernel sources not found next to {here}")
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+_PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$")
+
+
+def _expand(path: Path, seen: set) -> str:
+    """The file's text with its local ``#include "…"`` inlined, each file once."""
+    if path.name in seen:
+        return ""
+    seen.add(path.name)
+    lines = []
+    for line in path.read_text().splitlines():
+        match = _INCLUDE.match(line)
+        if match:
+            lines.append(_expand(path.parent / match.group(1), seen))
+        elif not _PRAGMA_ONCE.match(line):
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def device_source() -> str:
+    """One self-contained CUDA source with every kernel (what NVRTC compiles)."""
+    seen: set = set()
+    return "".join(_expand(kernels_dir() / name, seen) for name in SOURCES)
+
+
+def host_source() -> str:
+    """The host translation unit: the shim, the same kernels, one export per kernel."""
+    seen: set = set()
+    shim = _expand(kernels_dir() / "host_shim.h", seen)
+    exports = [f"RNNCORE_HOST_EXPORT({name}, {expr})"
+               for dt in CTYPES for name, expr in kernel_table(dt).items()]
+    return shim + device_source() + "\n".join(exports) + "\n"
+
+
+# ----------------------------------------------------------------------------- CPU build
+def find_compiler():
+    """The host C++ compiler: $CXX if set (and found), else g++, c++ or clang++."""
+    wanted = os.environ.get("CXX")
+    if wanted:
+        return shutil.which(wanted)
+    for name in ("g++", "c++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def cache_dir() -> Path:
+    """$RNNCORE_CACHE_DIR, else $XDG_CACHE_HOME/rnncore, else ~/.cache/rnncore."""
+    if os.environ.get("RNNCORE_CACHE_DIR"):
+        return Path(os.environ["RNNCORE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnncore"
+
+
+def build_host_library(cxx=None) -> Path:
+    """Compile the host translation unit (once per source, compiler and flags); its path."""
+    cxx = cxx or find_compiler()
+    if cxx is None:
+        raise FusedUnavailableError(
+            "impl='fused' on the CPU needs a C++ compiler (g++, c++ or clang++ on PATH, "
+            "or $CXX); none was found. Use impl='reference' or install one.")
+    source = host_source()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([source, cxx, version, *HOST_FLAGS]).encode()).hexdigest()
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "rnncore"
+        folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"fused-{key[:20]}.so"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src, lib = Path(tmp) / "fused.cpp", Path(tmp) / "fused.so"
+        src.write_text(source)
+        result = subprocess.run([cxx, *HOST_FLAGS, str(src), "-o", str(lib)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise FusedUnavailableError(
+                f"building the fused kernels with {cxx} failed:\n{result.stderr[-4000:]}")
+        os.replace(lib, target)  # atomic: concurrent builders leave one complete file
+    return target
+
+
+class HostKernel:
+    """A kernel of the host library, called like ``cupy.RawKernel``: k(grid, block, args)."""
+
+    _dims = ctypes.c_uint * 3
+
+    def __init__(self, function):
+        function.restype = None
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.function = function
+
+    @staticmethod
+    def _value(arg):
+        if arg is None:
+            return ctypes.c_void_p(None)
+        if isinstance(arg, np.ndarray):
+            return ctypes.c_void_p(arg.ctypes.data)
+        if isinstance(arg, np.int32):
+            return ctypes.c_int32(int(arg))
+        raise TypeError(f"host kernel argument of unsupported type {type(arg).__name__}")
+
+    def __call__(self, grid, block, args):
+        values = [self._value(a) for a in args]  # kept alive for the call
+        pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        pad = (1, 1)
+        self.function(self._dims(*(tuple(grid) + pad)[:3]),
+                      self._dims(*(tuple(block) + pad)[:3]), pointers)
+
+
+def _host_kernels(dtype) -> dict:
+    library = ctypes.CDLL(str(build_host_library()))
+    return {name: HostKernel(getattr(library, name)) for name in kernel_table(dtype)}
+
+
+# ----------------------------------------------------------------------------- GPU build
+def _cupy_kernels(device, dtype) -> dict:
+    cupy = backend.import_cupy()
+    table = kernel_table(dtype)
+    with cupy.cuda.Device(device.index):
+        module = cupy.RawModule(code=device_source(), options=NVRTC_OPTIONS,
+                                name_expressions=list(table.values()))
+        return {name: module.get_function(expr) for name, expr in table.items()}
+
+
+# ----------------------------------------------------------------------------- launches
+def _launch_dims(B, H):
+    """One thread per (b, j): grid (B, ⌈H / block⌉), a block of at most BLOCK threads."""
+    block = min(BLOCK, 32 * ((H + 31) // 32))
+    return (B, (H + block - 1) // block), (block,)
+
+
+class _Launcher:
+    """The pointwise functions of one device and dtype, each one kernel launch."""
+
+    def __init__(self, kernels, xp, dtype):
+        self.kernels, self.xp, self.dtype = kernels, xp, np.dtype(dtype)
+
+    def _matrix(self, name, a, rows, cols):
+        """(a, leading dimension) for a (rows, cols) input read in place when possible."""
+        if a.dtype != self.dtype:
+            raise TypeError(f"fused {name} must be {self.dtype.name}, got {a.dtype}")
+        if a.shape != (rows, cols):
+            raise ValueError(f"fused {name} must have shape {(rows, cols)}, got {a.shape}")
+        item = a.itemsize
+        s0, s1 = a.strides
+        if not ((s1 == item or cols == 1) and s0 >= 0 and s0 % item == 0):
+            a = self.xp.ascontiguousarray(a)
+            s0 = a.strides[0]
+        return a, np.int32(s0 // item if rows > 1 else cols)
+
+    def _dense(self, name, a, rows, cols):
+        """A C-contiguous (rows, cols) input (the kernels' own saved outputs always are)."""
+        return self.xp.ascontiguousarray(self._matrix(name, a, rows, cols)[0])
+
+    def _valid(self, valid, B):
+        if valid is None:
+            return None
+        if valid.dtype != np.bool_ or valid.shape != (B, 1):
+            raise ValueError(f"valid must be a ({B}, 1) bool array, got {valid.shape} "
+                             f"{valid.dtype}")
+        return self.xp.ascontiguousarray(valid)
+
+    def _empty(self, B, width):
+        return self.xp.empty((B, width), dtype=self.dtype)
+
+    def _launch(self, kernel, B, H, *args):
+        grid, block = _launch_dims(B, H)
+        self.kernels[kernel](grid, block, (np.int32(B), np.int32(H)) + args)
+
+    def _name(self, stem):
+        return f"{stem}_{SUFFIX[self.dtype.name]}"
+
+    # --- LSTM
+    def lstm_forward(self, xg, hg, h_prev, c_prev, valid):
+        B, H = c_prev.shape
+        if h_prev is None and valid is not None:
+            raise ValueError("lstm_forward needs h_prev to carry padded rows")
+        hp = (None, np.int32(0)) if h_prev is None else self._matrix("h_prev", h_prev, B, H)
+        h, c, gates, tanh_c = self._empty(B, H), self._empty(B, H), self._empty(B, 4 * H), \
+            self._empty(B, H)
+        self._launch(self._name("lstm_forward"), B, H, *self._matrix("xg", xg, B, 4 * H),
+                     *self._matrix("hg", hg, B, 4 * H), *hp,
+                     *self._matrix("c_prev", c_prev, B, H), self._valid(valid, B),
+                     h, c, gates, tanh_c)
+        return h, c, LSTMCache(gates, c_prev, tanh_c)
+
+    def lstm_backward(self, dh, dc, cache, valid):
+        gates, c_prev, tanh_c = cache
+        B, H = tanh_c.shape
+        dz, dc_prev = self._empty(B, 4 * H), self._empty(B, H)
+        dh_carried = None if valid is None else self._empty(B, H)
+        self._launch(self._name("lstm_backward"), B, H, *self._matrix("dh", dh, B, H),
+                     *self._matrix("dc", dc, B, H), self._dense("gates", gates, B, 4 * H),
+                     *self._matrix("c_prev", c_prev, B, H),
+                     self._dense("tanh_c", tanh_c, B, H), self._valid(valid, B),
+                     dz, dh_carried, dc_prev)
+        return dz, dh_carried, dc_prev
+
+    # --- GRU
+    def gru_forward(self, xg, hg, h_prev, valid):
+        B, H = h_prev.shape
+        h, r, z, n = (self._empty(B, H) for _ in range(4))
+        self._launch(self._name("gru_forward"), B, H, *self._matrix("xg", xg, B, 3 * H),
+                     *self._matrix("hg", hg, B, 3 * H), *self._matrix("h_prev", h_prev, B, H),
+                     self._valid(valid, B), h, r, z, n)
+        return h, GRUCache(r, z, n, hg[:, 2 * H:])
+
+    def gru_backward(self, dh, h_prev, cache, valid):
+        r, z, n, hn = cache
+        B, H = r.shape
+        dxg, dhg, dh_prev = self._empty(B, 3 * H), self._empty(B, 3 * H), self._empty(B, H)
+        self._launch(self._name("gru_backward"), B, H, *self._matrix("dh", dh, B, H),
+                     *self._matrix("h_prev", h_prev, B, H),
+                     *(self._dense(k, v, B, H) for k, v in (("r", r), ("z", z), ("n", n))),
+                     *self._matrix("hn", hn, B, H), self._valid(valid, B), dxg, dhg, dh_prev)
+        return dxg, dhg, dh_prev
+
+    def gru_gates_forward(self, xg_rz, hg_rz):
+        B, H = xg_rz.shape[0], xg_rz.shape[1] // 2
+        r, z = self._empty(B, H), self._empty(B, H)
+        self._launch(self._name("gru_gates_forward"), B, H,
+                     *self._matrix("xg_rz", xg_rz, B, 2 * H),
+                     *self._matrix("hg_rz", hg_rz, B, 2 * H), r, z)
+        return r, z
+
+    def gru_candidate_forward(self, xg_n, rhg_n, z, h_prev, valid):
+        B, H = h_prev.shape
+        h, n = self._empty(B, H), self._empty(B, H)
+        self._launch(self._name("gru_candidate_forward"), B, H,
+                     *self._matrix("xg_n", xg_n, B, H), *self._matrix("rhg_n", rhg_n, B, H),
+                     *self._matrix("z", z, B, H), *self._matrix("h_prev", h_prev, B, H),
+                     self._valid(valid, B), h, n)
+        return h, n
+
+    # --- RNN
+    def _rnn(self, nonlinearity, step):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        return self._name(f"rnn_{nonlinearity}_{step}")
+
+    def rnn_forward(self, xg, hg, h_prev, valid, nonlinearity):
+        B, H = h_prev.shape
+        h, h_new = self._empty(B, H), self._empty(B, H)
+        self._launch(self._rnn(nonlinearity, "forward"), B, H, *self._matrix("xg", xg, B, H),
+                     *self._matrix("hg", hg, B, H), *self._matrix("h_prev", h_prev, B, H),
+                     self._valid(valid, B), h, h_new)
+        return h, h_new
+
+    def rnn_backward(self, dh, h_new, valid, nonlinearity):
+        B, H = h_new.shape
+        da = self._empty(B, H)
+        dh_carried = None if valid is None else self._empty(B, H)
+        self._launch(self._rnn(nonlinearity, "backward"), B, H, *self._matrix("dh", dh, B, H),
+                     self._dense("h_new", h_new, B, H), self._valid(valid, B),
+                     da, dh_carried)
+        return da, dh_carried
+
+    def namespace(self):
+        names = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+                 "gru_gates_forward", "gru_candidate_forward", "rnn_forward", "rnn_backward")
+        return SimpleNamespace(name="fused", device=None, dtype=self.dtype.name,
+                               **{n: getattr(self, n) for n in names})
+
+
+# ----------------------------------------------------------------------------- public
+_NAMESPACES: dict = {}
+_HOST_BUILD: dict = {}  # "error": the reason the CPU build is unavailable, once known
+
+
+def _host_error():
+    """None when the CPU library builds (or is cached), else the reason it does not."""
+    if "error" not in _HOST_BUILD:
+        try:
+            build_host_library()
+            _HOST_BUILD["error"] = None
+        except (FusedUnavailableError, OSError) as err:
+            _HOST_BUILD["error"] = str(err)
+    return _HOST_BUILD["error"]
+
+
+def available(device) -> bool:
+    """Whether ``impl="fused"`` can run on ``device`` (what ``impl="auto"`` asks)."""
+    dev = backend.parse_device(device)
+    if dev.kind == "cuda":
+        return backend.cuda_available()
+    return _host_error() is None
+
+
+def pointwise_for(device, dtype) -> SimpleNamespace:
+    """The fused pointwise namespace (``REFERENCE``'s names) for a device and dtype."""
+    dev, dt = backend.parse_device(device), backend.resolve_dtype(dtype)
+    key = (str(dev), dt.name)
+    if key not in _NAMESPACES:
+        if dev.kind == "cuda":
+            cupy = backend.import_cupy()
+            launcher = _Launcher(_cupy_kernels(dev, dt), cupy, dt)
+        else:
+            error = _host_error()
+            if error is not None:
+                raise FusedUnavailableError(error)
+            launcher = _Launcher(_host_kernels(dt), np, dt)
+        namespace = launcher.namespace()
+        namespace.device = str(dev)
+        _NAMESPACES[key] = namespace
+    return _NAMESPACES[key]
+
+
+def reset_caches() -> None:
+    """Forget built kernels and the CPU build's verdict (tests; a changed $CXX)."""
+    _NAMESPACES.clear()
+    _HOST_BUILD.clear()
