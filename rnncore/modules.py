@@ -121,15 +121,19 @@ class _Recurrent:
                          self.bias)
 
     def _select_pointwise(self):
-        """The pointwise implementation: the NumPy/CuPy reference or the fused kernels."""
+        """The pointwise implementation: the NumPy/CuPy reference or the fused kernels.
+
+        ``auto`` means fused on a GPU. On the CPU it means the reference: NumPy's SIMD
+        ufuncs beat the scalar host-compiled kernels there (the emulation exists to test
+        the kernel source and launch code, and runs with ``impl="fused"``).
+        """
         if self.impl == "reference":
             return REFERENCE
         from . import fused
 
-        if self.impl == "fused":
+        if self.impl == "fused" or (self.device.kind == "cuda" and fused.available(self.device)):
             return fused.pointwise_for(self.device, self.dtype)
-        return fused.pointwise_for(self.device, self.dtype) if fused.available(self.device) \
-            else REFERENCE
+        return REFERENCE
 
     @property
     def impl_in_use(self) -> str:
