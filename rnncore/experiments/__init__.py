@@ -1,0 +1,29 @@
+"""Ready experiments on gradient flow and training of deep recurrent stacks.
+
+    python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR]
+
+NAME is one of ``EXPERIMENTS``; each module's docstring states the published claim it
+tests and how. Every experiment prints a table, writes PNGs into ``--out`` and reports
+its seeds; ``--quick`` shrinks it to seconds (the test suite runs that mode).
+"""
+
+import importlib
+
+EXPERIMENTS = ("depth", "vanishing", "clipping", "adding", "bidirectional", "dropout", "init")
+# module names: "init" would shadow nothing here, but reads better as what it studies
+MODULES = {"init": "initialisation"}
+DEFAULT_SEEDS = {"vanishing": (0,), "bidirectional": (0, 1, 2), "adding": (0, 1, 2),
+                 "depth": (0, 1, 2), "clipping": (0, 1, 2), "dropout": (0, 1, 2),
+                 "init": (0, 1, 2)}
+
+
+def get(name):
+    """The module of experiment ``name`` (it has ``run(quick, seeds, out) -> Report``)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"{__name__}.{MODULES.get(name, name)}")
+
+
+def run(name, quick=False, seeds=None, out="experiments_out"):
+    seeds = tuple(DEFAULT_SEEDS[name] if seeds is None else seeds)
+    return get(name).run(quick=quick, seeds=seeds, out=out)

@@ -1,0 +1,88 @@
+"""``adding``: the adding problem (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016).
+
+Input at step t is (v_t, m_t) with v_t ~ U(0, 1) and a marker m_t that is 1 at exactly two
+steps, one drawn from the first half and one from the second half of the T steps. The
+target is the sum of the two marked values, read from the top layer at t = T−1 through a
+linear readout, with loss MSE. Always predicting the mean (1) scores Var(v_a + v_b) = 2/12
+≈ 0.167: the plateau. Solving it needs the first marked value to survive ~T/2 steps of
+BPTT. Claim: LSTM and GRU get well below the plateau, a tanh RNN stays on it. The LSTM
+runs twice: PyTorch's initialisation, and with forget-gate bias +1 (``lstm_fb1``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..modules import GRU, LSTM, RNN
+from .common import Report, SequenceModel, fit, format_table, mean_sd, pyplot, save_figure
+
+PLATEAU = 2.0 / 12.0
+
+
+def adding_batch(rng, T, batch, dtype=np.float32):
+    """(x (T, B, 2), y (B,)) of the adding problem."""
+    x = np.zeros((T, batch, 2), dtype=dtype)
+    x[:, :, 0] = rng.uniform(0, 1, (T, batch))
+    first = rng.integers(0, T // 2, batch)
+    second = rng.integers(T // 2, T, batch)
+    cols = np.arange(batch)
+    x[first, cols, 1] = 1
+    x[second, cols, 1] = 1
+    y = x[first, cols, 0] + x[second, cols, 0]
+    return x, y.astype(dtype)
+
+
+CELLS = {"lstm": (LSTM, {}), "lstm_fb1": (LSTM, {"forget_bias": 1.0}), "gru": (GRU, {}),
+         "rnn_tanh": (RNN, {"nonlinearity": "tanh"})}
+
+
+def train_one(cell, T, hidden, steps, batch, lr, seed, eval_every):
+    cls, options = CELLS[cell]
+    model = SequenceModel(cls(2, hidden, seed=seed, **options), 1, "last", seed)
+    rng = np.random.default_rng(seed)
+    test = adding_batch(np.random.default_rng(10_000 + seed), T, 500)
+
+    def test_mse():
+        pred = model.predict(test[0])
+        return float(((pred - test[1]) ** 2).mean())
+
+    hist = fit(model, lambda step: adding_batch(rng, T, batch), steps, lr, "adam", clip=1.0,
+               evaluate_fn=test_mse, eval_every=eval_every)
+    return hist
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+    T, hidden, steps, batch, lr = (20, 8, 30, 8, 1e-2) if quick else (100, 32, 2000, 32, 5e-3)
+    eval_every = max(1, steps // 15)
+    rows, curves = [], {}
+    for cell in CELLS:
+        finals = []
+        for seed in seeds:
+            hist = train_one(cell, T, hidden, steps, batch, lr, seed, eval_every)
+            curves.setdefault(cell, []).append(hist.evals)
+            finals.append(hist.evals[-1][1])
+        below = sum(f < PLATEAU / 2 for f in finals)
+        rows.append([cell, mean_sd(finals, "{:.4f}"), f"{min(finals):.4f}",
+                     f"{below}/{len(seeds)}"])
+    table = format_table(["cell", "test MSE (mean ± sd)", "best seed",
+                          "seeds < plateau/2"], rows)
+    head = (f"T={T} hidden={hidden} steps={steps} batch={batch} Adam lr={lr} clip=1.0; "
+            f"plateau (predict 1) = {PLATEAU:.4f}")
+    return Report("adding", f"{head}\n{table}", [_plot(curves, out, T)], list(seeds), rows)
+
+
+def _plot(curves, out, T):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (cell, runs) in enumerate(curves.items()):
+        for j, evals in enumerate(runs):
+            steps, mse = zip(*evals)
+            ax.plot(steps, mse, color=f"C{i}", alpha=0.8, label=cell if j == 0 else None)
+    ax.axhline(PLATEAU, color="k", ls=":", label="predict 1 (0.167)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test MSE")
+    ax.set_title(f"adding problem, T={T} (one line per seed)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, "adding.png")

@@ -1,0 +1,86 @@
+"""``depth``: plain vs residual stacked LSTMs on a char-LM, depths 1–8 (Wu et al. 2016).
+
+GNMT reports that plain stacked LSTMs "work well up to 4 layers, barely with 6, very
+poorly beyond 8", and that residual connections between layers fix it. Scaled down: a
+char-LM (``rnncore.charlm.CharLM``) on the generated ``words`` corpus, LSTM width H with
+embedding width H (so ``residual="layers"`` adds u_k to every layer's output, layer 1
+included), Adam, clipping at 1, a fixed budget of steps; we report validation bits per
+character for each depth, plain vs residual.
+
+At initialisation we also measure, with the char-LM's own cross-entropy gradient and the
+engine's instrumented backward, the gradient at each layer's states
+G_k = (Σ_t ‖∂L/∂h_t^{(k)}‖²)^½ and report G_top / G_bottom.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import (
+    LMData,
+    Report,
+    format_table,
+    lm_layer_gradients,
+    mean_sd,
+    new_lm,
+    pyplot,
+    save_figure,
+    train_lm,
+)
+
+
+def init_depth_ratio(data, depth, residual, hidden, seed):
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=depth, cell="lstm",
+                   seed=seed, residual=residual)
+    rec = lm_layer_gradients(model, *data.train.window(0))
+    layers = rec.layer_norms()
+    return layers[-1] / layers[0], layers
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+    if quick:
+        depths, hidden, steps, batch, seq, chars = (1, 2, 4), 16, 6, 8, 16, 20_000
+    else:
+        depths, hidden, steps, batch, seq, chars = (1, 2, 4, 8), 64, 300, 32, 50, 200_000
+    lr = 3e-3
+    data = LMData.make(chars, batch, seq)
+    rows, results = [], {}
+    for residual in (None, "layers"):
+        for depth in depths:
+            ratios, vals = [], []
+            for seed in seeds:
+                ratio, _ = init_depth_ratio(data, depth, residual, hidden, seed)
+                model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=depth,
+                               cell="lstm", seed=seed, residual=residual)
+                _, val = train_lm(data, model, steps, lr, "adam", clip=1.0)
+                ratios.append(ratio)
+                vals.append(val)
+            name = residual or "plain"
+            results[(name, depth)] = (np.mean(vals), np.std(vals), np.mean(ratios))
+            rows.append([name, str(depth), mean_sd(vals), mean_sd(ratios, "{:.3g}")])
+    table = format_table(["stack", "layers", "val bpc", "G_top/G_bottom at init"], rows)
+    head = (f"char-LM on 'words' ({chars} chars, floor {data.floor_bpc:.3f} bpc), LSTM "
+            f"H=E={hidden}, {steps} steps, batch {batch}×{seq}, Adam lr={lr}, clip 1.0, float32")
+    return Report("depth", f"{head}\n{table}", [_plot(results, depths, data.floor_bpc, out)],
+                  list(seeds), rows)
+
+
+def _plot(results, depths, floor, out):
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for i, name in enumerate(("plain", "layers")):
+        label = "plain" if name == "plain" else "residual"
+        mean = [results[(name, d)][0] for d in depths]
+        sd = [results[(name, d)][1] for d in depths]
+        a.errorbar(depths, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=label)
+        b.semilogy(depths, [results[(name, d)][2] for d in depths], marker="o", color=f"C{i}",
+                   label=label)
+    a.axhline(floor, color="k", ls=":", label="entropy floor")
+    a.set_xlabel("layers")
+    a.set_ylabel("validation bpc (mean ± sd over seeds)")
+    a.legend(fontsize=7)
+    b.set_xlabel("layers")
+    b.set_ylabel("G_top / G_bottom at init")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, "depth.png")

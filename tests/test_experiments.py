@@ -1,0 +1,117 @@
+"""The experiments: the exact c^k law through the engine's backward, the task heads'
+hand-written gradients, and every experiment's --quick mode."""
+
+import math
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import experiments
+from rnncore.experiments import adding, bidirectional, common, vanishing
+from rnncore.experiments.__main__ import main
+
+
+@pytest.mark.parametrize("c", [0.5, 0.9, 1.0, 1.2])
+def test_linear_rnn_gradient_ratio_is_exactly_c_to_the_k(c):
+    T = 40
+    r = vanishing.recurrence_ratios(vanishing.scaled_orthogonal(16, c, seed=1), "linear", T,
+                                    seed=2)
+    k = np.arange(T)
+    assert np.max(np.abs(r / c ** k - 1)) < 1e-10
+
+
+def test_linear_pointwise_is_the_identity_on_the_engine_path():
+    """The linear RNN really runs through the engine: h_t = W h_{t−1} + U x_t."""
+    H, T = 5, 7
+    W = vanishing.scaled_orthogonal(H, 0.7, seed=0)
+    spec = rnncore.stack.StackSpec(rnncore.cells.RNNCell(vanishing.LINEAR, "linear"), H, H, 1, 1)
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((H, H))
+    params = {"weight_ih_l0": U, "weight_hh_l0": W, "bias_ih_l0": np.zeros(H),
+              "bias_hh_l0": np.zeros(H)}
+    x = rng.standard_normal((T, 2, H))
+    out = rnncore.stack.stack_forward(spec, params, x, np.zeros((1, 2, H)), None)[0]
+    h = np.zeros((2, H))
+    for t in range(T):
+        h = h @ W.T + x[t] @ U.T
+        np.testing.assert_allclose(out[t], h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [0.5, 0.9])
+def test_tanh_rnn_decays_at_least_as_fast_as_s_to_the_k(s):
+    T = 40
+    r = vanishing.recurrence_ratios(vanishing.scaled_orthogonal(16, s, seed=1), "tanh", T,
+                                    seed=2)
+    assert np.all(r[1:] <= s ** np.arange(1, T) * (1 + 1e-12))
+
+
+def test_adding_batch_plateau_is_one_sixth():
+    x, y = adding.adding_batch(np.random.default_rng(0), 50, 20_000)
+    assert (x[:, :, 1].sum(axis=0) == 2).all()
+    assert ((y - 1) ** 2).mean() == pytest.approx(adding.PLATEAU, rel=0.03)
+
+
+def test_tagging_batch_labels_the_input_three_steps_ahead():
+    x, tags = bidirectional.tagging_batch(np.random.default_rng(0), 9, 3, K=4)
+    np.testing.assert_array_equal(tags[:-3], x.argmax(-1)[3:])
+    assert (tags[-3:] == 4).all()
+
+
+@pytest.mark.parametrize("where", ["last", "all"])
+def test_sequence_model_gradients_match_finite_differences(where):
+    rnn = rnncore.GRU(3, 4, 2, dtype="float64", seed=0)
+    n_out = 1 if where == "last" else 5
+    model = common.SequenceModel(rnn, n_out, where, seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 2, 3))
+    y = rng.standard_normal(2) if where == "last" else rng.integers(0, 5, (6, 2))
+    model.zero_grad()
+    model.loss(x, y)
+    model.backward()
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    eps = 1e-6
+    for name in ("readout.weight", "readout.bias", "rnn.weight_hh_l0", "rnn.weight_ih_l1"):
+        p = model.params[name]
+        for idx in [(0,) * p.ndim, tuple(d - 1 for d in p.shape)]:
+            old = p[idx]
+            p[idx] = old + eps
+            plus = model.loss(x, y)
+            p[idx] = old - eps
+            minus = model.loss(x, y)
+            p[idx] = old
+            assert grads[name][idx] == pytest.approx((plus - minus) / (2 * eps), rel=1e-5,
+                                                     abs=1e-9)
+
+
+def test_fit_stops_on_a_non_finite_loss():
+    class Exploding:
+        params = {"w": np.ones(1)}
+        grads = {"w": np.ones(1)}
+
+        def zero_grad(self):
+            pass
+
+        def loss(self, x, y):
+            return math.inf if x >= 2 else 1.0
+
+        def backward(self):
+            pass
+
+    hist = common.fit(Exploding(), lambda step: (step, None), 5, 0.1, "sgd")
+    assert hist.diverged_at == 2 and len(hist.losses) == 2
+
+
+@pytest.mark.parametrize("name", experiments.EXPERIMENTS)
+def test_every_experiment_runs_quick(name, tmp_path, capsys):
+    report = main([name, "--quick", "--out", str(tmp_path), "--seeds", "0,1"
+                   if name != "vanishing" else "0"])
+    text = capsys.readouterr().out
+    assert "seeds:" in text and report.rows
+    for png in report.pngs:
+        assert (tmp_path / png.split("/")[-1]).stat().st_size > 1000
+
+
+def test_unknown_experiment_is_named():
+    with pytest.raises(ValueError, match="unknown experiment"):
+        experiments.get("transformer")
