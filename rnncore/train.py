@@ -23,6 +23,7 @@ was never stopped. Ctrl-C finishes the current step, saves, and exits.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import signal
@@ -43,7 +44,7 @@ from .sample import PARAM_PREFIX, generate, load_model
 LN2 = math.log(2.0)
 # Settings that may change when a run is resumed; every other flag must match.
 RESUMABLE = {"steps", "time", "device", "eval_every", "eval_chars", "log_every",
-             "sample_length", "temperature", "quiet", "plot"}
+             "sample_length", "temperature", "quiet", "plot", "threads"}
 
 
 class TrainingError(RuntimeError):
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=0.7, help="for the eval samples")
     run.add_argument("--device", default="cpu")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, default=0,
+                     help="BLAS threads (0 = library default; 1 is fastest on a busy CPU)")
     run.add_argument("--out", help="run directory (default runs/<corpus>-<cell>)")
     run.add_argument("--format", default="npz", choices=("npz", "safetensors"))
     run.add_argument("--resume", metavar="PATH", help="checkpoint file or run directory")
@@ -158,6 +161,34 @@ def check_config(cfg: dict):
     if cfg["nesterov"] and cfg["optimizer"] != "sgd":
         raise ValueError("--nesterov needs --optimizer sgd")
     cfg["residual"] = None if cfg["residual"] in (None, "none") else cfg["residual"]
+
+
+def set_blas_threads(n: int) -> bool:
+    """Limit the OpenBLAS thread pool NumPy is using to ``n`` threads; False if not found.
+
+    The small GEMMs of a recurrent step gain little from threads, and on a CPU shared with
+    other work a second spinning thread can cost more than it gives.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    libraries = {line.split()[-1] for line in maps.splitlines()
+                 if "openblas" in line.lower() and line.split()[-1].startswith("/")}
+    done = False
+    for library in sorted(libraries):
+        try:
+            handle = ctypes.CDLL(library)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            setter = getattr(handle, name, None)
+            if setter is not None:
+                setter(int(n))
+                done = True
+                break
+    return done
 
 
 # ============================================================================ data
@@ -546,6 +577,8 @@ def main(argv=None) -> int:
     except (CorpusError, CheckpointError, ValueError, RuntimeError) as err:
         print(f"rnncore.train: error: {err}", file=sys.stderr)
         return 2
+    if run.cfg.get("threads"):
+        set_blas_threads(run.cfg["threads"])
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
     reporter = Reporter(run, run.step)
