@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         opt.step()
         step += 1
         if step % cfg["log_every"] == 0:
-            losses.append(float(loss))
+            losses.append(loss.item())
             print(f"step {step}  loss {losses[-1]:.4f}  {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
         if cfg["time"] and time.perf_counter() - start >= cfg["time"]:

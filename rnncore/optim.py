@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import backend
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -58,8 +60,8 @@ class Optimizer:
 
     # ------------------------------------------------------------------ serialization
     def state_dict(self):
-        """(arrays keyed "<param>/<slot>" on the host, scalars as a JSON-able dict)."""
-        arrays = {f"{name}/{slot}": backend.to_numpy(value)
+        """(host copies of the slots keyed "<param>/<slot>", JSON-able scalars)."""
+        arrays = {f"{name}/{slot}": np.array(backend.to_numpy(value))
                   for name, slots in self.state.items() for slot, value in slots.items()}
         return arrays, {"kind": self.kind, "t": self.t, **self.hyperparameters()}
 
