@@ -243,3 +243,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
     model, _, _, meta = load_model(out / "last.npz")
     assert meta["step"] == 4
     assert all(np.isfinite(v).all() for v in model.params.values())
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    """A real SIGINT: the step in flight finishes, a checkpoint is written, exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(train.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "rnncore.train", "--steps", "100000",
+                             "--log-every", "1", "--eval-every", "100000", "--out", str(out),
+                             *TINY], env=env, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted at step" in err
+    from rnncore.sample import load_model
+
+    _, _, _, meta = load_model(out / "last.npz")
+    assert f"interrupted at step {meta['step']};" in err
