@@ -239,8 +239,23 @@ class _Launcher:
                              f"{valid.dtype}")
         return self.xp.ascontiguousarray(valid)
 
-    def _empty(self, B, width):
-        return self.xp.empty((B, width), dtype=self.dtype)
+    def _outputs(self, out, B, *widths):
+        """The (B, width) output arrays: the caller's preallocated ``out`` (C-contiguous
+        slices of the layer's buffers), or fresh ones; a width of None means no output."""
+        out = out or (None,) * len(widths)
+        arrays = []
+        for given, width in zip(out, widths):
+            if width is None:
+                arrays.append(None)
+            elif given is None:
+                arrays.append(self.xp.empty((B, width), dtype=self.dtype))
+            else:
+                if given.shape != (B, width) or given.dtype != self.dtype \
+                        or not given.flags.c_contiguous:
+                    raise ValueError(f"fused output must be a C-contiguous ({B}, {width}) "
+                                     f"{self.dtype.name} array, got {given.shape} {given.dtype}")
+                arrays.append(given)
+        return arrays
 
     def _launch(self, kernel, B, H, *args):
         grid, block = _launch_dims(B, H)
@@ -250,24 +265,22 @@ class _Launcher:
         return f"{stem}_{SUFFIX[self.dtype.name]}"
 
     # --- LSTM
-    def lstm_forward(self, xg, hg, h_prev, c_prev, valid):
+    def lstm_forward(self, xg, hg, h_prev, c_prev, valid, out=None):
         B, H = c_prev.shape
         if h_prev is None and valid is not None:
             raise ValueError("lstm_forward needs h_prev to carry padded rows")
         hp = (None, np.int32(0)) if h_prev is None else self._matrix("h_prev", h_prev, B, H)
-        h, c, gates, tanh_c = self._empty(B, H), self._empty(B, H), self._empty(B, 4 * H), \
-            self._empty(B, H)
+        h, c, gates, tanh_c = self._outputs(out, B, H, H, 4 * H, H)
         self._launch(self._name("lstm_forward"), B, H, *self._matrix("xg", xg, B, 4 * H),
                      *self._matrix("hg", hg, B, 4 * H), *hp,
                      *self._matrix("c_prev", c_prev, B, H), self._valid(valid, B),
                      h, c, gates, tanh_c)
         return h, c, LSTMCache(gates, c_prev, tanh_c)
 
-    def lstm_backward(self, dh, dc, cache, valid):
+    def lstm_backward(self, dh, dc, cache, valid, out=None):
         gates, c_prev, tanh_c = cache
         B, H = tanh_c.shape
-        dz, dc_prev = self._empty(B, 4 * H), self._empty(B, H)
-        dh_carried = None if valid is None else self._empty(B, H)
+        dz, dh_carried, dc_prev = self._outputs(out, B, 4 * H, None if valid is None else H, H)
         self._launch(self._name("lstm_backward"), B, H, *self._matrix("dh", dh, B, H),
                      *self._matrix("dc", dc, B, H), self._dense("gates", gates, B, 4 * H),
                      *self._matrix("c_prev", c_prev, B, H),
@@ -276,35 +289,35 @@ class _Launcher:
         return dz, dh_carried, dc_prev
 
     # --- GRU
-    def gru_forward(self, xg, hg, h_prev, valid):
+    def gru_forward(self, xg, hg, h_prev, valid, out=None):
         B, H = h_prev.shape
-        h, r, z, n = (self._empty(B, H) for _ in range(4))
+        h, r, z, n = self._outputs(out, B, H, H, H, H)
         self._launch(self._name("gru_forward"), B, H, *self._matrix("xg", xg, B, 3 * H),
                      *self._matrix("hg", hg, B, 3 * H), *self._matrix("h_prev", h_prev, B, H),
                      self._valid(valid, B), h, r, z, n)
         return h, GRUCache(r, z, n, hg[:, 2 * H:])
 
-    def gru_backward(self, dh, h_prev, cache, valid):
+    def gru_backward(self, dh, h_prev, cache, valid, out=None):
         r, z, n, hn = cache
         B, H = r.shape
-        dxg, dhg, dh_prev = self._empty(B, 3 * H), self._empty(B, 3 * H), self._empty(B, H)
+        dxg, dhg, dh_prev = self._outputs(out, B, 3 * H, 3 * H, H)
         self._launch(self._name("gru_backward"), B, H, *self._matrix("dh", dh, B, H),
                      *self._matrix("h_prev", h_prev, B, H),
                      *(self._dense(k, v, B, H) for k, v in (("r", r), ("z", z), ("n", n))),
                      *self._matrix("hn", hn, B, H), self._valid(valid, B), dxg, dhg, dh_prev)
         return dxg, dhg, dh_prev
 
-    def gru_gates_forward(self, xg_rz, hg_rz):
+    def gru_gates_forward(self, xg_rz, hg_rz, out=None):
         B, H = xg_rz.shape[0], xg_rz.shape[1] // 2
-        r, z = self._empty(B, H), self._empty(B, H)
+        r, z = self._outputs(out, B, H, H)
         self._launch(self._name("gru_gates_forward"), B, H,
                      *self._matrix("xg_rz", xg_rz, B, 2 * H),
                      *self._matrix("hg_rz", hg_rz, B, 2 * H), r, z)
         return r, z
 
-    def gru_candidate_forward(self, xg_n, rhg_n, z, h_prev, valid):
+    def gru_candidate_forward(self, xg_n, rhg_n, z, h_prev, valid, out=None):
         B, H = h_prev.shape
-        h, n = self._empty(B, H), self._empty(B, H)
+        h, n = self._outputs(out, B, H, H)
         self._launch(self._name("gru_candidate_forward"), B, H,
                      *self._matrix("xg_n", xg_n, B, H), *self._matrix("rhg_n", rhg_n, B, H),
                      *self._matrix("z", z, B, H), *self._matrix("h_prev", h_prev, B, H),
@@ -317,18 +330,17 @@ class _Launcher:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         return self._name(f"rnn_{nonlinearity}_{step}")
 
-    def rnn_forward(self, xg, hg, h_prev, valid, nonlinearity):
+    def rnn_forward(self, xg, hg, h_prev, valid, nonlinearity, out=None):
         B, H = h_prev.shape
-        h, h_new = self._empty(B, H), self._empty(B, H)
+        h, h_new = self._outputs(out, B, H, H)
         self._launch(self._rnn(nonlinearity, "forward"), B, H, *self._matrix("xg", xg, B, H),
                      *self._matrix("hg", hg, B, H), *self._matrix("h_prev", h_prev, B, H),
                      self._valid(valid, B), h, h_new)
         return h, h_new
 
-    def rnn_backward(self, dh, h_new, valid, nonlinearity):
+    def rnn_backward(self, dh, h_new, valid, nonlinearity, out=None):
         B, H = h_new.shape
-        da = self._empty(B, H)
-        dh_carried = None if valid is None else self._empty(B, H)
+        da, dh_carried = self._outputs(out, B, H, None if valid is None else H)
         self._launch(self._rnn(nonlinearity, "backward"), B, H, *self._matrix("dh", dh, B, H),
                      self._dense("h_new", h_new, B, H), self._valid(valid, B),
                      da, dh_carried)

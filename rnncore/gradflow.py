@@ -136,17 +136,14 @@ def sigmoid_gates(module, k, d):
 
     Returns an array (T, B, n·H): LSTM [i, f, o], GRU [r, z], RNN none (width 0).
     """
-    steps = last_cache(module).layers[k][d].steps
+    ws = last_cache(module).layers[k][d].ws  # the layer's per-step buffers (T, B, ·)
     H = module.hidden_size
     xp = module.xp
     if module.mode == "lstm":
-        parts = [xp.concatenate([s.pointwise.gates[:, : 2 * H], s.pointwise.gates[:, 3 * H :]],
-                                axis=-1) for s in steps]
-    elif module.mode == "gru":
-        parts = [xp.concatenate([s.pointwise.r, s.pointwise.z], axis=-1) for s in steps]
-    else:
-        return xp.zeros((len(steps), 0, 0))
-    return xp.stack(parts)
+        return xp.concatenate([ws.gates[..., : 2 * H], ws.gates[..., 3 * H :]], axis=-1)
+    if module.mode == "gru":
+        return xp.concatenate([ws.r, ws.z], axis=-1)
+    return xp.zeros((ws.h.shape[0], 0, 0))
 
 
 def gate_saturation(module, low=SATURATION_LOW, high=SATURATION_HIGH) -> np.ndarray:

@@ -1,51 +1,52 @@
 """One direction of one layer over time: the hoisted input GEMM, the time loop, BPTT.
 
-Forward (T steps, any cell):
+Forward (T steps, any cell; every per-step buffer allocated once, before the loop):
 
     X_g = X W_ihᵀ + b_ih                  one (T·B, I) × (I, G·H) GEMM for all steps
-    for t in 0..T−1 (or T−1..0 reversed):  state_t, cache_t = cell.step(X_g[t], state_{t−1})
+    for t in 0..T−1 (or T−1..0 reversed):  h_g[t] += h_{t−1} W_hhᵀ   (one GEMM)
+                                           state_t = pointwise(X_g[t], h_g[t], state_{t−1})
     out_t = h_t where step t is valid, else 0
 
-Backward walks the same steps in the opposite order, carrying ∂L/∂state, then
+Backward walks the same steps in the opposite order. ∂L/∂h_t accumulates in one
+(T, B, H) buffer that starts as ∂L/∂out: each step adds its ∂h_{t−1} into the slot of the
+step before it (one pointwise call, one GEMM). After the loop
 
     ∂X = ∂X_g W_ih,   ∂W_ih = Σ_t ∂X_g[t]ᵀ X[t],   ∂b_ih = Σ_t ∂X_g[t]
 
-as one GEMM each, and lets the cell form ∂W_hh (and ∂W_hr) the same way.
+are one GEMM each, and the cell forms ∂W_hh = Σ_t ∂h_g[t]ᵀ h_{t−1} the same way.
 """
 
 from typing import NamedTuple
 
-from .backend import sum_outer, xp_of
+from .backend import filled, gemm, sum_outer, xp_of
 
 
 class LayerCache(NamedTuple):
     x: object
     valid: object  # (T, B, 1) bool, or None for full-length batches
     reverse: bool
-    steps: list  # per-time-step cell caches, indexed by t
+    state0: object
+    ws: object  # the cell's per-step buffers (rnncore.cells.*.workspace)
 
 
-def _time_order(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
+def time_order(T, reverse):
+    """The order in which the steps run: 0..T−1, or T−1..0 for the reverse direction."""
+    return list(range(T - 1, -1, -1)) if reverse else list(range(T))
 
 
 def layer_forward(cell, p, x, state0, valid=None, reverse=False):
     """Run ``cell`` over x (T, B, I) from ``state0``; returns (out (T, B, H), state_T, cache)."""
     xp = xp_of(x)
     T, B, _ = x.shape
-    xg = (x.reshape(T * B, -1) @ p["w_ih"].T).reshape(T, B, -1)
-    if p.get("b_ih") is not None:
-        xg += p["b_ih"]
-    state = state0
-    h0 = state0[0] if cell.has_cell_state else state0
-    out = xp.empty((T, B, h0.shape[-1]), dtype=x.dtype)
-    steps = [None] * T
-    for t in _time_order(T, reverse):
-        state, steps[t] = cell.step_forward(p, xg[t], state, None if valid is None else valid[t])
-        out[t] = state[0] if cell.has_cell_state else state
-    if valid is not None:
-        out *= valid
-    return out, state, LayerCache(x, valid, reverse, steps)
+    xg = filled(xp, p.get("b_ih"), (T, B, p["w_ih"].shape[0]), x.dtype)
+    gemm(x.reshape(T * B, -1), p["w_ih"], xg.reshape(T * B, -1), transpose_b=True, beta=1.0)
+    ws = cell.workspace(xp, p, T, B, x.dtype)
+    state, order = state0, time_order(T, reverse)
+    for t in order:
+        cell.step_forward(p, ws, t, xg[t], state, None if valid is None else valid[t])
+        state = cell.state_at(ws, t)
+    out = ws.h if valid is None else ws.h * valid
+    return out, state, LayerCache(x, valid, reverse, state0, ws)
 
 
 def layer_backward(cell, p, cache, dout, dstate, record=None):
@@ -53,31 +54,38 @@ def layer_backward(cell, p, cache, dout, dstate, record=None):
 
     ``dout`` is ∂L/∂out (T, B, H); ``dstate`` is ∂L/∂state_T in the state's structure
     (arrays, never None). Returns (∂x, ∂state0, grads dict keyed w_ih, b_ih, w_hh, …).
-    ``record``, when given, is called as record(t, dstate) after each step's gradient
-    arrives (the gradient-flow instrumentation); it costs nothing when None.
+    ``record``, when given, is called as record(t, dstate) with the whole gradient
+    reaching step t's state (the gradient-flow instrumentation); free when None.
     """
-    x, valid, reverse, steps = cache
+    x, valid, reverse, state0, ws = cache
     T, B, _ = x.shape
     xp = xp_of(dout)
-    if valid is not None:
-        dout = dout * valid
-    dxg = None
-    saved = [None] * T
-    for t in reversed(list(_time_order(T, reverse))):
-        if cell.has_cell_state:
-            dstate = (dstate[0] + dout[t], dstate[1])
-        else:
-            dstate = dstate + dout[t]
+    has_c = cell.has_cell_state
+    dh = dout * valid if valid is not None else xp.array(dout, copy=True, order="C")
+    order = time_order(T, reverse)
+    dh[order[-1]] += dstate[0] if has_c else dstate
+    dh0 = xp.zeros_like(state0[0] if has_c else state0)
+    cell.backward_workspace(xp, ws, dstate)
+    for k in range(T - 1, -1, -1):
+        t = order[k]
+        state_prev = state0 if k == 0 else cell.state_at(ws, order[k - 1])
         if record is not None:
-            record(t, dstate)
-        dxg_t, dstate, saved[t] = cell.step_backward(
-            p, dstate, steps[t], None if valid is None else valid[t]
-        )
-        if dxg is None:
-            dxg = xp.empty((T,) + dxg_t.shape, dtype=dxg_t.dtype)
-        dxg[t] = dxg_t
-    grads = cell.recurrent_grads(p, steps, saved)
+            record(t, (dh[t], cell.cell_grad(ws)) if has_c else dh[t])
+        dh_prev = dh0 if k == 0 else dh[order[k - 1]]
+        cell.step_backward(p, ws, t, dh[t], state_prev, None if valid is None else valid[t],
+                           dh_prev)
+    dxg = ws.dxg
+    db = dxg.sum(axis=(0, 1))
+    grads = cell.recurrent_grads(p, ws, _states_before_each_step(ws.h, state0, has_c, reverse),
+                                 db)
     grads["w_ih"] = sum_outer(dxg, x)
-    grads["b_ih"] = dxg.sum(axis=(0, 1))
+    grads["b_ih"] = db
     dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1)
-    return dx, dstate, grads
+    return dx, ((dh0, cell.cell_grad(ws)) if has_c else dh0), grads
+
+
+def _states_before_each_step(h, state0, has_c, reverse):
+    """(T, B, H) stack of h_{t−1}: the state each step started from, in time order."""
+    xp = xp_of(h)
+    h0 = (state0[0] if has_c else state0)[None]
+    return xp.concatenate([h[1:], h0] if reverse else [h0, h[:-1]])

@@ -14,13 +14,15 @@ Backward, from ∂L/∂h_t and ∂L/∂c_t (derivatives written from the saved o
 
 ``pointwise_forward`` / ``pointwise_backward`` are the fusable element-wise part (the
 CUDA kernels in ``kernels/lstm.cu`` implement exactly these); ``LSTMCell`` adds the
-recurrent GEMM and the optional projection around them.
+recurrent GEMM and the optional projection around them, reading and writing the
+layer's preallocated per-step buffers.
 """
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
-from ..backend import sigmoid, sum_outer, xp_of
-from .masking import add_carried, carry, split_grad
+from ..backend import filled, gemm, sigmoid, sum_outer, xp_of
+from .masking import carry, split_grad, store
 
 
 class LSTMCache(NamedTuple):
@@ -31,46 +33,59 @@ class LSTMCache(NamedTuple):
     tanh_c: object
 
 
-def pointwise_forward(xg, hg, h_prev, c_prev, valid):
-    """Gate math of one step: returns (h_t, c_t, cache); padded rows keep their state."""
+def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None):
+    """Gate math of one step: returns (h_t, c_t, cache); padded rows keep their state.
+
+    ``out`` = (h, c, gates, tanh_c) preallocated (B, ·) arrays to write into, or None.
+    """
     xp = xp_of(xg)
-    H = c_prev.shape[-1]
-    gates = xg + hg
+    B, H = c_prev.shape
+    h, c, gates, tanh_c = out or (None, None, None, None)
+    gates = xp.add(xg, hg, out=gates)
     sigmoid(xp, gates[:, : 2 * H], out=gates[:, : 2 * H])
     xp.tanh(gates[:, 2 * H : 3 * H], out=gates[:, 2 * H : 3 * H])
     sigmoid(xp, gates[:, 3 * H :], out=gates[:, 3 * H :])
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-    c = f * c_prev + i * g
-    tanh_c = xp.tanh(c)
-    h = o * tanh_c
+    c = xp.multiply(f, c_prev, out=c)
+    c += i * g
+    tanh_c = xp.tanh(c, out=tanh_c)
+    h = xp.multiply(o, tanh_c, out=h)
     return carry(valid, h, h_prev), carry(valid, c, c_prev), LSTMCache(gates, c_prev, tanh_c)
 
 
-def pointwise_backward(dh, dc, cache, valid):
-    """Returns (∂z (B, 4H), the ∂h carried past a padded step or None, ∂c_{t−1})."""
+def pointwise_backward(dh, dc, cache, valid, out=None):
+    """Returns (∂z (B, 4H), the ∂h carried past a padded step or None, ∂c_{t−1}).
+
+    ``out`` = (dz, dh_carried, dc_prev) preallocated arrays (dh_carried may be None).
+    """
     xp = xp_of(dh)
-    H = dh.shape[-1]
     gates, c_prev, tanh_c = cache
+    H = tanh_c.shape[-1]
+    dz, dh_carried_out, dc_prev_out = out or (None, None, None)
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dh, dh_carried = split_grad(valid, dh)
     dc, dc_carried = split_grad(valid, dc)
     dc = dc + dh * o * (1 - tanh_c * tanh_c)
-    dz = xp.empty_like(gates)
+    if dz is None:
+        dz = xp.empty_like(gates)
     dz[:, :H] = dc * g * i * (1 - i)
     dz[:, H : 2 * H] = dc * c_prev * f * (1 - f)
     dz[:, 2 * H : 3 * H] = dc * i * (1 - g * g)
     dz[:, 3 * H :] = dh * tanh_c * o * (1 - o)
-    return dz, dh_carried, add_carried(dc * f, dc_carried)
-
-
-class LSTMStepCache(NamedTuple):
-    pointwise: LSTMCache
-    h_prev: object
-    y: object  # o ⊙ tanh(c_t) before the projection (LSTMP only)
+    dc_prev = dc * f if dc_carried is None else dc * f + dc_carried
+    if dh_carried is not None:
+        dh_carried = store(dh_carried_out, dh_carried)
+    return dz, dh_carried, store(dc_prev_out, dc_prev)
 
 
 class LSTMCell:
-    """The LSTM recurrence around the pointwise math: h W_hhᵀ, and LSTMP's W_hr."""
+    """The LSTM recurrence around the pointwise math: h W_hhᵀ, and LSTMP's W_hr.
+
+    ``workspace`` allocates every per-step buffer of a layer once; a step reads and
+    writes its slice [t]. Forward: one recurrent GEMM accumulating into the bias-filled
+    h_g[t], one pointwise call. Backward: one pointwise call writing ∂z straight into
+    ∂x_g[t], one GEMM accumulating ∂z W_hh into ∂h_{t−1}.
+    """
 
     num_gates = 4
     has_cell_state = True
@@ -78,39 +93,72 @@ class LSTMCell:
     def __init__(self, pointwise):
         self.pw = pointwise
 
-    def step_forward(self, p, xg, state, valid):
-        h_prev, c_prev = state
-        hg = h_prev @ p["w_hh"].T
-        if p.get("b_hh") is not None:
-            hg += p["b_hh"]
-        if p.get("w_hr") is None:
-            h, c, cache = self.pw.lstm_forward(xg, hg, h_prev, c_prev, valid)
-            return (h, c), LSTMStepCache(cache, h_prev, None)
-        y, c, cache = self.pw.lstm_forward(xg, hg, None, c_prev, None)
-        h = carry(valid, y @ p["w_hr"].T, h_prev)
-        return (h, carry(valid, c, c_prev)), LSTMStepCache(cache, h_prev, y)
-
-    def step_backward(self, p, dstate, cache, valid):
-        """Returns (∂xg, (∂h_{t−1}, ∂c_{t−1}), what the hoisted weight gradients need)."""
-        dh, dc = dstate
-        if p.get("w_hr") is None:
-            dz, dh_carried, dc_prev = self.pw.lstm_backward(dh, dc, cache.pointwise, valid)
-            dh_proj = None
-        else:
-            dh_proj, dh_carried = split_grad(valid, dh)
-            dc, dc_carried = split_grad(valid, dc)
-            dz, _, dc_prev = self.pw.lstm_backward(dh_proj @ p["w_hr"], dc, cache.pointwise, None)
-            dc_prev = add_carried(dc_prev, dc_carried)
-        dh_prev = add_carried(dz @ p["w_hh"], dh_carried)
-        return dz, (dh_prev, dc_prev), (dz, dh_proj)
-
-    def recurrent_grads(self, p, caches, saved):
-        """∂W_hh = Σ_t ∂z_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂z_t, ∂W_hr = Σ_t ∂h_tᵀ y_t: one GEMM each."""
-        xp = xp_of(saved[0][0])
-        dz = xp.stack([s[0] for s in saved])
-        h_prev = xp.stack([c.h_prev for c in caches])
-        grads = {"w_hh": sum_outer(dz, h_prev), "b_hh": dz.sum(axis=(0, 1))}
+    def workspace(self, xp, p, T, B, dtype):
+        H, width = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
+        ws = SimpleNamespace(
+            hg=filled(xp, p.get("b_hh"), (T, B, 4 * H), dtype),
+            h=xp.empty((T, B, width), dtype), c=xp.empty((T, B, H), dtype),
+            gates=xp.empty((T, B, 4 * H), dtype), tanh_c=xp.empty((T, B, H), dtype),
+            y=None,  # LSTMP only: o ⊙ tanh(c_t) before the projection
+        )
         if p.get("w_hr") is not None:
-            dh_proj = xp.stack([s[1] for s in saved])
-            grads["w_hr"] = sum_outer(dh_proj, xp.stack([c.y for c in caches]))
+            ws.y = xp.empty((T, B, H), dtype)
+        return ws
+
+    def state_at(self, ws, t):
+        return ws.h[t], ws.c[t]
+
+    def step_forward(self, p, ws, t, xg, state_prev, valid):
+        h_prev, c_prev = state_prev
+        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True, beta=1.0)
+        if ws.y is None:
+            out = (ws.h[t], ws.c[t], ws.gates[t], ws.tanh_c[t])
+            self.pw.lstm_forward(xg, ws.hg[t], h_prev, c_prev, valid, out=out)
+            return
+        out = (ws.y[t], ws.c[t], ws.gates[t], ws.tanh_c[t])
+        self.pw.lstm_forward(xg, ws.hg[t], None, c_prev, None, out=out)
+        gemm(ws.y[t], p["w_hr"], ws.h[t], transpose_b=True)
+        carry(valid, ws.h[t], h_prev)
+        carry(valid, ws.c[t], c_prev)
+
+    def backward_workspace(self, xp, ws, dstate):
+        """Buffers of the backward pass; the cell-state gradient starts at ∂L/∂c_T."""
+        T, B, H = ws.c.shape
+        ws.dxg = xp.empty_like(ws.gates)
+        ws.dc = [dstate[1].copy(), xp.empty((B, H), ws.c.dtype)]  # ping-pong ∂c buffers
+        ws.dh_carried = xp.empty((B, ws.h.shape[-1]), ws.c.dtype)
+        ws.dh_proj = None if ws.y is None else xp.empty_like(ws.h)
+        ws.dc_step = 0
+
+    def step_backward(self, p, ws, t, dh, state_prev, valid, dh_prev):
+        """∂z into ∂x_g[t]; ∂h_{t−1} (+= into ``dh_prev``); ∂c_{t−1} into the other ∂c."""
+        h_prev, c_prev = state_prev
+        cache = LSTMCache(ws.gates[t], c_prev, ws.tanh_c[t])
+        dc, dc_prev = ws.dc[ws.dc_step % 2], ws.dc[(ws.dc_step + 1) % 2]
+        ws.dc_step += 1
+        carried = None if valid is None else ws.dh_carried
+        if ws.y is None:
+            _, carried, _ = self.pw.lstm_backward(dh, dc, cache, valid,
+                                                  out=(ws.dxg[t], carried, dc_prev))
+        else:
+            dh_new, carried = split_grad(valid, dh)
+            dc_new, dc_carried = split_grad(valid, dc)
+            ws.dh_proj[t] = dh_new
+            self.pw.lstm_backward(dh_new @ p["w_hr"], dc_new, cache, None,
+                                  out=(ws.dxg[t], None, dc_prev))
+            if dc_carried is not None:
+                dc_prev += dc_carried
+        if carried is not None:
+            dh_prev += carried
+        gemm(ws.dxg[t], p["w_hh"], dh_prev, beta=1.0)
+
+    def cell_grad(self, ws):
+        """∂L/∂c at the step about to be processed (∂L/∂c_0 once the loop has ended)."""
+        return ws.dc[ws.dc_step % 2]
+
+    def recurrent_grads(self, p, ws, h_prev, db):
+        """∂W_hh = Σ_t ∂z_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂z_t (= ∂b_ih), ∂W_hr = Σ_t ∂h_tᵀ y_t."""
+        grads = {"w_hh": sum_outer(ws.dxg, h_prev), "b_hh": db}
+        if ws.y is not None:
+            grads["w_hr"] = sum_outer(ws.dh_proj, ws.y)
         return grads

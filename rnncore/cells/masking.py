@@ -16,10 +16,10 @@ from ..backend import xp_of
 
 
 def carry(valid, new, prev):
-    """The state after a step: ``new`` where the step is valid, else ``prev`` (exactly)."""
-    if valid is None:
-        return new
-    return xp_of(new).where(valid, new, prev)
+    """In place: rows of ``new`` whose step is padded take ``prev``'s values (exactly)."""
+    if valid is not None:
+        xp_of(new).copyto(new, prev, where=~valid)
+    return new
 
 
 def split_grad(valid, dstate):
@@ -30,6 +30,9 @@ def split_grad(valid, dstate):
     return xp.where(valid, dstate, 0), xp.where(valid, 0, dstate)
 
 
-def add_carried(d, carried):
-    """``d`` plus the carried-past gradient, when there is one."""
-    return d if carried is None else d + carried
+def store(out, value):
+    """Write ``value`` into ``out`` (a preallocated buffer) when given; return the result."""
+    if out is None:
+        return value
+    out[...] = value
+    return out

@@ -5,32 +5,41 @@
 Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², relu' = [h > 0].
 """
 
-from typing import NamedTuple
+from types import SimpleNamespace
 
-from ..backend import sum_outer, xp_of
-from .masking import add_carried, carry, split_grad
+from ..backend import filled, gemm, sum_outer, xp_of
+from .masking import carry, split_grad, store
 
 NONLINEARITIES = ("tanh", "relu")
 
 
-def pointwise_forward(xg, hg, h_prev, valid, nonlinearity):
-    """Returns (h_t, h_new): h_new = φ(xg + hg) is saved for the derivative."""
+def pointwise_forward(xg, hg, h_prev, valid, nonlinearity, out=None):
+    """Returns (h_t, h_new): h_new = φ(xg + hg) is saved for the derivative.
+
+    ``out`` = (h, h_new) preallocated (B, H) arrays, or None.
+    """
     xp = xp_of(xg)
-    a = xg + hg
-    h = xp.tanh(a, out=a) if nonlinearity == "tanh" else xp.maximum(a, 0, out=a)
-    return carry(valid, h, h_prev), h
+    h, h_new = out or (None, None)
+    h_new = xp.add(xg, hg, out=h_new)
+    if nonlinearity == "tanh":
+        xp.tanh(h_new, out=h_new)
+    else:
+        xp.maximum(h_new, 0, out=h_new)
+    h = h_new.copy() if h is None else store(h, h_new)
+    return carry(valid, h, h_prev), h_new
 
 
-def pointwise_backward(dh, h_new, valid, nonlinearity):
-    """Returns (∂a (B, H), the ∂h carried past a padded step or None)."""
+def pointwise_backward(dh, h_new, valid, nonlinearity, out=None):
+    """Returns (∂a (B, H), the ∂h carried past a padded step or None).
+
+    ``out`` = (da, dh_carried) preallocated arrays (dh_carried may be None), or None.
+    """
+    da_out, carried_out = out or (None, None)
     dh, dh_carried = split_grad(valid, dh)
     da = dh * (1 - h_new * h_new) if nonlinearity == "tanh" else dh * (h_new > 0)
-    return da, dh_carried
-
-
-class RNNStepCache(NamedTuple):
-    h_new: object
-    h_prev: object
+    if dh_carried is not None:
+        dh_carried = store(carried_out, dh_carried)
+    return store(da_out, da), dh_carried
 
 
 class RNNCell:
@@ -43,19 +52,31 @@ class RNNCell:
         self.pw = pointwise
         self.nonlinearity = nonlinearity
 
-    def step_forward(self, p, xg, h_prev, valid):
-        hg = h_prev @ p["w_hh"].T
-        if p.get("b_hh") is not None:
-            hg += p["b_hh"]
-        h, h_new = self.pw.rnn_forward(xg, hg, h_prev, valid, self.nonlinearity)
-        return h, RNNStepCache(h_new, h_prev)
+    def workspace(self, xp, p, T, B, dtype):
+        H = p["w_hh"].shape[1]
+        return SimpleNamespace(hg=filled(xp, p.get("b_hh"), (T, B, H), dtype),
+                               h=xp.empty((T, B, H), dtype), h_new=xp.empty((T, B, H), dtype))
 
-    def step_backward(self, p, dh, cache, valid):
-        da, dh_carried = self.pw.rnn_backward(dh, cache.h_new, valid, self.nonlinearity)
-        return da, add_carried(da @ p["w_hh"], dh_carried), da
+    def state_at(self, ws, t):
+        return ws.h[t]
 
-    def recurrent_grads(self, p, caches, saved):
-        xp = xp_of(saved[0])
-        da = xp.stack(saved)
-        h_prev = xp.stack([c.h_prev for c in caches])
-        return {"w_hh": sum_outer(da, h_prev), "b_hh": da.sum(axis=(0, 1))}
+    def step_forward(self, p, ws, t, xg, h_prev, valid):
+        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True, beta=1.0)
+        self.pw.rnn_forward(xg, ws.hg[t], h_prev, valid, self.nonlinearity,
+                            out=(ws.h[t], ws.h_new[t]))
+
+    def backward_workspace(self, xp, ws, dstate):
+        ws.dxg = xp.empty_like(ws.h)
+        ws.dh_carried = xp.empty_like(ws.h[0])
+
+    def step_backward(self, p, ws, t, dh, h_prev, valid, dh_prev):
+        carried = None if valid is None else ws.dh_carried
+        _, carried = self.pw.rnn_backward(dh, ws.h_new[t], valid, self.nonlinearity,
+                                          out=(ws.dxg[t], carried))
+        if carried is not None:
+            dh_prev += carried
+        gemm(ws.dxg[t], p["w_hh"], dh_prev, beta=1.0)
+
+    def recurrent_grads(self, p, ws, h_prev, db):
+        """∂W_hh = Σ_t ∂a_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂a_t (= ∂b_ih)."""
+        return {"w_hh": sum_outer(ws.dxg, h_prev), "b_hh": db}

@@ -24,20 +24,24 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..cells import REFERENCE, RNNCell
-from ..cells.masking import carry, split_grad
+from ..cells.masking import carry, split_grad, store
 from ..gradflow import Config, GradFlowRecorder, plot_heatmaps, run_config
 from ..init import orthogonal
 from ..stack import StackSpec, stack_backward, stack_forward
 from .common import Report, format_table, pyplot, save_figure
 
 
-def _linear_forward(xg, hg, h_prev, valid, nonlinearity):
-    h = xg + hg
-    return carry(valid, h, h_prev), h
+def _linear_forward(xg, hg, h_prev, valid, nonlinearity, out=None):
+    h, h_new = out or (None, None)
+    h_new = store(h_new, xg + hg)
+    h = h_new.copy() if h is None else store(h, h_new)
+    return carry(valid, h, h_prev), h_new
 
 
-def _linear_backward(dh, h_new, valid, nonlinearity):
-    return split_grad(valid, dh)
+def _linear_backward(dh, h_new, valid, nonlinearity, out=None):
+    da_out, carried_out = out or (None, None)
+    da, carried = split_grad(valid, dh)
+    return store(da_out, da), None if carried is None else store(carried_out, carried)
 
 
 # The Elman cell's pointwise interface with φ(a) = a: a linear RNN on the engine's path.
