@@ -8,7 +8,9 @@ which the notebook shows when it runs on a machine without a GPU.
 
 import datetime
 import json
+import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,17 @@ from rnncore import backend  # noqa: E402
 
 SIZES = (128, 512, 2048)  # the notebook's live GPU sizes: keep the two in step
 CONFIGS = [(1, 256, 64, 100), (3, 512, 64, 100)]
+
+
+def commit() -> str:
+    """The checkout's commit: $RNNCORE_COMMIT, else ``git rev-parse``, else "unknown"."""
+    if os.environ.get("RNNCORE_COMMIT"):
+        return os.environ["RNNCORE_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main(argv=None):
@@ -49,6 +62,7 @@ def main(argv=None):
         "date": datetime.date.today().isoformat(),
         "versions": versions,
         "python": platform.python_version(),
+        "commit": commit(),
         "command": "python notebooks/record_gpu_timings.py",
         "pointwise": nbhelpers.measure_pointwise("cuda", 64, SIZES, repeats=51),
         "modules": nbhelpers.measure_modules("cuda", CONFIGS, repeats=15),

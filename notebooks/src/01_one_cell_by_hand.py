@@ -57,24 +57,30 @@ nbhelpers.show_source(lstm.pointwise_forward)
 # %% [markdown]
 # Read it against the equations:
 #
-# * `gates = xg + hg` is $z$; both biases are already inside `xg` and `hg`.
+# * `gates = xp.add(xg, hg, out=gates)` is $z$; both biases are already inside `xg`
+#   and `hg`. (`xp` is NumPy or CuPy. The `out=` buffers let rnncore's layer hand in
+#   arrays allocated once before the time loop; called without `out`, as below, the
+#   function allocates its own.)
 # * $i$ and $f$ are neighbours, so one sigmoid covers the first $2H$ columns; tanh
 #   makes $g$ and a sigmoid makes $o$. They overwrite `gates` in place, so afterwards
 #   `gates` holds the *activated* gates, which is exactly what the backward pass needs.
-# * `c = f * c_prev + i * g` and `h = o * tanh_c` are the last two equations, letter
-#   for letter.
+#   (rnncore computes $\sigma(a)$ as $\tfrac12 \tanh(a/2) + \tfrac12$, an exact
+#   identity that is faster in NumPy.)
+# * `c = f * c_prev`, then `c += i * g`, and `h = o * tanh_c` are the last two
+#   equations, letter for letter.
 # * `carry(valid, new, old)` is for padded batches: where a sequence has already ended
 #   (`valid` false) the state is passed on unchanged. With `valid=None` (every
 #   sequence full length) it simply returns the new state.
 # * The cache keeps the activated gates, $c_{t-1}$ and $\tanh(c_t)$: nothing more.
 #
 # Where do `xg` and `hg` come from? The recurrent product is one GEMM per step, in the
-# cell class; the input product does not depend on the state, so the layer does it for
-# all $T$ steps in a single GEMM before the time loop ("hoisting"):
+# cell class (`gemm(..., beta=1.0)` adds $h_{t-1} W_{hh}^\top$ into `hg[t]`, which
+# already holds $b_{hh}$); the input product does not depend on the state, so the layer
+# does it for all $T$ steps in a single GEMM before the time loop ("hoisting"):
 
 # %%
-nbhelpers.show_source(lstm.LSTMCell.step_forward, stop="if p.get(\"w_hr\") is None")
-nbhelpers.show_source(layer_forward, start="xg = (x.reshape", stop="state = state0")
+nbhelpers.show_source(lstm.LSTMCell.step_forward, stop="out = (ws.y[t]")
+nbhelpers.show_source(layer_forward, start="xg = filled", stop="ws = cell.workspace")
 
 # %% [markdown]
 # ## One step forward, three ways
@@ -254,10 +260,13 @@ print(f"{'input':<14}", np.abs(dxs_hand - dxs).max())
 
 # %% [markdown]
 # rnncore's own time loop (`rnncore.layer.layer_backward`) is the same loop, written
-# once for all three cell types; the cell object supplies the step:
+# once for all three cell types; the cell object supplies the step. Instead of a
+# running `dh` it keeps one buffer `dh` of shape $(T, B, H)$ that starts as
+# $\partial L/\partial\,\text{output}$; each step adds its $\partial h_{t-1}$ into
+# the slot of the step before:
 
 # %%
-nbhelpers.show_source(layer_backward, start="for t in reversed", stop="grads = cell")
+nbhelpers.show_source(layer_backward, start="for k in range(T - 1", stop="dxg = ws.dxg")
 
 # %% [markdown]
 # How far back does a gradient reach? Put the loss on the **last** output only and

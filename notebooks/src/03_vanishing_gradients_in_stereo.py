@@ -31,7 +31,7 @@ nbhelpers.setup()
 # and from step $t+1$), the loop hands it to the recorder:
 
 # %%
-nbhelpers.show_source(layer_backward, start="for t in reversed", stop="dxg_t, dstate")
+nbhelpers.show_source(layer_backward, start="for k in range(T - 1", stop="dh_prev = dh0")
 
 # %% [markdown]
 # `rnncore.gradflow.GradFlowRecorder` keeps the norms $\lVert \partial L / \partial

@@ -7,9 +7,11 @@
 # On a GPU the products go to cuBLAS and run near the card's peak. The element-wise
 # part is the problem: written as array expressions, as rnncore's reference is, every
 # operation is a separate pass over memory and, on a GPU, a separate kernel launch.
-# Count them in `pointwise_forward` (notebook 1): an addition, three activations, three
-# products, a sum, another tanh — nine launches per step forward, and about two dozen
-# backward, each reading and writing whole $B \times H$ or $B \times 4H$ arrays.
+# Count them in `pointwise_forward` (notebook 1): an addition, the activations (each
+# sigmoid alone is four operations, $\tfrac12 \tanh(x/2) + \tfrac12$), the products
+# and sums of the cell update, another tanh: over a dozen launches per step forward and
+# about two dozen backward, each reading and writing whole $B \times H$ or
+# $B \times 4H$ arrays.
 #
 # A *fused* kernel does the whole element-wise step in one launch: one GPU thread per
 # (batch row, hidden unit) element reads its gate pre-activations once, keeps every
@@ -144,10 +146,11 @@ for dtype in ("float32", "float64"):
 
 # %% [markdown]
 # The two differ by a few units in the last place: the kernel computes $\sigma$ as
-# `1 / (1 + exp(-x))`, NumPy through SciPy's `expit`, and the compiler may contract a
-# multiply and an add into one fused multiply-add. Within a module the same holds:
-# `impl="fused"` and `impl="reference"` give the same outputs and gradients to rounding,
-# and the fused module passes the finite-difference check of notebook 1 on its own.
+# `1 / (1 + exp(-x))`, the reference as $\tfrac12 \tanh(x/2) + \tfrac12$, and the
+# compiler may contract a multiply and an add into one fused multiply-add. Within a
+# module the same holds: `impl="fused"` and `impl="reference"` give the same outputs
+# and gradients to rounding, and the fused module passes the finite-difference check
+# of notebook 1 on its own.
 
 # %%
 def run_module(impl, dtype, x, dout):
@@ -245,7 +248,8 @@ recorded = json.loads(recorded_path.read_text()) if recorded_path.exists() else 
 if recorded is None:
     print("no recorded GPU timings in", recorded_path)
 else:
-    print(f"{recorded['device']}, {recorded['date']}, {recorded['versions']}")
+    print(f"{recorded['device']}, {recorded['date']}, rnncore commit "
+          f"{recorded.get('commit', '?')}; {recorded['versions']}")
     print("command:", recorded["command"])
     fig, ax = plt.subplots(figsize=(4.5, 2.8))
     plot_pointwise(recorded["pointwise"], f"element-wise LSTM step, {recorded['device']}", ax)
