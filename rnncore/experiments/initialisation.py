@@ -71,11 +71,13 @@ def _plot(curves, floor, out):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for i, (key, runs) in enumerate(curves.items()):
         state, weights, fb = key
-        ax = axes[0] if (weights, fb) == ("pytorch", 0.0) else axes[1]
-        label = f"h0 {state}" if ax is axes[0] else f"{weights}, fb+{fb:g}"
         steps = [s for s, _ in runs[0]]
         mean = np.mean([[v for _, v in r] for r in runs], axis=0)
-        ax.plot(steps, mean, marker="o", ms=3, color=f"C{i}", label=label)
+        if (weights, fb) == ("pytorch", 0.0):  # the state sweep
+            axes[0].plot(steps, mean, marker="o", ms=3, color=f"C{i}", label=f"h0 {state}")
+        if state == "zeros":  # the weight sweep, whose baseline is the zero-state run
+            axes[1].plot(steps, mean, marker="o", ms=3, color=f"C{i}",
+                         label=f"{weights}, fb+{fb:g}")
     for ax, title in zip(axes, ("initial states (PyTorch weights)", "weights (zero h0/c0)")):
         ax.axhline(floor, color="k", ls=":", label="entropy floor")
         ax.set_xlabel("training step")
