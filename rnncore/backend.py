@@ -159,9 +159,7 @@ def gemm(a, b, out, *, transpose_b=False, beta=0.0):
     outᵀ = op(b)ᵀ · aᵀ + β · outᵀ.
     """
     if is_cupy_array(out):
-        from cupy import cublas
-
-        return cublas.gemm("N", "T" if transpose_b else "N", a, b, out=out, beta=beta)
+        return _cublas_gemm(a, b, out, transpose_b, beta)
     if out.flags.c_contiguous and out.dtype in (np.float32, np.float64):
         from scipy.linalg import blas
 
@@ -177,6 +175,43 @@ def gemm(a, b, out, *, transpose_b=False, beta=0.0):
         out += product
     else:
         out[...] = product
+    return out
+
+
+_SCALARS = {}  # (dtype, value) -> a host scalar whose address cuBLAS reads alpha/beta from
+
+
+def _host_scalar(dtype, value):
+    key = (np.dtype(dtype).char, float(value))
+    if key not in _SCALARS:
+        _SCALARS[key] = np.array(value, dtype=dtype)
+    return _SCALARS[key].ctypes.data
+
+
+def _cublas_gemm(a, b, out, transpose_b, beta):
+    """cuBLAS ?gemm on row-major arrays, called directly when all three are C-contiguous.
+
+    Row-major out = a · op(b) is column-major outᵀ = op(b)ᵀ · aᵀ, so cuBLAS gets
+    (op on b, no op on a, n, m, k) with the leading dimensions of the row-major arrays.
+    Anything else goes through ``cupy.cublas.gemm``, which copies as it needs to.
+    """
+    from cupy import cublas as cupy_cublas
+    from cupy.cuda import device
+
+    try:
+        from cupy_backends.cuda.libs import cublas
+    except ImportError:  # older CuPy layouts
+        from cupy.cuda import cublas
+
+    if not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+            and a.dtype == b.dtype == out.dtype and out.dtype.char in "fd"):
+        return cupy_cublas.gemm("N", "T" if transpose_b else "N", a, b, out=out, beta=beta)
+    m, k = a.shape
+    n = out.shape[1]
+    routine = cublas.sgemm if out.dtype.char == "f" else cublas.dgemm
+    routine(device.get_cublas_handle(), int(transpose_b), 0, n, m, k,
+            _host_scalar(out.dtype, 1.0), b.data.ptr, b.shape[1], a.data.ptr, k,
+            _host_scalar(out.dtype, beta), out.data.ptr, n)
     return out
 
 

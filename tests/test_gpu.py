@@ -48,7 +48,7 @@ def _problem(module, T=6, B=4, seed=0):
     dh = rng.standard_normal((LD, B, module.spec.out_size)).astype(dt)
     dstate = (dh, rng.standard_normal((LD, B, module.hidden_size)).astype(dt)) \
         if module.mode == "lstm" else dh
-    return dict(x=rng.standard_normal(shape).astype(dt), hx=hx, lengths=[T, 2, T - 1, 1][:B],
+    return dict(x=rng.standard_normal(shape).astype(dt), hx=hx, lengths=([T, 2, T - 1, 1] * B)[:B],
                 dout=dout, dstate=dstate)
 
 
