@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench gradcheck
+.PHONY: install test train notebooks lint bench gradcheck
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,11 +15,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# One BLAS/OpenMP thread per process in the tests: small matrices, and no oversubscription
+# when torch and OpenBLAS share the two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+
+# The main job: a multi-layer character LSTM on a built-in corpus, about two minutes.
+train: $(STAMP)
+	$(BIN)/python -m rnncore.train
+
+# Re-execute every notebook from its source and store the outputs.
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/build.py --execute
 
 lint: $(STAMP)
-	$(BIN)/ruff check rnncore tests
+	$(BIN)/ruff check rnncore tests notebooks
 
 bench: $(STAMP)
 	$(BIN)/python -m rnncore.bench
