@@ -364,11 +364,13 @@ class Reporter:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def progress(self, step, loss, chars_per_s, lr):
-        steps = self.cfg["steps"]
-        done = int(30 * step / steps)
-        line = (f"[{'#' * done}{'.' * (30 - done)}] step {step}/{steps}  loss {loss:.4f}  "
-                f"bpc {loss / LN2:.3f}  {chars_per_s / 1000:.1f}k chars/s  lr {lr:.2e}")
+    def progress(self, step, loss, chars_per_s, lr, elapsed):
+        steps, budget = self.cfg["steps"], self.cfg["time"]
+        fraction = max(step / steps, elapsed / budget if budget else 0.0)
+        done = min(30, int(30 * fraction))
+        line = (f"[{'#' * done}{'.' * (30 - done)}] step {step}/{steps}  {elapsed:.0f} s  "
+                f"loss {loss:.4f}  bpc {loss / LN2:.3f}  {chars_per_s / 1000:.1f}k chars/s  "
+                f"lr {lr:.2e}")
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif not self.cfg["quiet"] and step % (10 * self.cfg["log_every"]) == 0:
@@ -472,7 +474,7 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
             reporter.record({"kind": "train", "step": run.step, "loss": mean,
                              "bpc": mean / LN2, "grad_norm": float(grad_norm), "lr": lr,
                              "chars_per_s": rate, "elapsed": run.elapsed})
-            reporter.progress(run.step, mean, rate, lr)
+            reporter.progress(run.step, mean, rate, lr, run.elapsed)
             loss_sum, loss_count, tick, chars = xp.zeros((), dtype=model.dtype), 0, now, 0
         if run.step % cfg["eval_every"] == 0 or run.step == cfg["steps"]:
             evaluate_and_save(run, reporter)
