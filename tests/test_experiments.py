@@ -115,3 +115,10 @@ def test_every_experiment_runs_quick(name, tmp_path, capsys):
 def test_unknown_experiment_is_named():
     with pytest.raises(ValueError, match="unknown experiment"):
         experiments.get("transformer")
+
+
+@pytest.mark.parametrize("name", ["clipping", "init"])
+def test_results_do_not_depend_on_the_number_of_worker_processes(name, tmp_path):
+    one = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=1)
+    two = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=2)
+    assert one.rows == two.rows

@@ -1,6 +1,6 @@
 """Ready experiments on gradient flow and training of deep recurrent stacks.
 
-    python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR]
+    python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR] [--jobs N]
 
 NAME is one of ``EXPERIMENTS``; each module's docstring states the published claim it
 tests and how. Every experiment prints a table, writes PNGs into ``--out`` and reports
@@ -18,12 +18,14 @@ DEFAULT_SEEDS = {"vanishing": (0,), "bidirectional": (0, 1, 2), "adding": (0, 1,
 
 
 def get(name):
-    """The module of experiment ``name`` (it has ``run(quick, seeds, out) -> Report``)."""
+    """The module of experiment ``name`` (``run(quick, seeds, out, jobs) -> Report``)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"{__name__}.{MODULES.get(name, name)}")
 
 
-def run(name, quick=False, seeds=None, out="experiments_out"):
+def run(name, quick=False, seeds=None, out="experiments_out", jobs=1):
+    """Run experiment ``name``; ``jobs`` > 1 spreads its independent seeded runs over that
+    many worker processes (the results are the same for any ``jobs``)."""
     seeds = tuple(DEFAULT_SEEDS[name] if seeds is None else seeds)
-    return get(name).run(quick=quick, seeds=seeds, out=out)
+    return get(name).run(quick=quick, seeds=seeds, out=out, jobs=jobs)

@@ -14,7 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..modules import GRU, LSTM, RNN
-from .common import Report, SequenceModel, fit, format_table, mean_sd, pyplot, save_figure
+from .common import (
+    Report,
+    SequenceModel,
+    fit,
+    format_table,
+    mean_sd,
+    parallel_map,
+    pyplot,
+    save_figure,
+)
 
 PLATEAU = 2.0 / 12.0
 
@@ -51,16 +60,16 @@ def train_one(cell, T, hidden, steps, batch, lr, seed, eval_every):
     return hist
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     T, hidden, steps, batch, lr = (20, 8, 30, 8, 1e-2) if quick else (100, 32, 2000, 32, 5e-3)
     eval_every = max(1, steps // 15)
+    runs = parallel_map(train_one, [(cell, T, hidden, steps, batch, lr, seed, eval_every)
+                                    for cell in CELLS for seed in seeds], jobs)
     rows, curves = [], {}
-    for cell in CELLS:
-        finals = []
-        for seed in seeds:
-            hist = train_one(cell, T, hidden, steps, batch, lr, seed, eval_every)
-            curves.setdefault(cell, []).append(hist.evals)
-            finals.append(hist.evals[-1][1])
+    for i, cell in enumerate(CELLS):
+        hists = runs[i * len(seeds):(i + 1) * len(seeds)]
+        curves[cell] = [h.evals for h in hists]
+        finals = [h.evals[-1][1] for h in hists]
         below = sum(f < PLATEAU / 2 for f in finals)
         rows.append([cell, mean_sd(finals, "{:.4f}"), f"{min(finals):.4f}",
                      f"{below}/{len(seeds)}"])

@@ -13,7 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..modules import LSTM
-from .common import Report, SequenceModel, fit, format_table, mean_sd, pyplot, save_figure
+from .common import (
+    Report,
+    SequenceModel,
+    fit,
+    format_table,
+    mean_sd,
+    parallel_map,
+    pyplot,
+    save_figure,
+)
 
 SHIFT = 3
 
@@ -32,24 +41,27 @@ def accuracy(model, x, tags):
     return float((pred[:-SHIFT] == tags[:-SHIFT]).mean())
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def one_run(bidirectional, T, K, hidden, steps, batch, lr, seed):
+    """Test accuracy during training, [(step, accuracy)], for one seed."""
+    model = SequenceModel(LSTM(K, hidden, 1, bidirectional=bidirectional, seed=seed), K + 1,
+                          "all", seed)
+    rng = np.random.default_rng(seed)
+    test = tagging_batch(np.random.default_rng(10_000 + seed), T, 500, K)
+    hist = fit(model, lambda step: tagging_batch(rng, T, batch, K), steps, lr, "adam",
+               clip=1.0, evaluate_fn=lambda: accuracy(model, *test),
+               eval_every=max(1, steps // 20))
+    return hist.evals
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     T, K, hidden, steps, batch, lr = (10, 4, 8, 40, 8, 2e-2) if quick \
         else (20, 8, 32, 400, 32, 1e-2)
+    runs = parallel_map(one_run, [(bidirectional, T, K, hidden, steps, batch, lr, seed)
+                                  for bidirectional in (False, True) for seed in seeds], jobs)
     rows, curves = [], {}
-    for bidirectional in (False, True):
-        name = "bidirectional" if bidirectional else "unidirectional"
-        accs = []
-        for seed in seeds:
-            model = SequenceModel(LSTM(K, hidden, 1, bidirectional=bidirectional, seed=seed),
-                                  K + 1, "all", seed)
-            rng = np.random.default_rng(seed)
-            test = tagging_batch(np.random.default_rng(10_000 + seed), T, 500, K)
-            hist = fit(model, lambda step, rng=rng: tagging_batch(rng, T, batch, K), steps,
-                       lr, "adam", clip=1.0,
-                       evaluate_fn=lambda model=model, test=test: accuracy(model, *test),
-                       eval_every=max(1, steps // 20))
-            curves.setdefault(name, []).append(hist.evals)
-            accs.append(hist.evals[-1][1])
+    for i, name in enumerate(("unidirectional", "bidirectional")):
+        curves[name] = runs[i * len(seeds):(i + 1) * len(seeds)]
+        accs = [evals[-1][1] for evals in curves[name]]
         rows.append([name, mean_sd(accs), f"{1 / K:.3f}"])
     table = format_table(["LSTM, 1 layer", "test accuracy (t < T−3)", "chance"], rows)
     head = f"T={T} K={K} hidden={hidden} per direction, steps={steps} batch={batch} Adam lr={lr}"

@@ -17,34 +17,50 @@ import math
 
 import numpy as np
 
-from .common import LMData, Report, format_table, mean_sd, new_lm, pyplot, save_figure, train_lm
+from .common import (
+    LMData,
+    Report,
+    format_table,
+    mean_sd,
+    new_lm,
+    parallel_map,
+    pyplot,
+    save_figure,
+    train_lm,
+)
+
+THRESHOLD = 1.0  # the clipping threshold
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def one_run(data, gain, lr, clip, hidden, steps, seed):
+    """(val bpc, fraction of steps with ‖g‖ > 1, max ‖g‖, diverged?, training losses)."""
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=1, cell="rnn",
+                   nonlinearity="tanh", init="orthogonal", seed=seed)
+    model.rnn.params["weight_hh_l0"] *= gain
+    hist, val = train_lm(data, model, steps, lr, "sgd", clip=clip)
+    norms = np.asarray(hist.grad_norms)
+    return (val, float((norms > THRESHOLD).mean()), float(norms.max()),
+            hist.diverged_at is not None, hist.losses)
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, gains, lrs = 16, 8, 8, 16, 20_000, (3.0,), (1.0,)
     else:
         hidden, steps, batch, seq, chars = 128, 500, 32, 50, 200_000
         gains, lrs = (1.0, 3.0), (0.5, 1.0, 2.0)
-    threshold = 1.0
     data = LMData.make(chars, batch, seq)
+    grid = list(itertools.product(gains, lrs, (None, THRESHOLD)))
+    runs = parallel_map(one_run, [(data, gain, lr, clip, hidden, steps, seed)
+                                  for gain, lr, clip in grid for seed in seeds], jobs)
     rows, curves = [], {}
-    for gain, lr, clip in itertools.product(gains, lrs, (None, threshold)):
-        vals, over, peak, diverged = [], [], [], 0
-        for seed in seeds:
-            model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=1,
-                           cell="rnn", nonlinearity="tanh", init="orthogonal", seed=seed)
-            model.rnn.params["weight_hh_l0"] *= gain
-            hist, val = train_lm(data, model, steps, lr, "sgd", clip=clip)
-            norms = np.asarray(hist.grad_norms)
-            diverged += hist.diverged_at is not None
-            vals.append(val)
-            over.append(float((norms > threshold).mean()))
-            peak.append(float(norms.max()))
-            curves[(gain, lr, clip, seed)] = hist.losses
+    for i, (gain, lr, clip) in enumerate(grid):
+        vals, over, peak, diverged, losses = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        for seed, curve in zip(seeds, losses):
+            curves[(gain, lr, clip, seed)] = curve
         finite = [v for v in vals if math.isfinite(v)]
         rows.append([f"{gain:g}", f"{lr:g}", "none" if clip is None else f"{clip:g}",
-                     mean_sd(finite) if finite else "—", f"{diverged}/{len(seeds)}",
+                     mean_sd(finite) if finite else "—", f"{sum(diverged)}/{len(seeds)}",
                      f"{np.mean(over):.2f}", f"{np.max(peak):.3g}"])
     table = format_table(["W_hh gain", "SGD lr", "clip", "val bpc", "diverged",
                           "steps ‖g‖>1", "max ‖g‖"], rows)

@@ -18,6 +18,7 @@ windows, as ``rnncore.train`` does).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 
@@ -81,6 +82,34 @@ def save_figure(fig, out_dir, name) -> str:
     fig.savefig(path, dpi=80)
     pyplot().close(fig)
     return path
+
+
+# ============================================================================ parallel runs
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parallel_map(fn, tasks, jobs=1) -> list:
+    """``[fn(*task) for task in tasks]``, in order, over ``jobs`` worker processes if > 1.
+
+    Every task is one independent, seeded run, so the results do not depend on ``jobs``.
+    Workers are spawned (fresh interpreters) with one BLAS thread each: several
+    processes each running multi-threaded BLAS on these small matrices oversubscribe the
+    cores and run many times slower.
+    """
+    tasks = list(tasks)
+    if jobs <= 1 or len(tasks) <= 1:
+        return [fn(*task) for task in tasks]
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: "1" for k in THREAD_VARS})
+    try:
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
+            return pool.starmap(fn, tasks)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ============================================================================ heads

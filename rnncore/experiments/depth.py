@@ -23,6 +23,7 @@ from .common import (
     lm_layer_gradients,
     mean_sd,
     new_lm,
+    parallel_map,
     pyplot,
     save_figure,
     train_lm,
@@ -37,27 +38,30 @@ def init_depth_ratio(data, depth, residual, hidden, seed):
     return layers[-1] / layers[0], layers
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def one_run(data, depth, residual, hidden, steps, lr, seed):
+    """(G_top/G_bottom at initialisation, validation bpc after training) for one seed."""
+    ratio, _ = init_depth_ratio(data, depth, residual, hidden, seed)
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=depth,
+                   cell="lstm", seed=seed, residual=residual)
+    return ratio, train_lm(data, model, steps, lr, "adam", clip=1.0)[1]
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     if quick:
         depths, hidden, steps, batch, seq, chars = (1, 2, 4), 16, 6, 8, 16, 20_000
     else:
         depths, hidden, steps, batch, seq, chars = (1, 2, 4, 8), 64, 300, 32, 50, 200_000
     lr = 3e-3
     data = LMData.make(chars, batch, seq)
+    grid = [(residual, depth) for residual in (None, "layers") for depth in depths]
+    runs = parallel_map(one_run, [(data, depth, residual, hidden, steps, lr, seed)
+                                  for residual, depth in grid for seed in seeds], jobs)
     rows, results = [], {}
-    for residual in (None, "layers"):
-        for depth in depths:
-            ratios, vals = [], []
-            for seed in seeds:
-                ratio, _ = init_depth_ratio(data, depth, residual, hidden, seed)
-                model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=depth,
-                               cell="lstm", seed=seed, residual=residual)
-                _, val = train_lm(data, model, steps, lr, "adam", clip=1.0)
-                ratios.append(ratio)
-                vals.append(val)
-            name = residual or "plain"
-            results[(name, depth)] = (np.mean(vals), np.std(vals), np.mean(ratios))
-            rows.append([name, str(depth), mean_sd(vals), mean_sd(ratios, "{:.3g}")])
+    for i, (residual, depth) in enumerate(grid):
+        ratios, vals = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        name = residual or "plain"
+        results[(name, depth)] = (np.mean(vals), np.std(vals), np.mean(ratios))
+        rows.append([name, str(depth), mean_sd(vals), mean_sd(ratios, "{:.3g}")])
     table = format_table(["stack", "layers", "val bpc", "G_top/G_bottom at init"], rows)
     head = (f"char-LM on 'words' ({chars} chars, floor {data.floor_bpc:.3f} bpc), LSTM "
             f"H=E={hidden}, {steps} steps, batch {batch}×{seq}, Adam lr={lr}, clip 1.0, float32")

@@ -23,6 +23,7 @@ from .common import (
     lm_bpc,
     mean_sd,
     new_lm,
+    parallel_map,
     pyplot,
     save_figure,
     train_lm,
@@ -32,22 +33,26 @@ SETTINGS = ((0.0, "standard"), (0.3, "standard"), (0.5, "standard"), (0.3, "vari
             (0.5, "variational"))
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def one_run(data, p, mode, hidden, steps, lr, seed):
+    """(train bpc, validation bpc), both in eval mode, for one seed."""
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=2, cell="lstm",
+                   seed=seed, dropout=p, dropout_mode=mode)
+    _, val = train_lm(data, model, steps, lr, "adam", clip=1.0, eval_windows=50)
+    return lm_bpc(model, data.train, 50), val
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, settings = 16, 6, 4, 16, 4_000, SETTINGS[:2]
     else:
         hidden, steps, batch, seq, chars, settings = 128, 800, 16, 50, 16_000, SETTINGS
     lr = 3e-3
     data = LMData.make(chars, batch, seq, val_fraction=0.25)
+    runs = parallel_map(one_run, [(data, p, mode, hidden, steps, lr, seed)
+                                  for p, mode in settings for seed in seeds], jobs)
     rows, results = [], {}
-    for p, mode in settings:
-        train, val = [], []
-        for seed in seeds:
-            model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=2,
-                           cell="lstm", seed=seed, dropout=p, dropout_mode=mode)
-            _, v = train_lm(data, model, steps, lr, "adam", clip=1.0, eval_windows=50)
-            train.append(lm_bpc(model, data.train, 50))
-            val.append(v)
+    for i, (p, mode) in enumerate(settings):
+        train, val = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
         gap = np.subtract(val, train)
         label = "none" if p == 0 else f"{p:g} {mode}"
         results[label] = (np.mean(train), np.mean(val), np.std(train), np.std(val))

@@ -20,7 +20,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..gradflow import gate_saturation
-from .common import LMData, Report, format_table, mean_sd, new_lm, pyplot, save_figure, train_lm
+from .common import (
+    LMData,
+    Report,
+    format_table,
+    mean_sd,
+    new_lm,
+    parallel_map,
+    pyplot,
+    save_figure,
+    train_lm,
+)
 
 STATES = ("zeros", "normal", "learned")
 WEIGHTS = ("pytorch", "xavier", "orthogonal")
@@ -33,27 +43,31 @@ def settings():
     return out
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out") -> Report:
+def one_run(data, state, weights, fb, hidden, steps, lr, seed):
+    """(saturated fraction at init, validation evals during training, final val bpc)."""
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=2, cell="lstm",
+                   seed=seed, init=weights, init_state=state, forget_bias=fb)
+    model.forward(data.train.window(0)[0])
+    saturated = float(np.mean(gate_saturation(model.rnn)))
+    hist, val = train_lm(data, model, steps, lr, "adam", clip=1.0,
+                         eval_every=max(1, steps // 8), carry=False)
+    return saturated, hist.evals, val
+
+
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, chosen = 16, 8, 4, 16, 8_000, settings()[:4]
     else:
         hidden, steps, batch, seq, chars, chosen = 64, 400, 32, 50, 200_000, settings()
     lr = 3e-3
     data = LMData.make(chars, batch, seq)
+    runs = parallel_map(one_run, [(data, *setting, hidden, steps, lr, seed)
+                                  for setting in chosen for seed in seeds], jobs)
     rows, curves = [], {}
-    for state, weights, fb in chosen:
-        early, final, sat = [], [], []
-        for seed in seeds:
-            model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=2,
-                           cell="lstm", seed=seed, init=weights, init_state=state,
-                           forget_bias=fb)
-            model.forward(data.train.window(0)[0])
-            sat.append(float(np.mean(gate_saturation(model.rnn))))
-            hist, val = train_lm(data, model, steps, lr, "adam", clip=1.0,
-                                 eval_every=max(1, steps // 8), carry=False)
-            early.append(hist.evals[1][1])
-            final.append(val)
-            curves.setdefault((state, weights, fb), []).append(hist.evals)
+    for i, (state, weights, fb) in enumerate(chosen):
+        sat, evals, final = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        early = [e[1][1] for e in evals]
+        curves[(state, weights, fb)] = list(evals)
         rows.append([state, weights, f"{fb:g}", mean_sd(early), mean_sd(final),
                      f"{np.mean(sat):.3f}"])
     quarter = max(1, steps // 8) * 2
