@@ -120,10 +120,10 @@ class GradFlowRecorder:
 
 
 def last_cache(module):
-    """The ``StackCache`` of the module's last forward pass (public view of ``_last``)."""
-    if getattr(module, "_last", None) is None:
+    """The ``StackCache`` of the module's last forward pass."""
+    if module.last_cache is None:
         raise RuntimeError("no forward pass has been run on this module yet")
-    return module._last[0]
+    return module.last_cache
 
 
 def weight_grad_norms(grads: dict) -> dict:

@@ -136,6 +136,16 @@ class _Recurrent:
         return REFERENCE
 
     @property
+    def last_cache(self):
+        """The ``StackCache`` of the last forward pass (what ``backward`` will use), or None.
+
+        Read-only instruments look inside it: ``last_cache.layers[k][d].ws`` holds layer k,
+        direction d's per-step buffers (gates, states) and ``last_cache.masks`` the dropout
+        masks.
+        """
+        return None if self._last is None else self._last[0]
+
+    @property
     def impl_in_use(self) -> str:
         """``"reference"`` or ``"fused"``: what ``impl`` resolved to on this device."""
         return self._pointwise.name

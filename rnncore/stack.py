@@ -92,7 +92,6 @@ class StackCache(NamedTuple):
     valid: object
     layers: list  # [k][d] LayerCache
     masks: list  # [k] dropout mask or None
-    final_states: list  # [k][d] state after the loop
 
 
 def _state_at(spec, h0, c0, idx):
@@ -139,7 +138,7 @@ def stack_forward(spec: StackSpec, params, x, h0, c0, valid=None, masks=None):
         c_n = xp.stack([s[1] for s in flat])
     else:
         h_n, c_n = xp.stack(flat), None
-    return out, h_n, c_n, StackCache(x, valid, layers, masks, finals)
+    return out, h_n, c_n, StackCache(x, valid, layers, masks)
 
 
 def stack_backward(spec: StackSpec, params, cache, dout, dh_n, dc_n=None, recorder=None):
@@ -150,7 +149,7 @@ def stack_backward(spec: StackSpec, params, cache, dout, dh_n, dc_n=None, record
     ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step and
     on_input_grad(k, ∂u_k) for every layer: the gradient-flow instrumentation.
     """
-    x, valid, layers, masks, _ = cache
+    x, valid, layers, masks = cache
     xp = xp_of(dout)
     grads = {}
     H = spec.out_size

@@ -71,7 +71,7 @@ def test_dropout_between_layers(mode):
     lstm = rnncore.LSTM(4, 50, num_layers=3, dropout=0.5, dropout_mode=mode, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 8, 4)).astype(np.float32)
     lstm(x)
-    masks = lstm._last[0].masks
+    masks = lstm.last_cache.masks
     assert masks[-1] is None and all(m is not None for m in masks[:-1])
     steps = 1 if mode == "variational" else 6
     assert masks[0].shape == (steps, 8, 50)
@@ -81,7 +81,7 @@ def test_dropout_between_layers(mode):
     a, _ = lstm(x)
     b, _ = lstm(x)
     np.testing.assert_array_equal(a, b)
-    assert lstm._last[0].masks is None or all(m is None for m in lstm._last[0].masks)
+    assert lstm.last_cache.masks is None or all(m is None for m in lstm.last_cache.masks)
 
 
 def test_residual_layers_adds_matching_inputs():
