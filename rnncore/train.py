@@ -541,7 +541,7 @@ def prepare(argv):
     if cfg["resume"]:
         resume_path = find_checkpoint(cfg["resume"])
         model, vocab_chars, arrays, meta = load_model(resume_path, cfg["device"])
-        saved = dict(meta["config"])
+        saved = {**vars(build_parser().parse_args([])), **meta["config"]}  # newer flags: defaults
         given = explicit_flags(argv) - {"resume", "out", "overwrite"}
         check_config(cfg)
         clashes = [k for k in sorted(given - RESUMABLE) if cfg[k] != saved.get(k)]
