@@ -402,6 +402,7 @@ class Reporter:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            import matplotlib.ticker
         except ImportError:
             return
         entries = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
@@ -416,7 +417,10 @@ class Reporter:
             ax.axhline(self.run.corpus.floor_bpc, color="k", ls="--", lw=1,
                        label=f"floor {self.run.corpus.floor_bpc:.3f}")
         ax.set_xlabel("step")
-        ax.set_ylabel("bits per character")
+        ax.set_yscale("log")  # the approach to the floor, not just the first drop
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_ylabel("bits per character (log scale)")
         ax.set_title(f"{self.run.corpus.name}: {self.cfg['cell']} {self.cfg['layers']}×"
                      f"{self.cfg['hidden']}")
         ax.grid(alpha=0.3)
