@@ -151,30 +151,22 @@ def sigmoid(xp, x, out=None):
 
 
 def gemm(a, b, out, *, transpose_b=False, beta=0.0):
-    """out ← a · op(b) + β · out, in place, as one BLAS call; op(b) = bᵀ if transpose_b.
+    """out ← a · op(b) + β · out, in place; op(b) = bᵀ if transpose_b; β is 0 or 1.
 
-    ``out`` is a C-contiguous matrix (a time step's slice of a preallocated buffer). On the
-    GPU this is cuBLAS through ``cupy.cublas.gemm``; on the CPU it is the BLAS ?gemm of
-    SciPy called on the transposed (Fortran-order) views, so that no copy is made:
-    outᵀ = op(b)ᵀ · aᵀ + β · outᵀ.
+    ``out`` is a time step's slice of a preallocated buffer. On the GPU this is one cuBLAS
+    call (β = 1 accumulates for free). On the CPU it is NumPy's matmul into ``out`` (β = 0)
+    or into a temporary that is then added (β = 1): NumPy's own BLAS, so that one thread
+    pool serves every GEMM (mixing in SciPy's BLAS, a second pool, halves the speed).
     """
+    if beta not in (0.0, 1.0):
+        raise ValueError(f"gemm supports beta 0 or 1, got {beta}")
     if is_cupy_array(out):
         return _cublas_gemm(a, b, out, transpose_b, beta)
-    if out.flags.c_contiguous and out.dtype in (np.float32, np.float64):
-        from scipy.linalg import blas
-
-        routine = blas.sgemm if out.dtype == np.float32 else blas.dgemm
-        result = routine(1.0, b.T, a.T, beta=beta, c=out.T, trans_a=int(transpose_b),
-                         overwrite_c=1)
-        if result.ctypes.data != out.ctypes.data:  # SciPy had to copy: write it back
-            out[...] = result.T
-        return out
-    product = a @ (b.T if transpose_b else b)
+    op_b = b.T if transpose_b else b
     if beta:
-        out *= beta
-        out += product
+        out += a @ op_b
     else:
-        out[...] = product
+        np.matmul(a, op_b, out=out)
     return out
 
 
