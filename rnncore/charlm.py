@@ -206,15 +206,19 @@ class CharLM:
             logits.reshape(-1, self.vocab_size), targets.reshape(-1))
         return loss, new_state
 
-    def backward(self):
-        """Accumulate ∂loss/∂parameter for the last ``loss`` call into ``grads``."""
+    def backward(self, recorder=None):
+        """Accumulate ∂loss/∂parameter for the last ``loss`` call into ``grads``.
+
+        ``recorder`` (optional) is passed to the stack's backward: the gradient-flow
+        instrument (``rnncore.gradflow.GradFlowRecorder``).
+        """
         if self._cache is None:
             raise RuntimeError("backward called before loss")
         ids, out = self._cache
         T, B, H = out.shape
         dz = cross_entropy_backward(self._loss_cache)
         dout = self.head_backward(dz, out.reshape(T * B, H)).reshape(T, B, H)
-        dx = self.rnn.backward(dout)[0]
+        dx = self.rnn.backward(dout, recorder=recorder)[0]
         self.embedding_backward(ids, dx)
         self._cache = None
 

@@ -302,16 +302,8 @@ def lm_bpc(model, streams, windows=20, carry=True) -> float:
 
 
 def lm_layer_gradients(model: CharLM, ids, targets) -> GradFlowRecorder:
-    """The char-LM's own cross-entropy gradient, recorded through the stack's backward.
-
-    Forward and loss are CharLM's; ∂L/∂h = (softmax − onehot)/N · W_head, then the engine's
-    instrumented backward. (CharLM.backward takes no recorder, hence this one line of the
-    head's backward.)
-    """
-    logits, _ = model.forward(ids)
-    _, cache = cross_entropy_forward(logits.reshape(-1, model.vocab_size), targets.reshape(-1))
-    T, B = ids.shape
-    dh = cross_entropy_backward(cache) @ model.own["head.weight"]
+    """The char-LM's cross-entropy gradient, recorded through the stack's backward."""
+    model.loss(ids, targets)
     rec = GradFlowRecorder()
-    model.rnn.backward(dh.reshape(T, B, -1).astype(model.dtype), recorder=rec)
+    model.backward(recorder=rec)
     return rec
