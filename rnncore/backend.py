@@ -10,6 +10,7 @@ Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (device 0) or ``"cuda:
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -86,13 +87,6 @@ def is_cupy_array(array) -> bool:
     return type(array).__module__.startswith("cupy")
 
 
-def device_of(array) -> Device:
-    """The device an array lives on."""
-    if is_cupy_array(array):
-        return Device("cuda", int(array.device.id))
-    return Device("cpu", 0)
-
-
 def xp_of(array):
     """The array module of an array: ``cupy`` for CuPy arrays, else ``numpy``."""
     if is_cupy_array(array):
@@ -124,6 +118,8 @@ def to_numpy(array) -> np.ndarray:
 
 def resolve_dtype(dtype) -> np.dtype:
     """``"float32"``/``"float64"`` (or the numpy types) to a numpy dtype; nothing else."""
+    if dtype is None or isinstance(dtype, bool):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -229,6 +225,9 @@ class Generator:
     """
 
     def __init__(self, seed=None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise TypeError(f"seed must be None or a non-negative int, got {seed!r}")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 

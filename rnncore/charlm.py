@@ -180,7 +180,8 @@ class CharLM:
 
     # ------------------------------------------------------------------ state
     def initial_state(self, batch_size):
-        """Zero carried state for ``batch_size`` streams (None lets init_state decide)."""
+        """A zero carried state for ``batch_size`` streams (passing None instead lets the
+        module's ``init_state`` choose)."""
         spec, xp = self.rnn.spec, self.xp
         LD = self.rnn.num_layers
         h = xp.zeros((LD, batch_size, spec.out_size), dtype=self.dtype)

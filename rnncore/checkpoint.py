@@ -105,6 +105,9 @@ def load(path):
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
             UnicodeDecodeError) as err:
+        if "allow_pickle" in str(err):  # NumPy's advice to unpickle is not ours to give
+            raise CheckpointError(f"{path}: not an rnncore checkpoint (it holds pickled "
+                                  "objects, which are never loaded)") from None
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({detail})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:

@@ -164,7 +164,13 @@ class _Recurrent:
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state_dict, strict=True):
-        """Load arrays (anything ``np.asarray`` takes: numpy, torch ``.numpy()``, lists)."""
+        """Load arrays (anything ``np.asarray`` takes: numpy, torch ``.numpy()``, lists).
+
+        Values are copied: the module never shares memory with the given arrays.
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict must be a mapping of name to array, "
+                            f"got {type(state_dict).__name__}")
         missing = [k for k in self.params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in self.params]
         if strict and (missing or unexpected):
@@ -180,7 +186,7 @@ class _Recurrent:
                                  f"expected {self.params[name].shape}")
             if not np.issubdtype(array.dtype, np.floating):
                 raise TypeError(f"state_dict[{name!r}] must hold floats, got {array.dtype}")
-            loaded[name] = backend.to_device(array, self.device, self.dtype)
+            loaded[name] = backend.to_device(array.astype(self.dtype, copy=True), self.device)
         self.params.update(loaded)
         self._last = None
 
@@ -227,8 +233,7 @@ class _Recurrent:
         else:
             raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
         if a.dtype != self.dtype:
-            kind = "an integer" if not np.issubdtype(a.dtype, np.floating) else a.dtype.name
-            raise TypeError(f"{name} has dtype {a.dtype} ({kind}); the module computes in "
+            raise TypeError(f"{name} has dtype {a.dtype}; the module computes in "
                             f"{self.dtype.name}: cast it with .astype('{self.dtype.name}')")
         if self.check_finite and not bool(self.xp.isfinite(a).all()):
             raise ValueError(f"{name} contains NaN or Inf")
@@ -240,6 +245,7 @@ class _Recurrent:
         want = (LD, B, width) if batched else (LD, width)
         if a.shape != want:
             raise ValueError(f"{name} must have shape {want}, got {tuple(a.shape)}")
+        a = a.copy()  # kept in the cache for backward: later edits by the caller must not leak in
         return a if batched else a[:, None, :]
 
     def _valid_mask(self, lengths, T, B):
@@ -270,6 +276,9 @@ class _Recurrent:
             raise ValueError(f"input has {x.shape[-1]} features, expected input_size="
                              f"{self.input_size}")
         batched = x.ndim == 3
+        if lengths is not None and not batched:
+            raise ValueError("lengths needs batched (3-D) input; unbatched input is one "
+                             "sequence of its own length")
         if not batched:
             x = x[:, None, :]
         elif self.batch_first:
@@ -278,7 +287,7 @@ class _Recurrent:
         if T == 0 or B == 0:
             raise ValueError(f"input must have at least one step and one sequence, "
                              f"got shape {tuple(x.shape)}")
-        x = self.xp.ascontiguousarray(x)
+        x = self.xp.array(x, order="C", copy=True)  # the cache must not see later edits
         valid = self._valid_mask(lengths, T, B)
         h0, c0, learned = self._initial_state(hx, batched, B)
         masks = self._dropout_masks(T, B)
@@ -289,6 +298,7 @@ class _Recurrent:
             c_n = None if c_n is None else c_n[:, 0]
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
+        out = self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
         return (out, (h_n, c_n)) if self.mode == "lstm" else (out, h_n)
 
     def _initial_state(self, hx, batched, B):

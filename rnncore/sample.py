@@ -93,7 +93,7 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.length < 0 or args.temperature < 0 or args.top_k < 0 \
+        if args.length < 0 or not 0 <= args.temperature < float("inf") or args.top_k < 0 \
                 or not 0 < args.top_p <= 1:
             raise ValueError("need --length >= 0, --temperature >= 0, --top-k >= 0 and "
                              "0 < --top-p <= 1")

@@ -155,8 +155,14 @@ def check_config(cfg: dict):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if not 0 < cfg["val_fraction"] < 1:
         raise ValueError(f"--val-fraction must lie in (0, 1), got {cfg['val_fraction']}")
-    if cfg["lr"] <= 0:
+    for key in ("lr", "clip", "weight_decay", "momentum", "min_lr", "gamma", "forget_bias",
+                "dropout"):
+        if key in cfg and not math.isfinite(cfg[key]):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {cfg[key]}")
+    if not cfg["lr"] > 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg["clip"] < 0:
+        raise ValueError(f"--clip must be >= 0 (0 turns clipping off), got {cfg['clip']}")
     if cfg["proj_size"] and cfg["cell"] != "lstm":
         raise ValueError("--proj-size needs --cell lstm")
     if cfg["forget_bias"] and cfg["cell"] != "lstm":
@@ -470,9 +476,11 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
         if run.step % cfg["log_every"] == 0 or run.step == cfg["steps"]:
             mean = float(loss_sum) / loss_count  # the one host sync per log interval
             if not math.isfinite(mean):
-                raise TrainingError(f"loss became {mean} by step {run.step}; stopped. The "
-                                    f"last good checkpoint in {run.out} is kept; try a lower "
-                                    "--lr or --clip")
+                kept = (f"the last good checkpoint in {run.out} is kept"
+                        if run.out is not None and any(run.out.glob("last.*"))
+                        else "no checkpoint had been written yet")
+                raise TrainingError(f"loss became {mean} by step {run.step}; stopped ({kept}); "
+                                    "try a lower --lr or --clip")
             now = time.perf_counter()
             rate = chars / (now - tick)
             reporter.record({"kind": "train", "step": run.step, "loss": mean,

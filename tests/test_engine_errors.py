@@ -138,3 +138,16 @@ def test_state_dict_errors(lstm):
     sd["weight_hh_l0"] = np.zeros((3, 3))
     with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\] has shape"):
         lstm.load_state_dict(sd)
+
+
+def test_more_bad_arguments():
+    with pytest.raises(ValueError, match="dtype must be"):
+        rnncore.GRU(3, 4, dtype=None)
+    with pytest.raises(TypeError, match="seed must be None or a non-negative int"):
+        rnncore.GRU(3, 4, seed="abc")
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        rnncore.GRU(3, 4).load_state_dict(5)
+    with pytest.raises(TypeError, match="input has dtype complex64"):
+        rnncore.GRU(3, 4)(np.zeros((2, 1, 3), np.complex64))
+    with pytest.raises(ValueError, match="lengths needs batched"):
+        rnncore.GRU(3, 4)(x32(2, 3), lengths=[2])

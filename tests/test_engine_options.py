@@ -137,3 +137,31 @@ def test_backend_devices():
     assert backend.to_device([1.0, 2.0], "cpu", np.float32).dtype == np.float32
     rnn = rnncore.RNN(2, 2).to("cpu")
     assert rnn.device.kind == "cpu"
+
+
+def test_callers_edits_after_forward_do_not_change_gradients():
+    """Outputs, inputs and initial states handed over are not the cache's buffers."""
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 5))
+    hx = (rng.standard_normal((1, 2, 5)), rng.standard_normal((1, 2, 5)))
+    lstm = rnncore.LSTM(3, 5, dtype="float64", seed=0)
+    lstm(x, hx)
+    lstm.backward(dout)
+    clean = {k: v.copy() for k, v in lstm.grads.items()}
+    lstm.zero_grad()
+    out, (h_n, _) = lstm(x, hx)
+    out *= 0
+    x *= 0
+    hx[0][...] = 7
+    lstm.backward(dout)
+    for name, g in clean.items():
+        np.testing.assert_array_equal(lstm.grads[name], g)
+
+
+def test_load_state_dict_copies():
+    source = rnncore.GRU(3, 4, seed=0)
+    sd = source.state_dict()
+    target = rnncore.GRU(3, 4, seed=1)
+    target.load_state_dict(sd)
+    sd["weight_hh_l0"][...] = 0
+    assert np.abs(target.params["weight_hh_l0"]).sum() > 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import fused
+from rnncore import fused, gradcheck
 from rnncore.cells import REFERENCE
 
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -138,7 +138,11 @@ def test_launch_geometry_covers_every_element_once():
 
 
 # ----------------------------------------------------------------------------- modules
-twins = pytest.importorskip("twins")
+
+
+def _torch_twins():
+    """The torch-parity helpers (tests/twins.py); skips only the tests that use them."""
+    return pytest.importorskip("twins")
 
 MODULE_CONFIGS = [
     ("lstm", dict(num_layers=2, bidirectional=True), True),
@@ -177,6 +181,7 @@ def _run(module, x, hx, lengths, seed=2):
 @pytest.mark.parametrize("kind,options,with_lengths", MODULE_CONFIGS, ids=str)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_fused_module_matches_torch(kind, options, with_lengths, dtype):
+    twins = _torch_twins()
     ours, theirs = twins.make_twins(kind, 3, 5, dtype=dtype, impl="fused", **options)
     assert ours.impl_in_use == "fused"
     x, hx, lengths = _inputs(ours, T=5, B=4, with_lengths=with_lengths)
@@ -221,7 +226,6 @@ def test_fused_module_matches_reference_module(kind, options, T, B):
                                    err_msg=name)
 
 
-gradcheck = pytest.importorskip("rnncore.gradcheck")
 
 
 @pytest.mark.parametrize("kind,options", [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore import backend
+from rnncore import backend, gradcheck
 
 pytestmark = [
     pytest.mark.gpu,
@@ -108,7 +108,6 @@ def test_auto_means_fused_on_cuda():
     assert rnncore.LSTM(3, 4, device="cuda").impl_in_use == "fused"
 
 
-gradcheck = pytest.importorskip("rnncore.gradcheck")
 
 
 @pytest.mark.parametrize("kind,options", [

@@ -192,6 +192,9 @@ def _bad_inputs(tmp_path, out):
     truncated.write_bytes((out / "last.npz").read_bytes()[:300])
     trunc_st = tmp_path / "truncated.safetensors"
     trunc_st.write_bytes(b"\xff\x00\x00\x00\x00\x00\x00\x00{")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, payload=np.array([{"not": "weights"}], dtype=object))
+    fresh = tmp_path / "fresh"
     return [
         (["--data", empty, "--out", out], "empty"),
         (["--data", short, "--out", out], "fewer than one window"),
@@ -206,6 +209,9 @@ def _bad_inputs(tmp_path, out):
         (["--resume", tmp_path / "missing.npz"], "missing.npz"),
         (["--resume", out, "--hidden", "64"], "incompatible"),
         (["--resume", out, "--data", short], "short.txt"),
+        (["--lr", "nan", "--out", fresh], "--lr must be a finite number"),
+        (["--clip", "-1", "--out", fresh], "--clip must be >= 0"),
+        (["--resume", pickled], "pickled objects"),
     ]
 
 
