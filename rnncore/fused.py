@@ -213,6 +213,7 @@ class _Launcher:
 
     def __init__(self, kernels, xp, dtype):
         self.kernels, self.xp, self.dtype = kernels, xp, np.dtype(dtype)
+        self._suffix = SUFFIX[self.dtype.name]  # looked up once: launches are the hot path
 
     def _matrix(self, name, a, rows, cols):
         """(a, leading dimension) for a (rows, cols) input read in place when possible."""
@@ -262,7 +263,7 @@ class _Launcher:
         self.kernels[kernel](grid, block, (np.int32(B), np.int32(H)) + args)
 
     def _name(self, stem):
-        return f"{stem}_{SUFFIX[self.dtype.name]}"
+        return f"{stem}_{self._suffix}"
 
     # --- LSTM
     def lstm_forward(self, xg, hg, h_prev, c_prev, valid, out=None):
