@@ -20,6 +20,7 @@ live in a checkpoint and move between devices.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: per-parameter slot arrays, a step counter, and in-place updates."""
 
     slots: tuple = ()
@@ -52,8 +53,9 @@ class Optimizer:
 
     decoupled = False
 
-    def update(self, p, g, slots, lr):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def update(self, p, g, slots, lr):
+        """Update parameter ``p`` in place from its gradient ``g`` and its slot arrays."""
 
     def hyperparameters(self) -> dict:
         return {"weight_decay": self.weight_decay}
