@@ -203,6 +203,17 @@ def _cublas_gemm(a, b, out, transpose_b, beta):
     return out
 
 
+def bias_sum(*biases):
+    """The sum of the bias vectors that exist (None entries skipped), or None if none do."""
+    present = [b for b in biases if b is not None]
+    if not present:
+        return None
+    total = present[0]
+    for b in present[1:]:
+        total = total + b
+    return total
+
+
 def filled(xp, value, shape, dtype):
     """A new array of ``shape`` holding ``value`` broadcast (zeros when value is None)."""
     if value is None:

@@ -2,8 +2,9 @@
 
 Forward (T steps, any cell; every per-step buffer allocated once, before the loop):
 
-    X_g = X W_ihᵀ + b_ih                  one (T·B, I) × (I, G·H) GEMM for all steps
-    for t in 0..T−1 (or T−1..0 reversed):  h_g[t] += h_{t−1} W_hhᵀ   (one GEMM)
+    X_g = X W_ihᵀ + b                     one (T·B, I) × (I, G·H) GEMM for all steps
+                                          (b = b_ih + b_hh where the cell allows it)
+    for t in 0..T−1 (or T−1..0 reversed):  h_g[t] = h_{t−1} W_hhᵀ (+ b_hh)  (one GEMM)
                                            state_t = pointwise(X_g[t], h_g[t], state_{t−1})
     out_t = h_t where step t is valid, else 0
 
@@ -38,7 +39,7 @@ def layer_forward(cell, p, x, state0, valid=None, reverse=False):
     """Run ``cell`` over x (T, B, I) from ``state0``; returns (out (T, B, H), state_T, cache)."""
     xp = xp_of(x)
     T, B, _ = x.shape
-    xg = filled(xp, p.get("b_ih"), (T, B, p["w_ih"].shape[0]), x.dtype)
+    xg = filled(xp, cell.input_bias(p), (T, B, p["w_ih"].shape[0]), x.dtype)
     gemm(x.reshape(T * B, -1), p["w_ih"], xg.reshape(T * B, -1), transpose_b=True, beta=1.0)
     ws = cell.workspace(xp, p, T, B, x.dtype)
     state, order = state0, time_order(T, reverse)

@@ -119,6 +119,10 @@ class GRUCell:
             ws.rh = xp.empty((T, B, H), dtype)
         return ws
 
+    def input_bias(self, p):
+        """b_ih only: b_hn sits inside r ⊙ (…), so b_hh stays with the recurrent product."""
+        return p.get("b_ih")
+
     def state_at(self, ws, t):
         return ws.h[t]
 

@@ -21,7 +21,7 @@ layer's preallocated per-step buffers.
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from ..backend import filled, gemm, sigmoid, sum_outer, xp_of
+from ..backend import bias_sum, gemm, sigmoid, sum_outer, xp_of
 from .masking import carry, split_grad, store
 
 
@@ -82,9 +82,10 @@ class LSTMCell:
     """The LSTM recurrence around the pointwise math: h W_hhᵀ, and LSTMP's W_hr.
 
     ``workspace`` allocates every per-step buffer of a layer once; a step reads and
-    writes its slice [t]. Forward: one recurrent GEMM accumulating into the bias-filled
-    h_g[t], one pointwise call. Backward: one pointwise call writing ∂z straight into
-    ∂x_g[t], one GEMM accumulating ∂z W_hh into ∂h_{t−1}.
+    writes its slice [t]. Both biases are added once, to the hoisted input projection
+    (``input_bias``). Forward: one recurrent GEMM into h_g[t], one pointwise call.
+    Backward: one pointwise call writing ∂z straight into ∂x_g[t], one GEMM accumulating
+    ∂z W_hh into ∂h_{t−1}.
     """
 
     num_gates = 4
@@ -96,7 +97,7 @@ class LSTMCell:
     def workspace(self, xp, p, T, B, dtype):
         H, width = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
         ws = SimpleNamespace(
-            hg=filled(xp, p.get("b_hh"), (T, B, 4 * H), dtype),
+            hg=xp.empty((T, B, 4 * H), dtype),
             h=xp.empty((T, B, width), dtype), c=xp.empty((T, B, H), dtype),
             gates=xp.empty((T, B, 4 * H), dtype), tanh_c=xp.empty((T, B, H), dtype),
             y=None,  # LSTMP only: o ⊙ tanh(c_t) before the projection
@@ -105,12 +106,16 @@ class LSTMCell:
             ws.y = xp.empty((T, B, H), dtype)
         return ws
 
+    def input_bias(self, p):
+        """b_ih + b_hh: both enter z additively, so both join the hoisted input GEMM."""
+        return bias_sum(p.get("b_ih"), p.get("b_hh"))
+
     def state_at(self, ws, t):
         return ws.h[t], ws.c[t]
 
     def step_forward(self, p, ws, t, xg, state_prev, valid):
         h_prev, c_prev = state_prev
-        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True, beta=1.0)
+        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True)
         if ws.y is None:
             out = (ws.h[t], ws.c[t], ws.gates[t], ws.tanh_c[t])
             self.pw.lstm_forward(xg, ws.hg[t], h_prev, c_prev, valid, out=out)

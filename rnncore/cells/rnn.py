@@ -7,7 +7,7 @@ Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², 
 
 from types import SimpleNamespace
 
-from ..backend import filled, gemm, sum_outer, xp_of
+from ..backend import bias_sum, gemm, sum_outer, xp_of
 from .masking import carry, split_grad, store
 
 NONLINEARITIES = ("tanh", "relu")
@@ -54,14 +54,18 @@ class RNNCell:
 
     def workspace(self, xp, p, T, B, dtype):
         H = p["w_hh"].shape[1]
-        return SimpleNamespace(hg=filled(xp, p.get("b_hh"), (T, B, H), dtype),
+        return SimpleNamespace(hg=xp.empty((T, B, H), dtype),
                                h=xp.empty((T, B, H), dtype), h_new=xp.empty((T, B, H), dtype))
+
+    def input_bias(self, p):
+        """b_ih + b_hh: both enter the activation additively (hoisted into x W_ihᵀ)."""
+        return bias_sum(p.get("b_ih"), p.get("b_hh"))
 
     def state_at(self, ws, t):
         return ws.h[t]
 
     def step_forward(self, p, ws, t, xg, h_prev, valid):
-        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True, beta=1.0)
+        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True)
         self.pw.rnn_forward(xg, ws.hg[t], h_prev, valid, self.nonlinearity,
                             out=(ws.h[t], ws.h_new[t]))
 
