@@ -74,9 +74,10 @@ nbhelpers.show_source(lstm.pointwise_forward)
 # * The cache keeps the activated gates, $c_{t-1}$ and $\tanh(c_t)$: nothing more.
 #
 # Where do `xg` and `hg` come from? The recurrent product is one GEMM per step, in the
-# cell class (`gemm(..., beta=1.0)` adds $h_{t-1} W_{hh}^\top$ into `hg[t]`, which
-# already holds $b_{hh}$); the input product does not depend on the state, so the layer
-# does it for all $T$ steps in a single GEMM before the time loop ("hoisting"):
+# cell class (`gemm(...)` writes $h_{t-1} W_{hh}^\top$ into `hg[t]`); the input product
+# does not depend on the state, so the layer does it for all $T$ steps in a single GEMM
+# before the time loop ("hoisting"), and both biases $b_{ih} + b_{hh}$ (`input_bias`) are
+# added there, once:
 
 # %%
 nbhelpers.show_source(lstm.LSTMCell.step_forward, stop="out = (ws.y[t]")
