@@ -158,10 +158,10 @@ class MatrixCase:
                 f"res={self.residual} drop={self.dropout_mode}")
 
 
-def matrix_cases(quick=False):
+def matrix_cases(quick=False, cells=tuple(CELLS)):
     """Cell × layers 1–3 × uni/bi × residual none/layers/stack (dropout, lengths, learned h0)."""
     layers = (1, 3) if quick else (1, 2, 3)
-    for cell, L, bi, res in itertools.product(CELLS, layers, (False, True),
+    for cell, L, bi, res in itertools.product(cells, layers, (False, True),
                                               (None, "layers", "stack")):
         yield MatrixCase(cell, L, bi, res, "variational" if (L + bi) % 2 else "standard")
 
@@ -188,10 +188,16 @@ def run_case(case: MatrixCase, T=4, B=3, seed=0, **check_options) -> GradcheckRe
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="layers 1 and 3 only")
+    parser.add_argument("--cells", default=",".join(CELLS),
+                        help=f"comma-separated subset of {', '.join(CELLS)}")
     args = parser.parse_args(argv)
+    cells = tuple(args.cells.split(","))
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        parser.error(f"unknown cell(s) {unknown}; choose from {list(CELLS)}")
     worst = 0.0
     print(f"{'case':<48} {'max rel. error':>14}  worst tensor")
-    for case in matrix_cases(args.quick):
+    for case in matrix_cases(args.quick, cells):
         report = run_case(case)
         worst = max(worst, report.max_error)
         print(f"{case.label():<48} {report.max_error:>14.2e}  {report.worst()}")

@@ -56,3 +56,14 @@ def test_check_detects_a_wrong_gradient():
 def test_gradcheck_refuses_float32():
     with pytest.raises(ValueError, match="float64"):
         check_module_gradients(rnncore.RNN(2, 2), np.zeros((2, 1, 2), np.float32))
+
+
+def test_command_line_table(capsys):
+    """``python -m rnncore.gradcheck`` prints the matrix as a table and passes."""
+    from rnncore import gradcheck
+
+    assert gradcheck.main(["--quick", "--cells", "gru-orig"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("gru-orig L") == 12 and "PASS at 1e-6" in out
+    with pytest.raises(SystemExit):
+        gradcheck.main(["--cells", "lstm,transformer"])
