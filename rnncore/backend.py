@@ -242,9 +242,6 @@ class Generator:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def uniform(self, low, high, shape, dtype, device="cpu"):
-        return to_device(self._rng.uniform(low, high, size=shape).astype(dtype), device)
-
     def normal(self, std, shape, dtype, device="cpu"):
         return to_device((std * self._rng.standard_normal(size=shape)).astype(dtype), device)
 

@@ -56,6 +56,18 @@ def _relative_error(a, b) -> float:
     return 0.0 if scale == 0.0 else float(np.linalg.norm(a - b) / scale)
 
 
+def central_difference(loss, array, index, eps=1e-6) -> float:
+    """(L(θ + ε e_i) − L(θ − ε e_i)) / 2ε, perturbing ``array[index]`` in place and restoring
+    it; ``loss`` is a zero-argument function that reads the array."""
+    keep = array[index].copy()
+    array[index] = keep + eps
+    up = loss()
+    array[index] = keep - eps
+    down = loss()
+    array[index] = keep
+    return (up - down) / (2 * eps)
+
+
 def _outputs(module, result):
     """Flatten (out, h_n) or (out, (h_n, c_n)) into a list of arrays."""
     out, state = result
@@ -102,15 +114,8 @@ def check_module_gradients(module, x, hx=None, lengths=None, *, eps=1e-6, max_el
         grad = backend.to_numpy(analytic[name])
         if tensor.size <= max_elements:
             numeric = np.empty(tensor.shape)
-            flat = tensor.reshape(-1)  # a view: perturbing it perturbs the tensor in place
-            for i in range(tensor.size):
-                keep = flat[i].copy()
-                flat[i] = keep + eps
-                up = loss()
-                flat[i] = keep - eps
-                down = loss()
-                flat[i] = keep
-                numeric.reshape(-1)[i] = (up - down) / (2 * eps)
+            for i in np.ndindex(tensor.shape):
+                numeric[i] = central_difference(loss, tensor, i, eps)
             report.errors[name] = _relative_error(grad, numeric)
             report.methods[name] = "elementwise"
         else:

@@ -9,6 +9,7 @@ import pytest
 
 from rnncore import train
 from rnncore.charlm import CharLM, cross_entropy_backward, cross_entropy_forward
+from rnncore.gradcheck import central_difference
 from rnncore.sample import main as sample_main
 
 TINY = ["--hidden", "24", "--embed", "8", "--batch-size", "8", "--seq-len", "16",
@@ -31,14 +32,6 @@ def train_records(run_dir, kind="train"):
 
 
 # ----------------------------------------------------------------------------- gradients
-def numerical_grad(f, array, index, eps=1e-6):
-    old = array[index]
-    array[index] = old + eps
-    up = f()
-    array[index] = old - eps
-    down = f()
-    array[index] = old
-    return (up - down) / (2 * eps)
 
 
 def test_cross_entropy_gradient_float64():
@@ -50,7 +43,7 @@ def test_cross_entropy_gradient_float64():
     assert float(loss) == pytest.approx(manual, rel=1e-12)
     dz = cross_entropy_backward(cache)
     for index in [(0, 0), (3, 4), (11, 6), (5, int(y[5]))]:
-        num = numerical_grad(lambda: float(cross_entropy_forward(z, y)[0]), z, index)
+        num = central_difference(lambda: float(cross_entropy_forward(z, y)[0]), z, index)
         assert dz[index] == pytest.approx(num, rel=1e-6, abs=1e-9)
 
 
@@ -73,7 +66,7 @@ def test_charlm_gradients_float64(cell, options):
     params = model.params
     for name, p in params.items():
         for index in [tuple(rng.integers(0, n) for n in p.shape) for _ in range(3)]:
-            num = numerical_grad(lambda: float(model.loss(ids, targets, state)[0]), p, index)
+            num = central_difference(lambda: float(model.loss(ids, targets, state)[0]), p, index)
             assert grads[name][index] == pytest.approx(num, rel=1e-5, abs=1e-9), (name, index)
 
 
