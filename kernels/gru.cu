@@ -9,8 +9,13 @@
 //     dh_g = [same r block, same z block, da_n r]
 //     dh_prev = dh z (+ carried dh)
 // Original (Cho et al. 2014), in two halves around the second recurrent GEMM:
-//     gru_gates_forward:      r, z = sigmoid(x_rz + h_rz)
+//     gru_gates_forward:      r, z = sigmoid(x_rz + h_rz),  rh = r h_prev
 //     gru_candidate_forward:  n = tanh(x_n + (r h_prev) W_hn^T + b_hn),  h = n + z (h_prev - n)
+// and backward around the GEMM d(rh) = da_n W_hn:
+//     gru_candidate_backward: da_n = dh (1 - z) tanh_grad(n)
+//     gru_gates_backward:     dx_r = d(rh) h_prev r (1 - r),  dx_z = dh (h_prev - n) z (1 - z),
+//                             dh_prev += dh z + d(rh) r  (+ carried dh)
+// (the products are written out in the reference's order, so the CPU build is bitwise equal)
 // Padded rows keep h_prev exactly.
 #include "common.cuh"
 
@@ -68,12 +73,16 @@ template <typename T>
 __global__ void gru_gates_forward(int B, int H,
                                   const T* __restrict__ xg_rz, int ld_xg,
                                   const T* __restrict__ hg_rz, int ld_hg,
-                                  T* __restrict__ r_out, T* __restrict__ z_out) {
+                                  const T* __restrict__ h_prev, int ld_h_prev,
+                                  T* __restrict__ r_out, T* __restrict__ z_out,
+                                  T* __restrict__ rh_out) {
     int b, j;
     if (!element_index(B, H, b, j)) return;
     const long long x = at(b, j, ld_xg), q = at(b, j, ld_hg), s = at(b, j, H);
-    r_out[s] = sigmoid<T>(xg_rz[x] + hg_rz[q]);
+    const T r = sigmoid<T>(xg_rz[x] + hg_rz[q]);
+    r_out[s] = r;
     z_out[s] = sigmoid<T>(xg_rz[x + H] + hg_rz[q + H]);
+    rh_out[s] = r * h_prev[at(b, j, ld_h_prev)];
 }
 
 template <typename T>
@@ -91,4 +100,44 @@ __global__ void gru_candidate_forward(int B, int H,
     const T z = z_in[at(b, j, ld_z)], hp = h_prev[at(b, j, ld_h_prev)];
     n_out[s] = n;
     h[s] = is_valid(valid, b) ? n + z * (hp - n) : hp;
+}
+
+template <typename T>
+__global__ void gru_candidate_backward(int B, int H,
+                                       const T* __restrict__ dh, int ld_dh,
+                                       const T* __restrict__ z_in, int ld_z,
+                                       const T* __restrict__ n_in, int ld_n,
+                                       const bool* __restrict__ valid,
+                                       T* __restrict__ da_n, int ld_da_n) {
+    int b, j;
+    if (!element_index(B, H, b, j)) return;
+    const T d = is_valid(valid, b) ? dh[at(b, j, ld_dh)] : T(0);
+    da_n[at(b, j, ld_da_n)] = d * (T(1) - z_in[at(b, j, ld_z)]) * tanh_grad<T>(n_in[at(b, j, ld_n)]);
+}
+
+template <typename T>
+__global__ void gru_gates_backward(int B, int H,
+                                   const T* __restrict__ dh, int ld_dh,
+                                   const T* __restrict__ drh, int ld_drh,
+                                   const T* __restrict__ h_prev, int ld_h_prev,
+                                   const T* __restrict__ r_in, int ld_r,
+                                   const T* __restrict__ z_in, int ld_z,
+                                   const T* __restrict__ n_in, int ld_n,
+                                   const bool* __restrict__ valid,
+                                   T* __restrict__ dxg_rz, int ld_dxg,
+                                   T* __restrict__ dh_prev, int ld_dh_prev) {
+    int b, j;
+    if (!element_index(B, H, b, j)) return;
+    const bool keep = is_valid(valid, b);
+    const T dh_in = dh[at(b, j, ld_dh)];
+    const T d = keep ? dh_in : T(0);
+    const T g = drh[at(b, j, ld_drh)], hp = h_prev[at(b, j, ld_h_prev)];
+    const T r = r_in[at(b, j, ld_r)], z = z_in[at(b, j, ld_z)], n = n_in[at(b, j, ld_n)];
+    const long long q = at(b, j, ld_dxg);
+    dxg_rz[q] = g * hp * r * (T(1) - r);
+    dxg_rz[q + H] = d * (hp - n) * z * (T(1) - z);
+    const long long s = at(b, j, ld_dh_prev);
+    T acc = dh_prev[s] + (d * z + g * r);
+    if (valid != nullptr) acc = acc + (keep ? T(0) : dh_in);
+    dh_prev[s] = acc;
 }

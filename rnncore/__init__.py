@@ -1,6 +1,8 @@
 """rnncore: deep recurrent networks with hand-written forward and backward passes."""
 
-from .modules import GRU, LSTM, RNN
+from . import cells
+from .modules import GRU, LSTM, RNN, Recurrent
+from .options import Options
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "Recurrent", "Options", "cells"]

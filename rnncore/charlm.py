@@ -27,9 +27,9 @@ import contextlib
 import numpy as np
 
 from . import backend
-from .modules import GRU, LSTM, RNN
+from .modules import Recurrent
+from .options import Options
 
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 RNN_PREFIX = "rnn."
 
 
@@ -70,15 +70,20 @@ class CharLM:
     """Embedding, a recurrent stack (any engine option) and a linear softmax head."""
 
     def __init__(self, vocab_size, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
-                 *, device="cpu", dtype="float32", seed=0, **rnn_options):
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {tuple(CELLS)}, got {cell!r}")
-        if rnn_options.get("bidirectional"):
+                 *, device="cpu", dtype="float32", seed=0, options: Options | None = None,
+                 **rnn_options):
+        """``options`` (an ``rnncore.Options``) replaces cell, num_layers, dtype and the
+        keyword options when given."""
+        if options is None:
+            options = Options(cell=cell, num_layers=num_layers, dtype=dtype, **rnn_options)
+        elif rnn_options:
+            raise TypeError("give either options= or keyword options, not both")
+        if options.bidirectional:
             raise ValueError("a language model predicts the next character from the past "
                              "only: bidirectional=True cannot be used")
-        self.vocab_size, self.embed_size, self.cell = vocab_size, embed_size, cell
-        self.rnn = CELLS[cell](embed_size, hidden_size, num_layers, device=device, dtype=dtype,
-                               seed=seed, **rnn_options)
+        self.vocab_size, self.embed_size, self.cell = vocab_size, embed_size, options.cell
+        self.rnn = Recurrent(options.cell, embed_size, hidden_size, device=device, seed=seed,
+                             options=options)
         self.device, self.dtype, self.xp = self.rnn.device, self.rnn.dtype, self.rnn.xp
         out_size = self.rnn.spec.out_size
         init = self.rnn.rng.numpy
@@ -99,16 +104,8 @@ class CharLM:
     @classmethod
     def from_config(cls, config: dict, vocab_size: int, device="cpu"):
         """The model a training config (``rnncore.train``'s flags) describes."""
-        options = {"proj_size": config["proj_size"]} if config["cell"] == "lstm" else {}
-        if config["cell"] == "lstm":
-            options["forget_bias"] = config["forget_bias"]
-        if config["cell"] == "rnn":
-            options["nonlinearity"] = config["nonlinearity"]
-        return cls(vocab_size, config["embed"], config["hidden"], config["layers"],
-                   config["cell"], device=device, dtype=config["dtype"], seed=config["seed"],
-                   residual=config["residual"], dropout=config["dropout"],
-                   dropout_mode=config["dropout_mode"], init=config["init"],
-                   init_state=config["init_state"], impl=config["impl"], **options)
+        return cls(vocab_size, config["embed"], config["hidden"], device=device,
+                   seed=config["seed"], options=Options.from_config(config))
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -150,7 +147,7 @@ class CharLM:
                                  f"expects {tuple(params[name].shape)}")
         self.set_params({k: backend.to_device(v, self.device, self.dtype)
                          for k, v in arrays.items()})
-        self.rnn._last = None
+        self.rnn.drop_cache()
 
     def num_parameters(self) -> int:
         return int(sum(v.size for v in self.params.values()))
@@ -182,12 +179,9 @@ class CharLM:
     def initial_state(self, batch_size):
         """A zero carried state for ``batch_size`` streams (passing None instead lets the
         module's ``init_state`` choose)."""
-        spec, xp = self.rnn.spec, self.xp
         LD = self.rnn.num_layers
-        h = xp.zeros((LD, batch_size, spec.out_size), dtype=self.dtype)
-        if self.rnn.mode == "lstm":
-            return (h, xp.zeros((LD, batch_size, self.rnn.hidden_size), dtype=self.dtype))
-        return h
+        return self.rnn.pack_state(tuple(self.xp.zeros((LD, batch_size, w), dtype=self.dtype)
+                                         for w in self.rnn.spec.state_widths()))
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, ids, state=None):

@@ -10,13 +10,17 @@ compiled one of two ways, and driven by the *same* launch code either way:
   executes exactly the code the GPU runs, and the tests compare it with the NumPy
   reference in every run.
 
-``pointwise_for(device, dtype)`` returns a namespace with the names, signatures and
-return values of ``rnncore.cells.REFERENCE`` (``lstm_forward``, ``gru_backward``, …), so
-a cell runs with either. Each call is one kernel launch: a (B, H) grid of threads, in
-blocks of ``BLOCK``, with arguments ``(B, H, matrix, leading dimension, …, valid, outputs)``.
-Inputs are read in place (column slices and broadcast rows through their leading
-dimension); outputs are fresh C-contiguous arrays. On a GPU nothing here synchronises
-with the host: shapes are checked on the host, the launch is asynchronous.
+Which kernels exist is read from the cell registry: each cell declares its kernel names
+and C++ template expressions (``Cell.kernels``) and its fused twins (``fused_pointwise``),
+which launch through a ``Launcher``. ``launcher_for(device, dtype)`` gives the launcher;
+``pointwise_for(device, dtype)`` a namespace with the names, signatures and return values
+of ``rnncore.cells.REFERENCE`` (``lstm_forward``, ``gru_backward``, …). Each call is one
+kernel launch: a (B, H) grid of threads, in blocks of ``BLOCK``, with arguments
+``(B, H, matrix, leading dimension, …, valid, outputs)``. Inputs are read in place (column
+slices and broadcast rows through their leading dimension); outputs are the caller's
+preallocated buffers, or fresh C-contiguous arrays when none are given. On a GPU nothing
+here synchronises with the host: shapes are checked on the host, the launch is
+asynchronous.
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import backend
-from .cells.gru import GRUCache
-from .cells.lstm import LSTMCache
+from functools import partial
+
+from . import backend, cells
 
 BLOCK = 256  # threads per block, on the GPU and in the emulation alike
-SOURCES = ("lstm.cu", "gru.cu", "rnn.cu")
 NVRTC_OPTIONS = ("--std=c++17",)
 HOST_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
 CTYPES = {"float32": "float", "float64": "double"}
@@ -51,16 +54,19 @@ class FusedUnavailableError(RuntimeError):
 
 # ----------------------------------------------------------------------------- sources
 def kernel_table(dtype) -> dict:
-    """{exported name: C++ template expression} of every kernel for one dtype."""
+    """{exported name: C++ template expression} of every registered cell's kernels."""
     dt = backend.resolve_dtype(dtype).name
     ctype, sfx = CTYPES[dt], SUFFIX[dt]
-    table = {f"{name}_{sfx}": f"{name}<{ctype}>" for name in (
-        "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
-        "gru_gates_forward", "gru_candidate_forward")}
-    for act, relu in (("tanh", "false"), ("relu", "true")):
-        for step in ("forward", "backward"):
-            table[f"rnn_{act}_{step}_{sfx}"] = f"rnn_{step}<{ctype}, {relu}>"
+    table = {}
+    for cell in cells.cells():
+        for stem, template in cell.kernels.items():
+            table[f"{stem}_{sfx}"] = template.format(T=ctype)
     return table
+
+
+def sources() -> tuple:
+    """Every kernel source file, in name order (a new cell's .cu joins automatically)."""
+    return tuple(sorted(p.name for p in kernels_dir().glob("*.cu")))
 
 
 def kernels_dir() -> Path:
@@ -94,7 +100,7 @@ def _expand(path: Path, seen: set) -> str:
 def device_source() -> str:
     """One self-contained CUDA source with every kernel (what NVRTC compiles)."""
     seen: set = set()
-    return "".join(_expand(kernels_dir() / name, seen) for name in SOURCES)
+    return "".join(_expand(kernels_dir() / name, seen) for name in sources())
 
 
 def host_source() -> str:
@@ -208,14 +214,22 @@ def _launch_dims(B, H):
     return (B, (H + block - 1) // block), (block,)
 
 
-class _Launcher:
-    """The pointwise functions of one device and dtype, each one kernel launch."""
+class Launcher:
+    """Launches one device's and dtype's kernels; the cells' fused twins call it.
+
+    A twin passes matrices as (array, leading dimension) pairs (``matrix``), per-row masks
+    through ``valid`` and outputs through ``outputs``, then ``launch``es the kernel stem.
+    """
 
     def __init__(self, kernels, xp, dtype):
         self.kernels, self.xp, self.dtype = kernels, xp, np.dtype(dtype)
         self._suffix = SUFFIX[self.dtype.name]  # looked up once: launches are the hot path
 
-    def _matrix(self, name, a, rows, cols):
+    def bind(self, **twins):
+        """A namespace of fused twins ``f(launcher, *args)`` bound to this launcher."""
+        return SimpleNamespace(**{name: partial(f, self) for name, f in twins.items()})
+
+    def matrix(self, name, a, rows, cols):
         """(a, leading dimension) for a (rows, cols) input read in place when possible."""
         if a.dtype != self.dtype:
             raise TypeError(f"fused {name} must be {self.dtype.name}, got {a.dtype}")
@@ -228,11 +242,16 @@ class _Launcher:
             s0 = a.strides[0]
         return a, np.int32(s0 // item if rows > 1 else cols)
 
-    def _dense(self, name, a, rows, cols):
-        """A C-contiguous (rows, cols) input (the kernels' own saved outputs always are)."""
-        return self.xp.ascontiguousarray(self._matrix(name, a, rows, cols)[0])
+    @staticmethod
+    def absent():
+        """An optional matrix argument left out: a null pointer and leading dimension 0."""
+        return None, np.int32(0)
 
-    def _valid(self, valid, B):
+    def dense(self, name, a, rows, cols):
+        """A C-contiguous (rows, cols) input (the kernels' own saved outputs always are)."""
+        return self.xp.ascontiguousarray(self.matrix(name, a, rows, cols)[0])
+
+    def valid(self, valid, B):
         if valid is None:
             return None
         if valid.dtype != np.bool_ or valid.shape != (B, 1):
@@ -240,7 +259,7 @@ class _Launcher:
                              f"{valid.dtype}")
         return self.xp.ascontiguousarray(valid)
 
-    def _outputs(self, out, B, *widths):
+    def outputs(self, out, B, *widths):
         """The (B, width) output arrays: the caller's preallocated ``out`` (C-contiguous
         slices of the layer's buffers), or fresh ones; a width of None means no output."""
         out = out or (None,) * len(widths)
@@ -258,104 +277,33 @@ class _Launcher:
                 arrays.append(given)
         return arrays
 
-    def _launch(self, kernel, B, H, *args):
+    def strided_output(self, out, B, width):
+        """(array, leading dimension) of a (B, width) output written in place, e.g. a column
+        block of a wider buffer; fresh when ``out`` is None."""
+        if out is None:
+            out = self.xp.empty((B, width), dtype=self.dtype)
+        if out.shape != (B, width) or out.dtype != self.dtype or \
+                (out.strides[1] != out.itemsize and width > 1) or out.strides[0] < 0 or \
+                out.strides[0] % out.itemsize:
+            raise ValueError(f"fused output must be a ({B}, {width}) {self.dtype.name} array "
+                             f"with unit column stride, got {out.shape} {out.dtype}")
+        return out, np.int32(out.strides[0] // out.itemsize if B > 1 else width)
+
+    def launch(self, stem, B, H, *args):
+        """One launch of kernel ``stem``: a thread per (b, j) of a B × H state."""
         grid, block = _launch_dims(B, H)
-        self.kernels[kernel](grid, block, (np.int32(B), np.int32(H)) + args)
-
-    def _name(self, stem):
-        return f"{stem}_{self._suffix}"
-
-    # --- LSTM
-    def lstm_forward(self, xg, hg, h_prev, c_prev, valid, out=None):
-        B, H = c_prev.shape
-        if h_prev is None and valid is not None:
-            raise ValueError("lstm_forward needs h_prev to carry padded rows")
-        hp = (None, np.int32(0)) if h_prev is None else self._matrix("h_prev", h_prev, B, H)
-        h, c, gates, tanh_c = self._outputs(out, B, H, H, 4 * H, H)
-        self._launch(self._name("lstm_forward"), B, H, *self._matrix("xg", xg, B, 4 * H),
-                     *self._matrix("hg", hg, B, 4 * H), *hp,
-                     *self._matrix("c_prev", c_prev, B, H), self._valid(valid, B),
-                     h, c, gates, tanh_c)
-        return h, c, LSTMCache(gates, c_prev, tanh_c)
-
-    def lstm_backward(self, dh, dc, cache, valid, out=None):
-        gates, c_prev, tanh_c = cache
-        B, H = tanh_c.shape
-        dz, dh_carried, dc_prev = self._outputs(out, B, 4 * H, None if valid is None else H, H)
-        self._launch(self._name("lstm_backward"), B, H, *self._matrix("dh", dh, B, H),
-                     *self._matrix("dc", dc, B, H), self._dense("gates", gates, B, 4 * H),
-                     *self._matrix("c_prev", c_prev, B, H),
-                     self._dense("tanh_c", tanh_c, B, H), self._valid(valid, B),
-                     dz, dh_carried, dc_prev)
-        return dz, dh_carried, dc_prev
-
-    # --- GRU
-    def gru_forward(self, xg, hg, h_prev, valid, out=None):
-        B, H = h_prev.shape
-        h, r, z, n = self._outputs(out, B, H, H, H, H)
-        self._launch(self._name("gru_forward"), B, H, *self._matrix("xg", xg, B, 3 * H),
-                     *self._matrix("hg", hg, B, 3 * H), *self._matrix("h_prev", h_prev, B, H),
-                     self._valid(valid, B), h, r, z, n)
-        return h, GRUCache(r, z, n, hg[:, 2 * H:])
-
-    def gru_backward(self, dh, h_prev, cache, valid, out=None):
-        r, z, n, hn = cache
-        B, H = r.shape
-        dxg, dhg, dh_prev = self._outputs(out, B, 3 * H, 3 * H, H)
-        self._launch(self._name("gru_backward"), B, H, *self._matrix("dh", dh, B, H),
-                     *self._matrix("h_prev", h_prev, B, H),
-                     *(self._dense(k, v, B, H) for k, v in (("r", r), ("z", z), ("n", n))),
-                     *self._matrix("hn", hn, B, H), self._valid(valid, B), dxg, dhg, dh_prev)
-        return dxg, dhg, dh_prev
-
-    def gru_gates_forward(self, xg_rz, hg_rz, out=None):
-        B, H = xg_rz.shape[0], xg_rz.shape[1] // 2
-        r, z = self._outputs(out, B, H, H)
-        self._launch(self._name("gru_gates_forward"), B, H,
-                     *self._matrix("xg_rz", xg_rz, B, 2 * H),
-                     *self._matrix("hg_rz", hg_rz, B, 2 * H), r, z)
-        return r, z
-
-    def gru_candidate_forward(self, xg_n, rhg_n, z, h_prev, valid, out=None):
-        B, H = h_prev.shape
-        h, n = self._outputs(out, B, H, H)
-        self._launch(self._name("gru_candidate_forward"), B, H,
-                     *self._matrix("xg_n", xg_n, B, H), *self._matrix("rhg_n", rhg_n, B, H),
-                     *self._matrix("z", z, B, H), *self._matrix("h_prev", h_prev, B, H),
-                     self._valid(valid, B), h, n)
-        return h, n
-
-    # --- RNN
-    def _rnn(self, nonlinearity, step):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        return self._name(f"rnn_{nonlinearity}_{step}")
-
-    def rnn_forward(self, xg, hg, h_prev, valid, nonlinearity, out=None):
-        B, H = h_prev.shape
-        h, h_new = self._outputs(out, B, H, H)
-        self._launch(self._rnn(nonlinearity, "forward"), B, H, *self._matrix("xg", xg, B, H),
-                     *self._matrix("hg", hg, B, H), *self._matrix("h_prev", h_prev, B, H),
-                     self._valid(valid, B), h, h_new)
-        return h, h_new
-
-    def rnn_backward(self, dh, h_new, valid, nonlinearity, out=None):
-        B, H = h_new.shape
-        da, dh_carried = self._outputs(out, B, H, None if valid is None else H)
-        self._launch(self._rnn(nonlinearity, "backward"), B, H, *self._matrix("dh", dh, B, H),
-                     self._dense("h_new", h_new, B, H), self._valid(valid, B),
-                     da, dh_carried)
-        return da, dh_carried
+        self.kernels[f"{stem}_{self._suffix}"](grid, block, (np.int32(B), np.int32(H)) + args)
 
     def namespace(self):
-        names = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
-                 "gru_gates_forward", "gru_candidate_forward", "rnn_forward", "rnn_backward")
-        return SimpleNamespace(name="fused", device=None, dtype=self.dtype.name,
-                               **{n: getattr(self, n) for n in names})
+        """Every registered cell's fused twins under their reference names."""
+        functions = {}
+        for cell in cells.cells():
+            functions.update(vars(cell.fused_pointwise(self)))
+        return SimpleNamespace(name="fused", device=None, dtype=self.dtype.name, **functions)
 
 
 # ----------------------------------------------------------------------------- public
-_NAMESPACES: dict = {}
+_LAUNCHERS: dict = {}
 _HOST_BUILD: dict = {}  # "error": the reason the CPU build is unavailable, once known
 
 
@@ -378,26 +326,30 @@ def available(device) -> bool:
     return _host_error() is None
 
 
-def pointwise_for(device, dtype) -> SimpleNamespace:
-    """The fused pointwise namespace (``REFERENCE``'s names) for a device and dtype."""
+def launcher_for(device, dtype) -> Launcher:
+    """The kernel launcher of a device and dtype (kernels built once, then cached)."""
     dev, dt = backend.parse_device(device), backend.resolve_dtype(dtype)
     key = (str(dev), dt.name)
-    if key not in _NAMESPACES:
+    if key not in _LAUNCHERS:
         if dev.kind == "cuda":
             cupy = backend.import_cupy()
-            launcher = _Launcher(_cupy_kernels(dev, dt), cupy, dt)
+            _LAUNCHERS[key] = Launcher(_cupy_kernels(dev, dt), cupy, dt)
         else:
             error = _host_error()
             if error is not None:
                 raise FusedUnavailableError(error)
-            launcher = _Launcher(_host_kernels(dt), np, dt)
-        namespace = launcher.namespace()
-        namespace.device = str(dev)
-        _NAMESPACES[key] = namespace
-    return _NAMESPACES[key]
+            _LAUNCHERS[key] = Launcher(_host_kernels(dt), np, dt)
+    return _LAUNCHERS[key]
+
+
+def pointwise_for(device, dtype) -> SimpleNamespace:
+    """The fused pointwise namespace (``REFERENCE``'s names) for a device and dtype."""
+    namespace = launcher_for(device, dtype).namespace()
+    namespace.device = str(backend.parse_device(device))
+    return namespace
 
 
 def reset_caches() -> None:
     """Forget built kernels and the CPU build's verdict (tests; a changed $CXX)."""
-    _NAMESPACES.clear()
+    _LAUNCHERS.clear()
     _HOST_BUILD.clear()

@@ -140,14 +140,17 @@ def check_module_gradients(module, x, hx=None, lengths=None, *, eps=1e-6, max_el
 
 
 # --------------------------------------------------------------------------- the matrix
-CELLS = {
-    "rnn-tanh": ("RNN", {"nonlinearity": "tanh"}),
-    "rnn-relu": ("RNN", {"nonlinearity": "relu"}),
-    "lstm": ("LSTM", {}),
-    "lstm-proj": ("LSTM", {"proj_size": 2}),
-    "gru": ("GRU", {"reset_after": True}),
-    "gru-orig": ("GRU", {"reset_after": False}),
-}
+def matrix_cells() -> dict:
+    """Case name -> (registered cell, options): every registered cell, and each cell that
+    takes a projection once more with one (``lstm+proj``)."""
+    from . import cells
+
+    table = {}
+    for cell in cells.cells():
+        table[cell.name] = (cell.name, {})
+        if cell.projection:
+            table[cell.name + "+proj"] = (cell.name, {"proj_size": 2})
+    return table
 
 
 @dataclass(frozen=True)
@@ -163,28 +166,30 @@ class MatrixCase:
                 f"res={self.residual} drop={self.dropout_mode}")
 
 
-def matrix_cases(quick=False, cells=tuple(CELLS)):
+def matrix_cases(quick=False, cells=None):
     """Cell × layers 1–3 × uni/bi × residual none/layers/stack (dropout, lengths, learned h0)."""
+    cells = tuple(matrix_cells()) if cells is None else cells
     layers = (1, 3) if quick else (1, 2, 3)
     for cell, L, bi, res in itertools.product(cells, layers, (False, True),
                                               (None, "layers", "stack")):
         yield MatrixCase(cell, L, bi, res, "variational" if (L + bi) % 2 else "standard")
 
 
-def build_case(case: MatrixCase, hidden=3, input_size=3, seed=0):
+def build_case(case: MatrixCase, hidden=3, input_size=3, seed=0, impl="reference"):
     """The module for a matrix case, float64, dropout on, learned initial states."""
-    import rnncore
+    from .modules import Recurrent
 
-    cls_name, options = CELLS[case.cell]
-    cls = getattr(rnncore, cls_name)
-    return cls(input_size, hidden, num_layers=case.num_layers, bidirectional=case.bidirectional,
-               dropout=0.3, residual=case.residual, dropout_mode=case.dropout_mode,
-               init_state="learned", dtype="float64", seed=seed, **options)
+    name, options = matrix_cells()[case.cell]
+    return Recurrent(name, input_size, hidden, num_layers=case.num_layers,
+                     bidirectional=case.bidirectional, dropout=0.3, residual=case.residual,
+                     dropout_mode=case.dropout_mode, init_state="learned", dtype="float64",
+                     seed=seed, impl=impl, **options)
 
 
-def run_case(case: MatrixCase, T=4, B=3, seed=0, **check_options) -> GradcheckReport:
+def run_case(case: MatrixCase, T=4, B=3, seed=0, impl="reference",
+             **check_options) -> GradcheckReport:
     """Gradient-check one matrix case with lengths given (one sequence shorter than T)."""
-    module = build_case(case, seed=seed)
+    module = build_case(case, seed=seed, impl=impl)
     x = np.random.default_rng(seed).standard_normal((T, B, module.input_size))
     lengths = [T, max(1, T - 2), T - 1][:B]
     return check_module_gradients(module, x, lengths=lengths, seed=seed, **check_options)
@@ -193,17 +198,20 @@ def run_case(case: MatrixCase, T=4, B=3, seed=0, **check_options) -> GradcheckRe
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="layers 1 and 3 only")
-    parser.add_argument("--cells", default=",".join(CELLS),
-                        help=f"comma-separated subset of {', '.join(CELLS)}")
+    choices = matrix_cells()
+    parser.add_argument("--cells", default=",".join(choices),
+                        help=f"comma-separated subset of {', '.join(choices)}")
+    parser.add_argument("--impl", default="reference", choices=("reference", "fused"),
+                        help="the pointwise functions to check (fused: the kernels)")
     args = parser.parse_args(argv)
     cells = tuple(args.cells.split(","))
-    unknown = [c for c in cells if c not in CELLS]
+    unknown = [c for c in cells if c not in choices]
     if unknown:
-        parser.error(f"unknown cell(s) {unknown}; choose from {list(CELLS)}")
+        parser.error(f"unknown cell(s) {unknown}; choose from {list(choices)}")
     worst = 0.0
     print(f"{'case':<48} {'max rel. error':>14}  worst tensor")
     for case in matrix_cases(args.quick, cells):
-        report = run_case(case)
+        report = run_case(case, impl=args.impl)
         worst = max(worst, report.max_error)
         print(f"{case.label():<48} {report.max_error:>14.2e}  {report.worst()}")
     print(f"\nworst over the matrix: {worst:.2e} ({'PASS' if worst < 1e-6 else 'FAIL'} at 1e-6)")

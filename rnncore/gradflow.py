@@ -43,18 +43,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backend
-from .modules import GRU, LSTM, RNN
+from . import backend, cells
+from .modules import Recurrent
 
 SATURATION_LOW, SATURATION_HIGH = 0.05, 0.95
-
-# name on the command line -> (module class, extra constructor options)
-CELLS = {
-    "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (RNN, {"nonlinearity": "relu"}),
-    "lstm": (LSTM, {}),
-    "gru": (GRU, {}),
-}
 
 
 def _norm(a) -> float:
@@ -66,28 +58,23 @@ class GradFlowRecorder:
     """Collects ‖∂L/∂h_t‖, ‖∂L/∂c_t‖ and ‖∂L/∂u_k‖ during ``module.backward``.
 
     ``keep=True`` also keeps a host copy of every state gradient (for tests and custom
-    analyses): ``kept[(k, d, t)]`` is ∂L/∂h_t, or the pair (∂L/∂h_t, ∂L/∂c_t).
+    analyses): ``kept[(k, d, t)]`` is the tuple (∂L/∂h_t, …) in the cell's state order.
     """
 
     def __init__(self, keep: bool = False):
         self.keep = keep
         self.h: dict = {}  # (k, d, t) -> ‖∂L/∂h_t‖
-        self.c: dict = {}  # (k, d, t) -> ‖∂L/∂c_t‖ (LSTM only)
+        self.c: dict = {}  # (k, d, t) -> ‖∂L/∂c_t‖ (cells with a second state, the LSTM's c)
         self.inputs: dict = {}  # k -> ‖∂L/∂u_k‖
         self.kept: dict = {}
 
     # the two hooks the engine calls
     def on_state_grad(self, k, d, t, dstate):
-        if isinstance(dstate, tuple):
-            dh, dc = dstate
-            self.c[(k, d, t)] = _norm(dc)
-        else:
-            dh = dstate
-        self.h[(k, d, t)] = _norm(dh)
+        self.h[(k, d, t)] = _norm(dstate[0])
+        if len(dstate) > 1:
+            self.c[(k, d, t)] = _norm(dstate[1])
         if self.keep:
-            self.kept[(k, d, t)] = (tuple(backend.to_numpy(a).copy() for a in dstate)
-                                    if isinstance(dstate, tuple)
-                                    else backend.to_numpy(dstate).copy())
+            self.kept[(k, d, t)] = tuple(backend.to_numpy(a).copy() for a in dstate)
 
     def on_input_grad(self, k, du):
         self.inputs[k] = _norm(du)
@@ -107,7 +94,7 @@ class GradFlowRecorder:
         return self._grid(self.h)
 
     def c_norms(self) -> np.ndarray:
-        """‖∂L/∂c_t‖ as an array (layers, directions, time); empty for RNN and GRU."""
+        """‖∂L/∂c_t‖ as an array (layers, directions, time); empty for one-state cells."""
         return self._grid(self.c)
 
     def input_norms(self) -> np.ndarray:
@@ -134,16 +121,15 @@ def weight_grad_norms(grads: dict) -> dict:
 def sigmoid_gates(module, k, d):
     """The activated sigmoid gates of layer k, direction d in the last forward pass.
 
-    Returns an array (T, B, n·H): LSTM [i, f, o], GRU [r, z], RNN none (width 0).
+    Returns an array (T, B, n·H), the cell's ``gate_views`` side by side: LSTM [i, f, o],
+    GRU [r, z], RNN none (width 0).
     """
-    ws = last_cache(module).layers[k][d].ws  # the layer's per-step buffers (T, B, ·)
-    H = module.hidden_size
-    xp = module.xp
-    if module.mode == "lstm":
-        return xp.concatenate([ws.gates[..., : 2 * H], ws.gates[..., 3 * H :]], axis=-1)
-    if module.mode == "gru":
-        return xp.concatenate([ws.r, ws.z], axis=-1)
-    return xp.zeros((ws.h.shape[0], 0, 0))
+    layer = last_cache(module).layers[k][d]  # a LayerCache: the per-step buffers by name
+    views = module.cell.gate_views(layer.saved, layer.dims)
+    if not views:
+        T, B = layer.x.shape[:2]
+        return module.xp.zeros((T, B, 0))
+    return module.xp.concatenate(list(views.values()), axis=-1)
 
 
 def gate_saturation(module, low=SATURATION_LOW, high=SATURATION_HIGH) -> np.ndarray:
@@ -228,10 +214,9 @@ class Config:
 def make_module(config: Config, hidden, dtype, seed):
     """The module for a config; its input width equals ``hidden`` so every layer can be
     residual (``residual="layers"`` needs matching widths)."""
-    cls, options = CELLS[config.cell]
     residual = None if config.residual == "none" else config.residual
-    return cls(hidden, hidden, config.depth, residual=residual, init=config.init,
-               init_state=config.init_state, dtype=dtype, seed=seed, **options)
+    return Recurrent(config.cell, hidden, hidden, num_layers=config.depth, residual=residual,
+                     init=config.init, init_state=config.init_state, dtype=dtype, seed=seed)
 
 
 def run_config(config: Config, T, batch, hidden, seed, loss="last", dtype="float64") -> Probe:
@@ -329,7 +314,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rnncore.gradflow", description=__doc__.split(
         "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", default="rnn_tanh,rnn_relu,lstm,gru",
-                    help=f"comma list of {','.join(CELLS)}")
+                    help=f"comma list of {','.join(cells.names())}")
     ap.add_argument("--depths", default="1,2,4,8")
     ap.add_argument("--residual", default="none,layers", help="comma list of none,layers")
     ap.add_argument("--init", default="pytorch", help="comma list of pytorch,xavier,orthogonal")
@@ -347,8 +332,8 @@ def main(argv=None):
         args.T, args.batch, args.hidden = 12, 4, 16
         args.depths = ",".join(d for d in args.depths.split(",") if int(d) <= 4)
     for cell in _csv(args.cells):
-        if cell not in CELLS:
-            ap.error(f"--cells: unknown cell {cell!r}; choose from {', '.join(CELLS)}")
+        if cell not in cells.names():
+            ap.error(f"--cells: unknown cell {cell!r}; choose from {', '.join(cells.names())}")
     configs = [Config(*v) for v in itertools.product(
         _csv(args.cells), _csv(args.depths, int), _csv(args.residual), _csv(args.init),
         _csv(args.init_state))]

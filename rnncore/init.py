@@ -6,8 +6,9 @@
 - ``"orthogonal"``: each recurrent gate block is an orthogonal matrix (Saxe et al. 2014;
   QR of a Gaussian with the sign of R's diagonal fixed), input blocks Glorot, biases zero.
 
-``forget_bias`` is then added to the LSTM forget-gate block of ``bias_ih`` (so the
-effective forget bias b_if + b_hf grows by exactly that amount).
+``forget_bias`` is then added to the forget-gate block of the cell's first gate bias
+(``bias_ih`` for the LSTM, so the effective forget bias b_if + b_hf grows by exactly that
+amount). Normalisation gains start at one and shifts at zero under every scheme.
 """
 
 import math
@@ -41,31 +42,43 @@ def _blockwise(make, rng, shape, num_blocks):
     return np.concatenate([make(rng, (block, cols)) for _ in range(num_blocks)], axis=0)
 
 
+RULES = ("input_weight", "recurrent_weight", "bias", "projection", "residual", "ones",
+         "zeros")
+
+
 def init_parameters(shapes: dict, scheme: str, hidden_size: int, num_gates: int,
-                    rng: np.random.Generator, forget_bias: float = 0.0) -> dict:
-    """Host (float64) initial values for every name in ``shapes`` (PyTorch's order)."""
+                    rng: np.random.Generator, forget_bias: float = 0.0,
+                    forget_gate: int | None = None, forget_names=()) -> dict:
+    """Host (float64) initial values for every name in ``shapes`` ({name: (shape, rule)},
+    PyTorch's order); ``rule`` is one of ``RULES`` (a cell's ``ParamSpec.init``).
+
+    ``forget_bias`` is added to gate block ``forget_gate`` of each name in ``forget_names``.
+    """
     if scheme not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
     values = {}
     bound = 1.0 / math.sqrt(hidden_size)
-    for name, shape in shapes.items():
-        if name.startswith("residual_"):
-            fan_in = shapes["residual_weight"][1]
+    for name, (shape, rule) in shapes.items():
+        if rule not in RULES:
+            raise ValueError(f"parameter {name}: unknown init rule {rule!r}")
+        if rule in ("ones", "zeros"):  # normalisation gains and shifts, whatever the scheme
+            values[name] = np.ones(shape) if rule == "ones" else np.zeros(shape)
+        elif rule == "residual":
+            fan_in = shapes["residual_weight"][0][1]
             b = 1.0 / math.sqrt(fan_in)
             values[name] = rng.uniform(-b, b, size=shape)
         elif scheme == "pytorch":
             values[name] = rng.uniform(-bound, bound, size=shape)
-        elif name.startswith("bias"):
+        elif rule == "bias":
             values[name] = np.zeros(shape)
-        elif name.startswith("weight_hr"):
+        elif rule == "projection":
             values[name] = glorot_uniform(rng, shape)
-        elif name.startswith("weight_hh") and scheme == "orthogonal":
+        elif rule == "recurrent_weight" and scheme == "orthogonal":
             values[name] = _blockwise(orthogonal, rng, shape, num_gates)
         else:
             values[name] = _blockwise(glorot_uniform, rng, shape, num_gates)
     if forget_bias:
-        H = hidden_size
-        for name in values:
-            if name.startswith("bias_ih"):
-                values[name][H : 2 * H] += forget_bias
+        H, f = hidden_size, forget_gate
+        for name in forget_names:
+            values[name][f * H : (f + 1) * H] += forget_bias
     return values

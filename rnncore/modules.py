@@ -14,126 +14,89 @@ caller's layout.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from . import backend
-from .cells import REFERENCE, GRUCell, LSTMCell, RNNCell
-from .cells.rnn import NONLINEARITIES
-from .init import INIT_STATE_STD, INIT_STATES, init_parameters
+from . import backend, cells, drivers
+from .init import INIT_STATE_STD, init_parameters
+from .options import DROPOUT_MODES, IMPLS, RESIDUALS, Options, check_int
 from .stack import StackSpec, parameter_shapes, stack_backward, stack_forward
 
-RESIDUALS = (None, "layers", "stack")
-DROPOUT_MODES = ("standard", "variational")
-IMPLS = ("auto", "reference", "fused")
+__all__ = ["DROPOUT_MODES", "GRU", "IMPLS", "LSTM", "RESIDUALS", "RNN", "Recurrent"]
+
+# Bytes a module may ask for its parameters, gradients and optimizer moments before it is
+# refused up front (``RNNCORE_MAX_PARAM_BYTES`` raises it).
+MAX_PARAM_BYTES = 16 * 2**30
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+class Recurrent:
+    """A stack of any registered cell: ``Recurrent("lnlstm", 10, 20, num_layers=2)``.
 
+    Keyword options are the fields of ``rnncore.options.Options``; the state is a tuple in
+    the cell's state order when the cell has more than one state tensor (the LSTM's
+    (h, c)), else the single array, as in torch.nn.
+    """
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-class _Recurrent:
-    """Shared mechanics of LSTM, GRU and RNN; subclasses only say which cell."""
-
-    mode = None  # "lstm", "gru", "rnn"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, *, residual=None,
-                 init="pytorch", forget_bias=0.0, init_state="zeros",
-                 dropout_mode="standard", device="cpu", dtype="float32", seed=None,
-                 impl="auto", check_finite=False, reset_after=True, nonlinearity="tanh"):
-        self.input_size = _check_int("input_size", input_size, 1)
-        self.hidden_size = _check_int("hidden_size", hidden_size, 1)
-        self.num_layers = _check_int("num_layers", num_layers, 1)
-        self.proj_size = _check_int("proj_size", proj_size, 0)
-        if self.proj_size and self.mode != "lstm":
-            raise ValueError("proj_size is only supported by LSTM")
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be smaller than hidden_size, got {proj_size}")
-        for name, flag in (("bias", bias), ("batch_first", batch_first),
-                           ("bidirectional", bidirectional), ("reset_after", reset_after),
-                           ("check_finite", check_finite)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
-            raise TypeError(f"forget_bias must be a number, got {forget_bias!r}")
-        if forget_bias and self.mode != "lstm":
-            raise ValueError("forget_bias is only meaningful for LSTM")
-        if forget_bias and not bias:
-            raise ValueError("forget_bias needs bias=True")
-        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
-        self.reset_after, self.check_finite = reset_after, check_finite
-        self.dropout = float(dropout)
-        self.forget_bias = float(forget_bias)
-        self.residual = _check_choice("residual", residual, RESIDUALS)
-        self.init = _check_choice("init", init, ("pytorch", "xavier", "orthogonal"))
-        self.init_state = _check_choice("init_state", init_state, INIT_STATES)
-        self.dropout_mode = _check_choice("dropout_mode", dropout_mode, DROPOUT_MODES)
-        self.nonlinearity = _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        self.impl = _check_choice("impl", impl, IMPLS)
-        self.dtype = backend.resolve_dtype(dtype)
+    def __init__(self, cell, input_size, hidden_size, *, device="cpu", seed=None,
+                 options: Options | None = None, **choices):
+        if options is not None and choices:
+            raise TypeError("give either options= or keyword options, not both")
+        self.input_size = check_int("input_size", input_size, 1)
+        self.hidden_size = check_int("hidden_size", hidden_size, 1)
+        unknown = sorted(set(choices) - set(Options.field_names()))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; options are "
+                            f"{', '.join(Options.field_names()[1:])}")
+        options = (options or Options(cell=cell, **choices)).validated(self.hidden_size)
+        self.options = options
+        self.cell = cells.get(options.cell)
+        for name in Options.field_names()[1:]:
+            setattr(self, name, getattr(options, name))
+        self.dtype = backend.resolve_dtype(options.dtype)
         self.device = backend.parse_device(device)
         self.xp = backend.array_module(self.device)
-        self.num_directions = 2 if bidirectional else 1
+        self.num_directions = 2 if self.bidirectional else 1
         self.rng = backend.Generator(seed)
         self.training = True
-        self._pointwise = self._select_pointwise()
-        self.spec = self._make_spec()
-
+        self.spec = StackSpec(self.cell, self.input_size, self.hidden_size, self.num_layers,
+                              self.num_directions, self.proj_size, self.residual, self.bias)
         shapes = parameter_shapes(self.spec)
-        values = init_parameters(shapes, self.init, self.hidden_size, self.spec.cell.num_gates,
-                                 self.rng.numpy, self.forget_bias)
+        self._check_size(shapes)
+        self.driver = drivers.select(self.impl, self.device, self.dtype)
+        values = init_parameters(shapes, self.init, self.hidden_size, self.cell.num_gates,
+                                 self.rng.numpy, self.forget_bias, self.cell.forget_gate,
+                                 self._forget_bias_names())
         if self.init_state == "learned":
             LD = self.num_layers * self.num_directions
-            values["h0"] = np.zeros((LD, 1, self.spec.out_size))
-            if self.mode == "lstm":
-                values["c0"] = np.zeros((LD, 1, self.hidden_size))
+            for name, width in zip(self.cell.state, self.spec.state_widths()):
+                values[name + "0"] = np.zeros((LD, 1, width))
         self.params = {k: backend.to_device(v, self.device, self.dtype) for k, v in values.items()}
         self.grads = {}
         self.zero_grad()
         self._last = None
 
-    # ----------------------------------------------------------------- structure
-    def _make_cell(self, pointwise):
-        if self.mode == "lstm":
-            return LSTMCell(pointwise)
-        if self.mode == "gru":
-            return GRUCell(pointwise, self.reset_after)
-        return RNNCell(pointwise, self.nonlinearity)
+    def _check_size(self, shapes):
+        """Refuse, before allocating, a model whose parameters cannot fit in memory."""
+        count = sum(int(np.prod(shape, dtype=np.float64)) for shape, _ in shapes.values())
+        need = 4 * count * self.dtype.itemsize  # parameters, gradients, two optimizer moments
+        limit = MAX_PARAM_BYTES
+        if need > limit:
+            raise ValueError(f"this model has {count:.3g} parameters and would need about "
+                             f"{need / 2**30:.3g} GiB for parameters, gradients and optimizer "
+                             f"state, above the {limit / 2**30:.3g} GiB limit")
 
-    def _make_spec(self):
-        return StackSpec(self._make_cell(self._pointwise), self.input_size, self.hidden_size,
-                         self.num_layers, self.num_directions, self.proj_size, self.residual,
-                         self.bias)
+    def _forget_bias_names(self):
+        """Each layer direction's first gate bias: where ``forget_bias`` goes."""
+        bias = next((p for p in self.cell.params if p.init == "bias"), None)
+        if not self.forget_bias or bias is None:
+            return ()
+        spec = self.spec
+        return [bias.torch + spec.suffix(k, d) for k in range(spec.num_layers)
+                for d in range(spec.num_directions)]
 
-    def _select_pointwise(self):
-        """The pointwise implementation: the NumPy/CuPy reference or the fused kernels.
-
-        ``auto`` means fused on a GPU. On the CPU it means the reference: NumPy's SIMD
-        ufuncs beat the scalar host-compiled kernels there (the emulation exists to test
-        the kernel source and launch code, and runs with ``impl="fused"``).
-        """
-        if self.impl == "reference":
-            return REFERENCE
-        from . import fused
-
-        if self.impl == "fused" or (self.device.kind == "cuda" and fused.available(self.device)):
-            return fused.pointwise_for(self.device, self.dtype)
-        return REFERENCE
+    @property
+    def mode(self) -> str:
+        """The cell's registry name (``"lstm"``, ``"gru"``, …)."""
+        return self.cell.name
 
     @property
     def last_cache(self):
@@ -148,7 +111,7 @@ class _Recurrent:
     @property
     def impl_in_use(self) -> str:
         """``"reference"`` or ``"fused"``: what ``impl`` resolved to on this device."""
-        return self._pointwise.name
+        return self.driver.name
 
     # ----------------------------------------------------------------- parameters
     def named_parameters(self):
@@ -190,6 +153,10 @@ class _Recurrent:
         self.params.update(loaded)
         self._last = None
 
+    def drop_cache(self):
+        """Forget the last forward pass (its cache no longer matches the parameters)."""
+        self._last = None
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self
@@ -198,13 +165,17 @@ class _Recurrent:
         return self.train(False)
 
     def to(self, device):
-        """Move parameters and gradients to ``device`` ("cpu", "cuda", "cuda:1")."""
-        self.device = backend.parse_device(device)
-        self.xp = backend.array_module(self.device)
-        self.params = {k: backend.to_device(v, self.device) for k, v in self.params.items()}
-        self.grads = {k: backend.to_device(v, self.device) for k, v in self.grads.items()}
-        self._pointwise = self._select_pointwise()
-        self.spec = self._make_spec()
+        """Move parameters and gradients to ``device`` ("cpu", "cuda", "cuda:1").
+
+        All or nothing: when the move fails the module stays where it was.
+        """
+        target = backend.parse_device(device)
+        xp = backend.array_module(target)
+        params = {k: backend.to_device(v, target) for k, v in self.params.items()}
+        grads = {k: backend.to_device(v, target) for k, v in self.grads.items()}
+        driver = drivers.select(self.impl, target, self.dtype)
+        self.device, self.xp, self.params, self.grads = target, xp, params, grads
+        self.driver = driver
         self._last = None
         return self
 
@@ -289,41 +260,48 @@ class _Recurrent:
                              f"got shape {tuple(x.shape)}")
         x = self.xp.array(x, order="C", copy=True)  # the cache must not see later edits
         valid = self._valid_mask(lengths, T, B)
-        h0, c0, learned = self._initial_state(hx, batched, B)
+        state0, learned = self._initial_state(hx, batched, B)
         masks = self._dropout_masks(T, B)
-        out, h_n, c_n, cache = stack_forward(self.spec, self.params, x, h0, c0, valid, masks)
+        out, state_n, cache = stack_forward(self.spec, self.driver, self.params, x, state0,
+                                            valid, masks)
         self._last = (cache, batched, learned)
         if not batched:
-            out, h_n = out[:, 0], h_n[:, 0]
-            c_n = None if c_n is None else c_n[:, 0]
+            out, state_n = out[:, 0], tuple(s[:, 0] for s in state_n)
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
         out = self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
-        return (out, (h_n, c_n)) if self.mode == "lstm" else (out, h_n)
+        return out, self.pack_state(state_n)
+
+    def pack_state(self, states):
+        """The caller's form of a state tuple: the tuple, or its one array."""
+        return states if len(states) > 1 else states[0]
+
+    def _unpack(self, name, given, widths, batched, B):
+        """The checked, batched tuple of a state the caller gave: ``hx`` (names h0, c0, …)
+        or ``dhx`` (dh_n, dc_n, …)."""
+        names = [f"{s}0" if name == "hx" else f"d{s}_n" for s in self.cell.state]
+        if len(widths) > 1:
+            if not isinstance(given, (tuple, list)) or len(given) != len(widths):
+                raise TypeError(f"{name} for the {self.cell.name} cell must be a tuple "
+                                f"({', '.join(names)})")
+        else:
+            given, names = (given,), [name if name == "hx" else names[0]]
+        return tuple(self._check_state(n, a, w, batched, B)
+                     for n, a, w in zip(names, given, widths))
 
     def _initial_state(self, hx, batched, B):
-        """(h0, c0, learned?) time-major and batched; an explicit hx always wins."""
+        """(state0 tuple, learned?) time-major and batched; an explicit hx always wins."""
         LD, xp = self.num_layers * self.num_directions, self.xp
-        H, Hout = self.hidden_size, self.spec.out_size
+        widths = self.spec.state_widths()
         if hx is not None:
-            if self.mode == "lstm":
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError("hx for an LSTM must be a tuple (h0, c0)")
-                return (self._check_state("h0", hx[0], Hout, batched, B),
-                        self._check_state("c0", hx[1], H, batched, B), False)
-            return self._check_state("hx", hx, Hout, batched, B), None, False
-        has_c = self.mode == "lstm"
+            return self._unpack("hx", hx, widths, batched, B), False
         if self.init_state == "learned":
-            h0 = xp.broadcast_to(self.params["h0"], (LD, B, Hout))
-            c0 = xp.broadcast_to(self.params["c0"], (LD, B, H)) if has_c else None
-            return h0, c0, True
+            return tuple(xp.broadcast_to(self.params[name + "0"], (LD, B, w))
+                         for name, w in zip(self.cell.state, widths)), True
         if self.init_state == "normal":
-            h0 = self.rng.normal(INIT_STATE_STD, (LD, B, Hout), self.dtype, self.device)
-            c0 = self.rng.normal(INIT_STATE_STD, (LD, B, H), self.dtype, self.device) \
-                if has_c else None
-            return h0, c0, False
-        h0 = xp.zeros((LD, B, Hout), dtype=self.dtype)
-        return h0, (xp.zeros((LD, B, H), dtype=self.dtype) if has_c else None), False
+            return tuple(self.rng.normal(INIT_STATE_STD, (LD, B, w), self.dtype, self.device)
+                         for w in widths), False
+        return tuple(xp.zeros((LD, B, w), dtype=self.dtype) for w in widths), False
 
     def _dropout_masks(self, T, B):
         if not self.training or self.dropout == 0.0 or self.num_layers == 1:
@@ -335,7 +313,7 @@ class _Recurrent:
 
     # ----------------------------------------------------------------- backward
     def backward(self, dout, dhx=None, recorder=None):
-        """Gradients of a loss L given ∂L/∂output (and optionally ∂L/∂h_n, ∂L/∂c_n).
+        """Gradients of a loss L given ∂L/∂output (and optionally ∂L/∂ the final state).
 
         Accumulates ∂L/∂parameter into ``self.grads``; returns ∂L/∂input and ∂L/∂hx in
         the layout the forward call used. ``recorder`` is the optional gradient-flow
@@ -355,70 +333,61 @@ class _Recurrent:
         elif self.batch_first:
             dout = dout.transpose(1, 0, 2)
         LD, xp = self.num_layers * self.num_directions, self.xp
-        has_c = self.mode == "lstm"
+        widths = self.spec.state_widths()
         if dhx is None:
-            dh_n = xp.zeros((LD, B, self.spec.out_size), dtype=self.dtype)
-            dc_n = xp.zeros((LD, B, self.hidden_size), dtype=self.dtype) if has_c else None
-        elif has_c:
-            if not isinstance(dhx, (tuple, list)) or len(dhx) != 2:
-                raise TypeError("dhx for an LSTM must be a tuple (dh_n, dc_n)")
-            dh_n = self._check_state("dh_n", dhx[0], self.spec.out_size, batched, B)
-            dc_n = self._check_state("dc_n", dhx[1], self.hidden_size, batched, B)
+            dstate_n = tuple(xp.zeros((LD, B, w), dtype=self.dtype) for w in widths)
         else:
-            dh_n, dc_n = self._check_state("dh_n", dhx, self.spec.out_size, batched, B), None
-        dx, dh0, dc0, grads = stack_backward(self.spec, self.params, cache, dout, dh_n, dc_n,
-                                             recorder)
+            dstate_n = self._unpack("dhx", dhx, widths, batched, B)
+        dx, dstate0, grads = stack_backward(self.spec, self.driver, self.params, cache, dout,
+                                            dstate_n, recorder)
         for name, g in grads.items():
             self.grads[name] += g
         if learned:
-            self.grads["h0"] += dh0.sum(axis=1, keepdims=True)
-            if has_c:
-                self.grads["c0"] += dc0.sum(axis=1, keepdims=True)
+            for name, d in zip(self.cell.state, dstate0):
+                self.grads[name + "0"] += d.sum(axis=1, keepdims=True)
         if not batched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
-            dc0 = None if dc0 is None else dc0[:, 0]
+            dx, dstate0 = dx[:, 0], tuple(d[:, 0] for d in dstate0)
         elif self.batch_first:
             dx = dx.transpose(1, 0, 2)
-        return (dx, (dh0, dc0)) if has_c else (dx, dh0)
+        return dx, self.pack_state(dstate0)
 
 
-class LSTM(_Recurrent):
+TORCH_ARGS = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+
+class LSTM(Recurrent):
     """Long short-term memory stack (torch.nn.LSTM's constructor, plus rnncore's options)."""
-
-    mode = "lstm"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, **options):
-        for key in ("reset_after", "nonlinearity"):
-            if key in options:
-                raise TypeError(f"LSTM does not take {key}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, **options)
+        super().__init__("lstm", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                         proj_size=proj_size, **options)
 
 
-class GRU(_Recurrent):
-    """Gated recurrent unit stack; ``reset_after=False`` gives Cho et al.'s original form."""
-
-    mode = "gru"
+class GRU(Recurrent):
+    """Gated recurrent unit stack; ``reset_after=False`` gives Cho et al.'s original form
+    (the ``gru_reset_before`` cell)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, reset_after=True, **options):
-        for key in ("proj_size", "forget_bias", "nonlinearity"):
-            if key in options:
-                raise TypeError(f"GRU does not take {key}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, reset_after=reset_after, **options)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
+        cell = "gru" if reset_after else "gru_reset_before"
+        super().__init__(cell, input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                         **options)
 
 
-class RNN(_Recurrent):
-    """Elman RNN stack with ``nonlinearity`` "tanh" or "relu"."""
-
-    mode = "rnn"
+class RNN(Recurrent):
+    """Elman RNN stack with ``nonlinearity`` "tanh" or "relu" (the ``rnn_tanh`` and
+    ``rnn_relu`` cells)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, **options):
-        for key in ("proj_size", "forget_bias", "reset_after"):
-            if key in options:
-                raise TypeError(f"RNN does not take {key}")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, nonlinearity=nonlinearity, **options)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be one of ('tanh', 'relu'), "
+                             f"got {nonlinearity!r}")
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers=num_layers,
+                         bias=bias, batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, **options)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .backend import sum_outer, xp_of
-from .layer import layer_backward, layer_forward
+from .cells.base import Dims
 
 
 @dataclass(frozen=True)
 class StackSpec:
-    """The shape of a stack; ``cell`` is an LSTMCell, GRUCell or RNNCell instance."""
+    """The shape of a stack; ``cell`` is a cell declaration (``rnncore.cells``)."""
 
     cell: object
     input_size: int
@@ -40,6 +40,13 @@ class StackSpec:
     def layer_input_size(self, k: int) -> int:
         return self.input_size if k == 0 else self.out_size * self.num_directions
 
+    def dims(self, k: int) -> Dims:
+        return Dims(self.layer_input_size(k), self.hidden_size, self.proj_size)
+
+    def state_widths(self) -> tuple:
+        """The width of each state tensor of the cell (h first)."""
+        return self.cell.state_widths(self.dims(0))
+
     def suffix(self, k: int, d: int) -> str:
         return f"_l{k}" + ("_reverse" if d == 1 else "")
 
@@ -51,60 +58,44 @@ class StackSpec:
         return self.residual == "stack" and self.input_size != self.out_size * self.num_directions
 
 
-KEYS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
-TORCH_PREFIX = {
-    "w_ih": "weight_ih",
-    "w_hh": "weight_hh",
-    "b_ih": "bias_ih",
-    "b_hh": "bias_hh",
-    "w_hr": "weight_hr",
-}
-
-
 def parameter_shapes(spec: StackSpec) -> dict:
-    """PyTorch's parameter names and shapes, in torch.nn's order."""
-    G, H, P = spec.cell.num_gates, spec.hidden_size, spec.proj_size
+    """PyTorch's parameter names and shapes, in torch.nn's order, with the init rule of
+    each: {name: (shape, rule)}."""
+    rules = {p.key: p.init for p in spec.cell.params}
+    torch = {p.key: p.torch for p in spec.cell.params}
     shapes = {}
     for k in range(spec.num_layers):
         for d in range(spec.num_directions):
             s = spec.suffix(k, d)
-            shapes["weight_ih" + s] = (G * H, spec.layer_input_size(k))
-            shapes["weight_hh" + s] = (G * H, spec.out_size)
-            if spec.bias:
-                shapes["bias_ih" + s] = (G * H,)
-                shapes["bias_hh" + s] = (G * H,)
-            if P:
-                shapes["weight_hr" + s] = (P, H)
+            for key, shape in spec.cell.param_shapes(spec.dims(k), spec.bias).items():
+                shapes[torch[key] + s] = (shape, rules[key])
     if spec.stack_residual_projected():
-        shapes["residual_weight"] = (spec.out_size * spec.num_directions, spec.input_size)
-        shapes["residual_bias"] = (spec.out_size * spec.num_directions,)
+        width = spec.out_size * spec.num_directions
+        shapes["residual_weight"] = ((width, spec.input_size), "residual")
+        shapes["residual_bias"] = ((width,), "residual")
     return shapes
 
 
 def layer_params(spec: StackSpec, params: dict, k: int, d: int) -> dict:
     """The short-keyed view (w_ih, w_hh, …) of layer k, direction d."""
     s = spec.suffix(k, d)
-    return {key: params.get(TORCH_PREFIX[key] + s) for key in KEYS}
+    return {p.key: params.get(p.torch + s) for p in spec.cell.params}
 
 
 class StackCache(NamedTuple):
     x: object
     valid: object
-    layers: list  # [k][d] LayerCache
+    layers: list  # [k][d] LayerCache (rnncore.drivers)
     masks: list  # [k] dropout mask or None
 
 
-def _state_at(spec, h0, c0, idx):
-    return (h0[idx], c0[idx]) if spec.cell.has_cell_state else h0[idx]
-
-
-def stack_forward(spec: StackSpec, params, x, h0, c0, valid=None, masks=None):
-    """x (T, B, I), h0 (L·D, B, H_out), c0 (L·D, B, H) or None, valid (T, B, 1) or None.
-
-    Returns (out (T, B, D·H_out), h_n, c_n or None, cache).
+def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=None):
+    """x (T, B, I); state0 a tuple in the cell's state order, each (L·D, B, width);
+    valid (T, B, 1) or None. Returns (out (T, B, D·H_out), state_n tuple, cache).
     """
     xp = xp_of(x)
     masks = masks or [None] * spec.num_layers
+    inputs = {"valid": valid}
     u = x
     layers, finals = [], []
     for k in range(spec.num_layers):
@@ -112,8 +103,8 @@ def stack_forward(spec: StackSpec, params, x, h0, c0, valid=None, masks=None):
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
             p = layer_params(spec, params, k, d)
-            out_d, state_d, cache_d = layer_forward(
-                spec.cell, p, u, _state_at(spec, h0, c0, idx), valid, reverse=d == 1
+            out_d, state_d, cache_d = driver.forward(
+                spec.cell, p, u, tuple(s[idx] for s in state0), inputs, reverse=d == 1
             )
             outs.append(out_d)
             caches.append(cache_d)
@@ -124,7 +115,7 @@ def stack_forward(spec: StackSpec, params, x, h0, c0, valid=None, masks=None):
         if masks[k] is not None:
             y = y * masks[k]
         layers.append(caches)
-        finals.append(states)
+        finals.extend(states)
         u = y
     out = u
     if spec.residual == "stack":
@@ -132,26 +123,23 @@ def stack_forward(spec: StackSpec, params, x, h0, c0, valid=None, masks=None):
         if spec.stack_residual_projected():
             skip = x @ params["residual_weight"].T + params["residual_bias"]
         out = out + skip if valid is None else (out + skip) * valid
-    flat = [s for states in finals for s in states]
-    if spec.cell.has_cell_state:
-        h_n = xp.stack([s[0] for s in flat])
-        c_n = xp.stack([s[1] for s in flat])
-    else:
-        h_n, c_n = xp.stack(flat), None
-    return out, h_n, c_n, StackCache(x, valid, layers, masks)
+    state_n = tuple(xp.stack([s[i] for s in finals]) for i in range(len(spec.cell.state)))
+    return out, state_n, StackCache(x, valid, layers, masks)
 
 
-def stack_backward(spec: StackSpec, params, cache, dout, dh_n, dc_n=None, recorder=None):
+def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None):
     """Backward through depth and time.
 
-    ``dout`` (T, B, D·H_out), ``dh_n`` (L·D, B, H_out), ``dc_n`` (L·D, B, H) or None.
-    Returns (∂x, ∂h0, ∂c0 or None, grads keyed by PyTorch names).
-    ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step and
-    on_input_grad(k, ∂u_k) for every layer: the gradient-flow instrumentation.
+    ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
+    Returns (∂x, ∂state_0 tuple, grads keyed by PyTorch names).
+    ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step (dstate a
+    tuple in the cell's state order) and on_input_grad(k, ∂u_k) for every layer: the
+    gradient-flow instrumentation.
     """
     x, valid, layers, masks = cache
     xp = xp_of(dout)
     grads = {}
+    torch = {p.key: p.torch for p in spec.cell.params}
     H = spec.out_size
     dx_skip = None
     if spec.residual == "stack":
@@ -162,8 +150,7 @@ def stack_backward(spec: StackSpec, params, cache, dout, dh_n, dc_n=None, record
             grads["residual_weight"] = sum_outer(dout, x)
             grads["residual_bias"] = dout.sum(axis=(0, 1))
             dx_skip = dout @ params["residual_weight"]
-    dh0 = xp.empty_like(dh_n)
-    dc0 = None if dc_n is None else xp.empty_like(dc_n)
+    dstate0 = tuple(xp.empty_like(d) for d in dstate_n)
     dy = dout
     for k in range(spec.num_layers - 1, -1, -1):
         if masks[k] is not None:
@@ -173,30 +160,28 @@ def stack_backward(spec: StackSpec, params, cache, dout, dh_n, dc_n=None, record
         du = dy if spec.layer_residual(k) else None
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
-            dstate = (dh_n[idx], dc_n[idx]) if spec.cell.has_cell_state else dh_n[idx]
             record = None
             if recorder is not None:
                 def record(t, ds, k=k, d=d):
                     recorder.on_state_grad(k, d, t, ds)
-            dx_d, dstate0, g = layer_backward(
+            dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
                 layer_params(spec, params, k, d),
                 layers[k][d],
                 dy[..., d * H : (d + 1) * H],
-                dstate,
+                tuple(ds[idx] for ds in dstate_n),
                 record,
             )
-            if spec.cell.has_cell_state:
-                dh0[idx], dc0[idx] = dstate0
-            else:
-                dh0[idx] = dstate0
+            for total, part in zip(dstate0, dstate0_d):
+                total[idx] = part
             s = spec.suffix(k, d)
             for key, value in g.items():
-                if value is not None and params.get(TORCH_PREFIX[key] + s) is not None:
-                    grads[TORCH_PREFIX[key] + s] = value
+                name = torch.get(key, "") + s
+                if value is not None and params.get(name) is not None:
+                    grads[name] = value
             du = dx_d if du is None else du + dx_d
         if recorder is not None:
             recorder.on_input_grad(k, du)
         dy = du
     dx = dy if dx_skip is None else dy + dx_skip
-    return dx, dh0, dc0, grads
+    return dx, dstate0, grads

@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, corpora, optim
+from . import backend, cells, corpora, optim
 from .charlm import CharLM
 from .checkpoint import CheckpointError, save
 from .corpora import CorpusError
 from .init import INIT_STATES
 from .modules import DROPOUT_MODES, IMPLS
+from .options import Options
 from .sample import PARAM_PREFIX, generate, load_model
 
 LN2 = math.log(2.0)
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tail of the text held out for validation")
 
     model = ap.add_argument_group("model")
-    model.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    model.add_argument("--cell", default="lstm", choices=cells.names() + ("rnn",),
+                       help="a registered cell (rnn: rnn_tanh, or rnn_relu with "
+                            "--nonlinearity relu)")
     model.add_argument("--nonlinearity", default="tanh", choices=("tanh", "relu"),
                        help="for --cell rnn")
     model.add_argument("--layers", type=int, default=2)
@@ -163,13 +166,14 @@ def check_config(cfg: dict):
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg["clip"] < 0:
         raise ValueError(f"--clip must be >= 0 (0 turns clipping off), got {cfg['clip']}")
-    if cfg["proj_size"] and cfg["cell"] != "lstm":
-        raise ValueError("--proj-size needs --cell lstm")
-    if cfg["forget_bias"] and cfg["cell"] != "lstm":
-        raise ValueError("--forget-bias needs --cell lstm")
     if cfg["nesterov"] and cfg["optimizer"] != "sgd":
         raise ValueError("--nesterov needs --optimizer sgd")
     cfg["residual"] = None if cfg["residual"] in (None, "none") else cfg["residual"]
+    try:
+        Options.from_config(cfg).validated(cfg["hidden"])
+    except (TypeError, ValueError) as err:
+        option, rest = str(err).split(" ", 1)  # messages begin with the option's name
+        raise ValueError(f"--{option.replace('_', '-')} {rest}") from None
 
 
 def set_blas_threads(n: int) -> bool:

@@ -13,7 +13,9 @@ CASES = list(matrix_cases())
 
 def test_matrix_covers_every_combination():
     combos = {(c.cell, c.num_layers, c.bidirectional, c.residual) for c in CASES}
-    assert len(combos) == 6 * 3 * 2 * 3
+    cells = set(rnncore.cells.names()) | {"lstm+proj"}
+    assert {c.cell for c in CASES} == cells
+    assert len(combos) == len(cells) * 3 * 2 * 3
     assert {c.dropout_mode for c in CASES} == {"standard", "variational"}
 
 
@@ -62,8 +64,8 @@ def test_command_line_table(capsys):
     """``python -m rnncore.gradcheck`` prints the matrix as a table and passes."""
     from rnncore import gradcheck
 
-    assert gradcheck.main(["--quick", "--cells", "gru-orig"]) == 0
+    assert gradcheck.main(["--quick", "--cells", "gru_reset_before"]) == 0
     out = capsys.readouterr().out
-    assert out.count("gru-orig L") == 12 and "PASS at 1e-6" in out
+    assert out.count("gru_reset_before L") == 12 and "PASS at 1e-6" in out
     with pytest.raises(SystemExit):
         gradcheck.main(["--cells", "lstm,transformer"])

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import rnncore
+import rnncore.drivers
+import rnncore.stack
 from rnncore import experiments
 from rnncore.experiments import adding, bidirectional, common, vanishing
 from rnncore.experiments.__main__ import main
@@ -25,13 +27,14 @@ def test_linear_pointwise_is_the_identity_on_the_engine_path():
     """The linear RNN really runs through the engine: h_t = W h_{t−1} + U x_t."""
     H, T = 5, 7
     W = vanishing.scaled_orthogonal(H, 0.7, seed=0)
-    spec = rnncore.stack.StackSpec(rnncore.cells.RNNCell(vanishing.LINEAR, "linear"), H, H, 1, 1)
+    spec = rnncore.stack.StackSpec(vanishing.LINEAR_CELL, H, H, 1, 1)
     rng = np.random.default_rng(0)
     U = rng.standard_normal((H, H))
     params = {"weight_ih_l0": U, "weight_hh_l0": W, "bias_ih_l0": np.zeros(H),
               "bias_hh_l0": np.zeros(H)}
     x = rng.standard_normal((T, 2, H))
-    out = rnncore.stack.stack_forward(spec, params, x, np.zeros((1, 2, H)), None)[0]
+    driver = rnncore.drivers.PythonLoop()
+    out = rnncore.stack.stack_forward(spec, driver, params, x, (np.zeros((1, 2, H)),))[0]
     h = np.zeros((2, H))
     for t in range(T):
         h = h @ W.T + x[t] @ U.T

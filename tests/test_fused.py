@@ -91,11 +91,25 @@ def test_pointwise_equals_reference(dtype, B, H, layout):
         ref_b = REFERENCE.gru_backward(dh, h_prev, ref[1], valid)
         _assert_tree(ours_b, ref_b, dtype, f"gru_backward {tag}")
 
-        ours, ref = _both("gru_gates_forward", xg[:, :2 * H], hg[:, :2 * H])
-        _assert_tree(ours, ref, dtype, "gru_gates_forward")
+        ours, gates = _both("gru_gates_forward", xg[:, :2 * H], hg[:, :2 * H], h_prev)
+        _assert_tree(ours, gates, dtype, "gru_gates_forward")
+        r, z, _ = gates
         ours, ref = _both("gru_candidate_forward", xg[:, 2 * H:], new(B, H, sliced=views),
-                          ref[1], h_prev, valid)
+                          z, h_prev, valid)
         _assert_tree(ours, ref, dtype, f"gru_candidate_forward {tag}")
+        n = ref[1]
+        ours, ref = _both("gru_candidate_backward", dh, z, n, valid)
+        _assert_same(ours, ref, dtype, f"gru_candidate_backward {tag}")
+        # the second half writes a column block of ∂x_g and adds into ∂h_{t−1}
+        drh, dh_prev = new(B, H, sliced=views), new(B, H)
+        outs = {}
+        for impl, pw in (("fused", fused.pointwise_for("cpu", dtype)), ("ref", REFERENCE)):
+            dxg = np.zeros((B, 3 * H), dtype)
+            acc = dh_prev.copy()
+            pw.gru_gates_backward(dh, drh, h_prev, r, z, n, valid, out=(dxg[:, :2 * H], acc))
+            outs[impl] = (dxg, acc)
+        _assert_tree(outs["fused"], outs["ref"], dtype, f"gru_gates_backward {tag}")
+        assert not np.array_equal(outs["ref"][1], dh_prev)  # it did add
 
         for nl in ("tanh", "relu"):
             ours, ref = _both("rnn_forward", new(B, H, sliced=views), new(B, H), h_prev,
@@ -230,7 +244,7 @@ def test_fused_module_matches_reference_module(kind, options, T, B):
 
 @pytest.mark.parametrize("kind,options", [
     ("lstm", dict(num_layers=2, bidirectional=True, proj_size=2)),
-    ("gru", dict(num_layers=2, reset_after=False)),
+    ("gru", dict(num_layers=2, reset_after=False, bidirectional=True)),
     ("gru", dict(bidirectional=True)),
     ("rnn", dict(num_layers=2, nonlinearity="tanh")),
 ], ids=str)

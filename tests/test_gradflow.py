@@ -8,21 +8,18 @@ import rnncore
 from rnncore import gradflow
 
 T, B, I, H = 6, 2, 3, 3
-CELLS = {"lstm": (rnncore.LSTM, {}), "gru": (rnncore.GRU, {}),
-         "rnn_tanh": (rnncore.RNN, {"nonlinearity": "tanh"})}
+CELLS = ("lstm", "gru", "rnn_tanh")
 
 
 def _stack(cell, num_layers=2):
-    cls, options = CELLS[cell]
-    return cls(I, H, num_layers, dtype="float64", seed=3, **options)
+    return rnncore.Recurrent(cell, I, H, num_layers=num_layers, dtype="float64", seed=3)
 
 
 def _single_layers(stack):
     """The stack's layers as separate one-layer modules with the same weights."""
-    cls, options = CELLS[stack.mode if stack.mode != "rnn" else "rnn_tanh"]
     layers = []
     for k in range(stack.num_layers):
-        m = cls(I if k == 0 else H, H, 1, dtype="float64", seed=0, **options)
+        m = rnncore.Recurrent(stack.mode, I if k == 0 else H, H, dtype="float64", seed=0)
         m.load_state_dict({name.replace(f"_l{k}", "_l0"): value
                            for name, value in stack.params.items() if name.endswith(f"_l{k}")})
         layers.append(m)
@@ -67,7 +64,7 @@ def _finite_difference(layers, x, dout, k, t, which, eps=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", CELLS)
 def test_recorded_state_gradient_equals_finite_differences(cell):
     stack = _stack(cell)
     rng = np.random.default_rng(0)
@@ -80,7 +77,7 @@ def test_recorded_state_gradient_equals_finite_differences(cell):
     for k in range(2):
         for t in (0, 3, T - 1):
             kept = rec.kept[(k, 0, t)]
-            dh = kept[0] if cell == "lstm" else kept
+            dh = kept[0]
             fd = _finite_difference(layers, x, dout, k, t, "h")
             np.testing.assert_allclose(dh, fd, rtol=1e-6, atol=1e-9)
             assert rec.h[(k, 0, t)] == pytest.approx(np.linalg.norm(fd), rel=1e-6)
@@ -102,13 +99,12 @@ def test_recorder_reports_every_layer_direction_and_step():
     assert rec.layer_norms().shape == (3,)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cell", CELLS)
 def test_instrumentation_off_and_on_leave_results_bitwise_unchanged(cell):
     x = np.random.default_rng(2).standard_normal((T, B, I)).astype(np.float32)
     results = []
     for recorder in (None, gradflow.GradFlowRecorder(keep=True)):
-        cls, options = CELLS[cell]
-        m = cls(I, H, 2, seed=5, dropout=0.3, **options)
+        m = rnncore.Recurrent(cell, I, H, num_layers=2, seed=5, dropout=0.3)
         out = m(x)[0]
         dout = np.random.default_rng(3).standard_normal(out.shape).astype(np.float32)
         dx = m.backward(dout, recorder=recorder)[0]

@@ -48,7 +48,7 @@ def test_cross_entropy_gradient_float64():
 
 
 @pytest.mark.parametrize("cell,options", [("lstm", {"proj_size": 3}), ("gru", {}),
-                                          ("rnn", {"residual": "layers"})])
+                                          ("rnn_tanh", {"residual": "layers"})])
 def test_charlm_gradients_float64(cell, options):
     """Head, loss, embedding and the stack under them: backward equals finite differences."""
     rng = np.random.default_rng(1)

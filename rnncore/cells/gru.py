@@ -14,13 +14,19 @@ Backward, from ∂L/∂h_t:
     reset_after:  ∂r = ∂a_n ⊙ h_n,  ∂h_n = ∂a_n ⊙ r
     original:     ∂(r⊙h) = ∂a_n W_hn,  ∂r = ∂(r⊙h) ⊙ h_{t−1},  ∂h_{t−1} ← ∂(r⊙h) ⊙ r
     ∂a_r = ∂r ⊙ r(1 − r)   ∂a_z = ∂z ⊙ z(1 − z)
+
+The original form needs the second recurrent GEMM between two pointwise halves, forward
+(``gates_forward``, GEMM, ``candidate_forward``) and backward (``candidate_backward``,
+GEMM, ``gates_backward``); each half is one kernel of kernels/gru.cu.
 """
 
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from ..backend import filled, gemm, sigmoid, sum_outer, xp_of
+from ..backend import sigmoid, sum_outer, xp_of
+from .base import Cell
 from .masking import carry, split_grad, store
+from .registry import register
 
 
 class GRUCache(NamedTuple):
@@ -72,14 +78,18 @@ def pointwise_backward(dh, h_prev, cache, valid, out=None):
     return dxg, dhg, store(dh_prev, through_z if dh_carried is None else through_z + dh_carried)
 
 
-def gates_forward(xg_rz, hg_rz, out=None):
-    """Original-GRU first half: r, z = σ(x_rz + h_rz). ``out`` = (r, z) or None."""
+def gates_forward(xg_rz, hg_rz, h_prev, out=None):
+    """Original-GRU first half: r, z = σ(x_rz + h_rz), and r ⊙ h_{t−1} for the n-block GEMM.
+
+    ``out`` = (r, z, rh) or None.
+    """
     xp = xp_of(xg_rz)
     H = xg_rz.shape[-1] // 2
-    r, z = out or (None, None)
+    r, z, rh = out or (None, None, None)
     r = sigmoid(xp, xg_rz[:, :H] + hg_rz[:, :H], out=r)
     z = sigmoid(xp, xg_rz[:, H:] + hg_rz[:, H:], out=z)
-    return r, z
+    rh = xp.multiply(r, h_prev, out=rh)
+    return r, z, rh
 
 
 def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None):
@@ -94,89 +104,195 @@ def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None):
     return carry(valid, h, h_prev), n
 
 
-class GRUCell:
-    """The GRU recurrence: reset-after (one recurrent GEMM) or original (two per step).
+def candidate_backward(dh, z, n, valid, out=None):
+    """Original-GRU backward, first half: ∂a_n = ∂h (1 − z)(1 − n²). ``out`` = ∂a_n or None."""
+    dh, _ = split_grad(valid, dh)
+    return store(out, dh * (1 - z) * (1 - n * n))
 
-    Per-step buffers are allocated once per layer by ``workspace``; steps write slice [t].
+
+def gates_backward(dh, drh, h_prev, r, z, n, valid, out):
+    """Original-GRU backward, second half, given ∂(r⊙h) = ∂a_n W_hn:
+
+        ∂a_r = ∂(r⊙h) h_{t−1} r(1 − r)     ∂a_z = ∂h (h_{t−1} − n) z(1 − z)
+        ∂h_{t−1} += ∂h z + ∂(r⊙h) r  (+ the ∂h carried past a padded step)
+
+    ``out`` = (∂x_rz (B, 2H), ∂h_{t−1}): the first written, the second added to.
+    """
+    H = dh.shape[-1]
+    dxg_rz, dh_prev = out
+    dh, dh_carried = split_grad(valid, dh)
+    dxg_rz[:, :H] = drh * h_prev * r * (1 - r)
+    dxg_rz[:, H:] = dh * (h_prev - n) * z * (1 - z)
+    dh_prev += dh * z + drh * r
+    if dh_carried is not None:
+        dh_prev += dh_carried
+    return dxg_rz, dh_prev
+
+
+# ----------------------------------------------------------------------------- fused twins
+def fused_forward(k, xg, hg, h_prev, valid, out=None):
+    B, H = h_prev.shape
+    h, r, z, n = k.outputs(out, B, H, H, H, H)
+    k.launch("gru_forward", B, H, *k.matrix("xg", xg, B, 3 * H), *k.matrix("hg", hg, B, 3 * H),
+             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B), h, r, z, n)
+    return h, GRUCache(r, z, n, hg[:, 2 * H:])
+
+
+def fused_backward(k, dh, h_prev, cache, valid, out=None):
+    r, z, n, hn = cache
+    B, H = r.shape
+    dxg, dhg, dh_prev = k.outputs(out, B, 3 * H, 3 * H, H)
+    k.launch("gru_backward", B, H, *k.matrix("dh", dh, B, H),
+             *k.matrix("h_prev", h_prev, B, H),
+             *(k.dense(name, v, B, H) for name, v in (("r", r), ("z", z), ("n", n))),
+             *k.matrix("hn", hn, B, H), k.valid(valid, B), dxg, dhg, dh_prev)
+    return dxg, dhg, dh_prev
+
+
+def fused_gates_forward(k, xg_rz, hg_rz, h_prev, out=None):
+    B, H = h_prev.shape
+    r, z, rh = k.outputs(out, B, H, H, H)
+    k.launch("gru_gates_forward", B, H, *k.matrix("xg_rz", xg_rz, B, 2 * H),
+             *k.matrix("hg_rz", hg_rz, B, 2 * H), *k.matrix("h_prev", h_prev, B, H), r, z, rh)
+    return r, z, rh
+
+
+def fused_candidate_forward(k, xg_n, rhg_n, z, h_prev, valid, out=None):
+    B, H = h_prev.shape
+    h, n = k.outputs(out, B, H, H)
+    k.launch("gru_candidate_forward", B, H, *k.matrix("xg_n", xg_n, B, H),
+             *k.matrix("rhg_n", rhg_n, B, H), *k.matrix("z", z, B, H),
+             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B), h, n)
+    return h, n
+
+
+def fused_candidate_backward(k, dh, z, n, valid, out=None):
+    B, H = z.shape
+    da_n = k.strided_output(out, B, H)
+    k.launch("gru_candidate_backward", B, H, *k.matrix("dh", dh, B, H),
+             *k.matrix("z", z, B, H), *k.matrix("n", n, B, H), k.valid(valid, B), *da_n)
+    return da_n[0]
+
+
+def fused_gates_backward(k, dh, drh, h_prev, r, z, n, valid, out):
+    B, H = r.shape
+    dxg_rz, dh_prev = out
+    k.launch("gru_gates_backward", B, H, *k.matrix("dh", dh, B, H),
+             *k.matrix("drh", drh, B, H), *k.matrix("h_prev", h_prev, B, H),
+             *k.matrix("r", r, B, H), *k.matrix("z", z, B, H), *k.matrix("n", n, B, H),
+             k.valid(valid, B), *k.strided_output(dxg_rz, B, 2 * H),
+             *k.strided_output(dh_prev, B, H))
+    return dxg_rz, dh_prev
+
+
+REFERENCE = SimpleNamespace(
+    gru_forward=pointwise_forward, gru_backward=pointwise_backward,
+    gru_gates_forward=gates_forward, gru_candidate_forward=candidate_forward,
+    gru_candidate_backward=candidate_backward, gru_gates_backward=gates_backward)
+FUSED = dict(
+    gru_forward=fused_forward, gru_backward=fused_backward,
+    gru_gates_forward=fused_gates_forward, gru_candidate_forward=fused_candidate_forward,
+    gru_candidate_backward=fused_candidate_backward, gru_gates_backward=fused_gates_backward)
+KERNELS = {name: name + "<{T}>" for name in FUSED}
+
+
+class GRU(Cell):
+    """The GRU recurrence: reset-after (one recurrent GEMM per step, PyTorch's and cuDNN's
+    form) or reset-before (Cho et al.'s original: two GEMMs per step, r ⊙ h_{t−1} between).
     """
 
-    num_gates = 3
-    has_cell_state = False
+    family = "GRU"
+    state = ("h",)
+    gates = ("r", "z", "n")
+    kernels = KERNELS
+    reference = REFERENCE
 
-    def __init__(self, pointwise, reset_after=True):
-        self.pw = pointwise
+    def __init__(self, reset_after=True):
         self.reset_after = reset_after
+        self.name = "gru" if reset_after else "gru_reset_before"
+        if not reset_after:
+            self.family = ""  # torch.nn.GRU has no reset-before form
 
-    def workspace(self, xp, p, T, B, dtype):
-        H = p["w_hh"].shape[1]
-        b = p.get("b_hh")
-        ws = SimpleNamespace(**{k: xp.empty((T, B, H), dtype) for k in ("h", "r", "z", "n")})
-        if self.reset_after:
-            ws.hg = filled(xp, b, (T, B, 3 * H), dtype)
-        else:  # h_rz = h W_hrzᵀ + b_hrz and h_n = (r ⊙ h) W_hnᵀ + b_hn, kept apart
-            ws.hg_rz = filled(xp, None if b is None else b[: 2 * H], (T, B, 2 * H), dtype)
-            ws.hg_n = filled(xp, None if b is None else b[2 * H :], (T, B, H), dtype)
-            ws.rh = xp.empty((T, B, H), dtype)
-        return ws
+    def fused_pointwise(self, launcher):
+        return launcher.bind(**FUSED)
 
     def input_bias(self, p):
         """b_ih only: b_hn sits inside r ⊙ (…), so b_hh stays with the recurrent product."""
         return p.get("b_ih")
 
-    def state_at(self, ws, t):
-        return ws.h[t]
-
-    def step_forward(self, p, ws, t, xg, h_prev, valid):
-        w_hh = p["w_hh"]
+    def saved_widths(self, dims, p):
+        H = dims.hidden
+        widths = {"h": H, "r": H, "z": H, "n": H}
         if self.reset_after:
-            gemm(h_prev, w_hh, ws.hg[t], transpose_b=True, beta=1.0)
-            self.pw.gru_forward(xg, ws.hg[t], h_prev, valid,
-                                out=(ws.h[t], ws.r[t], ws.z[t], ws.n[t]))
-            return
+            widths["hg"] = 3 * H
+        else:  # h_rz = h W_hrzᵀ + b_hrz and h_n = (r ⊙ h) W_hnᵀ + b_hn, kept apart
+            widths.update(hg_rz=2 * H, hg_n=H, rh=H)
+        return widths
+
+    def prefill(self, p):
+        """The recurrent GEMMs accumulate onto b_hh (zeros without biases)."""
+        b = p.get("b_hh")
+        if self.reset_after:
+            return {"hg": b}
+        H = p["w_hh"].shape[1]
+        return {"hg_rz": None if b is None else b[: 2 * H],
+                "hg_n": None if b is None else b[2 * H :]}
+
+    def grad_widths(self, dims, p):
+        H = dims.hidden
+        return {"dxg": 3 * H, "dhg": 3 * H} if self.reset_after else {"dxg": 3 * H}
+
+    def forward_step(self, ops, p, xg, h_prev, inputs, saved):
+        (h_prev,), w_hh, valid = h_prev, p["w_hh"], inputs["valid"]
+        if self.reset_after:
+            ops.gemm(h_prev, w_hh, saved["hg"], transpose_b=True, beta=1.0)
+            ops.pw.gru_forward(xg, saved["hg"], h_prev, valid,
+                               out=(saved["h"], saved["r"], saved["z"], saved["n"]))
+            return (saved["h"],)
         H = h_prev.shape[-1]
-        gemm(h_prev, w_hh[: 2 * H], ws.hg_rz[t], transpose_b=True, beta=1.0)
-        self.pw.gru_gates_forward(xg[:, : 2 * H], ws.hg_rz[t], out=(ws.r[t], ws.z[t]))
-        xp_of(h_prev).multiply(ws.r[t], h_prev, out=ws.rh[t])
-        gemm(ws.rh[t], w_hh[2 * H :], ws.hg_n[t], transpose_b=True, beta=1.0)
-        self.pw.gru_candidate_forward(xg[:, 2 * H :], ws.hg_n[t], ws.z[t], h_prev, valid,
-                                      out=(ws.h[t], ws.n[t]))
+        ops.gemm(h_prev, w_hh[: 2 * H], saved["hg_rz"], transpose_b=True, beta=1.0)
+        ops.pw.gru_gates_forward(xg[:, : 2 * H], saved["hg_rz"], h_prev,
+                                 out=(saved["r"], saved["z"], saved["rh"]))
+        ops.gemm(saved["rh"], w_hh[2 * H :], saved["hg_n"], transpose_b=True, beta=1.0)
+        ops.pw.gru_candidate_forward(xg[:, 2 * H :], saved["hg_n"], saved["z"], h_prev, valid,
+                                     out=(saved["h"], saved["n"]))
+        return (saved["h"],)
 
-    def backward_workspace(self, xp, ws, dstate):
-        T, B, H = ws.h.shape
-        ws.dxg = xp.empty((T, B, 3 * H), ws.h.dtype)
-        ws.dhg = xp.empty_like(ws.dxg) if self.reset_after else ws.dxg
-        ws.dh_direct = xp.empty((B, H), ws.h.dtype)
-
-    def step_backward(self, p, ws, t, dh, h_prev, valid, dh_prev):
-        """∂x_g[t], ∂h_g[t] into the buffers; ∂h_{t−1} added into ``dh_prev``."""
-        w_hh = p["w_hh"]
+    def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
+        """∂x_g[t] (and ∂h_g[t]) into the buffers; ∂h_{t−1} added into ``dstate_prev``."""
+        (dh,), (h_prev,), (dh_prev,) = dstate, state_prev, dstate_prev
+        w_hh, valid = p["w_hh"], inputs["valid"]
         H = dh.shape[-1]
+        dxg = grads["dxg"]
         if self.reset_after:
-            cache = GRUCache(ws.r[t], ws.z[t], ws.n[t], ws.hg[t][:, 2 * H :])
-            self.pw.gru_backward(dh, h_prev, cache, valid,
-                                 out=(ws.dxg[t], ws.dhg[t], ws.dh_direct))
-            dh_prev += ws.dh_direct
-            gemm(ws.dhg[t], w_hh, dh_prev, beta=1.0)
+            cache = GRUCache(saved["r"], saved["z"], saved["n"], saved["hg"][:, 2 * H :])
+            dh_direct = ops.scratch("dh_direct", dh)
+            ops.pw.gru_backward(dh, h_prev, cache, valid, out=(dxg, grads["dhg"], dh_direct))
+            dh_prev += dh_direct
+            ops.gemm(grads["dhg"], w_hh, dh_prev, beta=1.0)
             return
-        r, z, n = ws.r[t], ws.z[t], ws.n[t]
-        dh, dh_carried = split_grad(valid, dh)
-        dxg = ws.dxg[t]
-        da_n = dh * (1 - z) * (1 - n * n)
-        drh = da_n @ w_hh[2 * H :]
-        dxg[:, :H] = drh * h_prev * r * (1 - r)
-        dxg[:, H : 2 * H] = dh * (h_prev - n) * z * (1 - z)
-        dxg[:, 2 * H :] = da_n
-        dh_prev += dh * z + drh * r
-        if dh_carried is not None:
-            dh_prev += dh_carried
-        gemm(dxg[:, : 2 * H], w_hh[: 2 * H], dh_prev, beta=1.0)
+        r, z, n = saved["r"], saved["z"], saved["n"]
+        da_n = ops.pw.gru_candidate_backward(dh, z, n, valid, out=dxg[:, 2 * H :])
+        drh = ops.scratch("drh", dh)
+        ops.gemm(da_n, w_hh[2 * H :], drh)
+        ops.pw.gru_gates_backward(dh, drh, h_prev, r, z, n, valid, out=(dxg[:, : 2 * H], dh_prev))
+        ops.gemm(dxg[:, : 2 * H], w_hh[: 2 * H], dh_prev, beta=1.0)
 
-    def recurrent_grads(self, p, ws, h_prev, db):
+    def weight_grads(self, p, saved, grads, h_before, db):
         """∂W_hh = Σ_t ∂h_gᵀ (h_{t−1}, or r⊙h_{t−1} for the original n-block)."""
         if self.reset_after:
-            return {"w_hh": sum_outer(ws.dhg, h_prev), "b_hh": ws.dhg.sum(axis=(0, 1))}
-        H = h_prev.shape[-1]
-        xp = xp_of(h_prev)
-        w = xp.concatenate([sum_outer(ws.dxg[..., : 2 * H], h_prev),
-                            sum_outer(ws.dxg[..., 2 * H :], ws.rh)])
+            dhg = grads["dhg"]
+            return {"w_hh": sum_outer(dhg, h_before), "b_hh": dhg.sum(axis=(0, 1))}
+        H = h_before.shape[-1]
+        xp = xp_of(h_before)
+        dxg = grads["dxg"]
+        w = xp.concatenate([sum_outer(dxg[..., : 2 * H], h_before),
+                            sum_outer(dxg[..., 2 * H :], saved["rh"])])
         return {"w_hh": w, "b_hh": db}
+
+    def gate_views(self, saved, dims):
+        return {"r": saved["r"], "z": saved["z"]}
+
+
+register(GRU(reset_after=True))
+register(GRU(reset_after=False))

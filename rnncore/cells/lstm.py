@@ -13,16 +13,18 @@ Backward, from ∂L/∂h_t and ∂L/∂c_t (derivatives written from the saved o
     ∂z = [∂i ⊙ i(1−i), ∂f ⊙ f(1−f), ∂g ⊙ (1−g²), ∂o ⊙ o(1−o)]
 
 ``pointwise_forward`` / ``pointwise_backward`` are the fusable element-wise part (the
-CUDA kernels in ``kernels/lstm.cu`` implement exactly these); ``LSTMCell`` adds the
-recurrent GEMM and the optional projection around them, reading and writing the
-layer's preallocated per-step buffers.
+CUDA kernels in ``kernels/lstm.cu`` implement exactly these, ``fused_forward`` /
+``fused_backward`` launch them); ``LSTM`` declares the cell and adds the recurrent GEMM
+and the optional projection around the pointwise step.
 """
 
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from ..backend import bias_sum, gemm, sigmoid, sum_outer, xp_of
+from ..backend import bias_sum, sigmoid, sum_outer, xp_of
+from .base import TORCH_PARAMS, Cell, ParamSpec
 from .masking import carry, split_grad, store
+from .registry import register
 
 
 class LSTMCache(NamedTuple):
@@ -78,92 +80,120 @@ def pointwise_backward(dh, dc, cache, valid, out=None):
     return dz, dh_carried, store(dc_prev_out, dc_prev)
 
 
-class LSTMCell:
+def fused_forward(k, xg, hg, h_prev, c_prev, valid, out=None):
+    """``pointwise_forward`` as one launch of kernels/lstm.cu's lstm_forward."""
+    B, H = c_prev.shape
+    if h_prev is None and valid is not None:
+        raise ValueError("lstm_forward needs h_prev to carry padded rows")
+    hp = k.absent() if h_prev is None else k.matrix("h_prev", h_prev, B, H)
+    h, c, gates, tanh_c = k.outputs(out, B, H, H, 4 * H, H)
+    k.launch("lstm_forward", B, H, *k.matrix("xg", xg, B, 4 * H),
+             *k.matrix("hg", hg, B, 4 * H), *hp, *k.matrix("c_prev", c_prev, B, H),
+             k.valid(valid, B), h, c, gates, tanh_c)
+    return h, c, LSTMCache(gates, c_prev, tanh_c)
+
+
+def fused_backward(k, dh, dc, cache, valid, out=None):
+    """``pointwise_backward`` as one launch of kernels/lstm.cu's lstm_backward."""
+    gates, c_prev, tanh_c = cache
+    B, H = tanh_c.shape
+    dz, dh_carried, dc_prev = k.outputs(out, B, 4 * H, None if valid is None else H, H)
+    k.launch("lstm_backward", B, H, *k.matrix("dh", dh, B, H), *k.matrix("dc", dc, B, H),
+             k.dense("gates", gates, B, 4 * H), *k.matrix("c_prev", c_prev, B, H),
+             k.dense("tanh_c", tanh_c, B, H), k.valid(valid, B), dz, dh_carried, dc_prev)
+    return dz, dh_carried, dc_prev
+
+
+W_HR = ParamSpec("w_hr", "weight_hr", lambda d, G: (d.proj, d.hidden), "projection",
+                 when="proj")
+
+
+class LSTM(Cell):
     """The LSTM recurrence around the pointwise math: h W_hhᵀ, and LSTMP's W_hr.
 
-    ``workspace`` allocates every per-step buffer of a layer once; a step reads and
-    writes its slice [t]. Both biases are added once, to the hoisted input projection
-    (``input_bias``). Forward: one recurrent GEMM into h_g[t], one pointwise call.
-    Backward: one pointwise call writing ∂z straight into ∂x_g[t], one GEMM accumulating
-    ∂z W_hh into ∂h_{t−1}.
+    Both biases are added once, to the hoisted input projection (``input_bias``).
+    Forward: one recurrent GEMM into h_g[t], one pointwise call (LSTMP: and the
+    projection GEMM). Backward: one pointwise call writing ∂z straight into ∂x_g[t], one
+    GEMM accumulating ∂z W_hh into ∂h_{t−1}.
     """
 
-    num_gates = 4
-    has_cell_state = True
+    name = "lstm"
+    family = "LSTM"
+    state = ("h", "c")
+    gates = ("i", "f", "g", "o")
+    params = TORCH_PARAMS + (W_HR,)
+    forget_gate = 1
+    projection = True
+    kernels = {"lstm_forward": "lstm_forward<{T}>", "lstm_backward": "lstm_backward<{T}>"}
+    reference = SimpleNamespace(lstm_forward=pointwise_forward, lstm_backward=pointwise_backward)
 
-    def __init__(self, pointwise):
-        self.pw = pointwise
-
-    def workspace(self, xp, p, T, B, dtype):
-        H, width = p["w_hh"].shape[0] // 4, p["w_hh"].shape[1]
-        ws = SimpleNamespace(
-            hg=xp.empty((T, B, 4 * H), dtype),
-            h=xp.empty((T, B, width), dtype), c=xp.empty((T, B, H), dtype),
-            gates=xp.empty((T, B, 4 * H), dtype), tanh_c=xp.empty((T, B, H), dtype),
-            y=None,  # LSTMP only: o ⊙ tanh(c_t) before the projection
-        )
-        if p.get("w_hr") is not None:
-            ws.y = xp.empty((T, B, H), dtype)
-        return ws
+    def fused_pointwise(self, launcher):
+        return launcher.bind(lstm_forward=fused_forward, lstm_backward=fused_backward)
 
     def input_bias(self, p):
         """b_ih + b_hh: both enter z additively, so both join the hoisted input GEMM."""
         return bias_sum(p.get("b_ih"), p.get("b_hh"))
 
-    def state_at(self, ws, t):
-        return ws.h[t], ws.c[t]
+    def saved_widths(self, dims, p):
+        H = dims.hidden
+        widths = {"hg": 4 * H, "h": dims.out, "c": H, "gates": 4 * H, "tanh_c": H}
+        if dims.proj:
+            widths["y"] = H  # o ⊙ tanh(c_t) before the projection
+        return widths
 
-    def step_forward(self, p, ws, t, xg, state_prev, valid):
+    def grad_widths(self, dims, p):
+        widths = {"dxg": 4 * dims.hidden}
+        if dims.proj:
+            widths["dh_proj"] = dims.out
+        return widths
+
+    def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         h_prev, c_prev = state_prev
-        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True)
-        if ws.y is None:
-            out = (ws.h[t], ws.c[t], ws.gates[t], ws.tanh_c[t])
-            self.pw.lstm_forward(xg, ws.hg[t], h_prev, c_prev, valid, out=out)
-            return
-        out = (ws.y[t], ws.c[t], ws.gates[t], ws.tanh_c[t])
-        self.pw.lstm_forward(xg, ws.hg[t], None, c_prev, None, out=out)
-        gemm(ws.y[t], p["w_hr"], ws.h[t], transpose_b=True)
-        carry(valid, ws.h[t], h_prev)
-        carry(valid, ws.c[t], c_prev)
+        valid = inputs["valid"]
+        ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
+        if "y" not in saved:
+            out = (saved["h"], saved["c"], saved["gates"], saved["tanh_c"])
+            ops.pw.lstm_forward(xg, saved["hg"], h_prev, c_prev, valid, out=out)
+        else:
+            out = (saved["y"], saved["c"], saved["gates"], saved["tanh_c"])
+            ops.pw.lstm_forward(xg, saved["hg"], None, c_prev, None, out=out)
+            ops.gemm(saved["y"], p["w_hr"], saved["h"], transpose_b=True)
+            carry(valid, saved["h"], h_prev)
+            carry(valid, saved["c"], c_prev)
+        return saved["h"], saved["c"]
 
-    def backward_workspace(self, xp, ws, dstate):
-        """Buffers of the backward pass; the cell-state gradient starts at ∂L/∂c_T."""
-        T, B, H = ws.c.shape
-        ws.dxg = xp.empty_like(ws.gates)
-        ws.dc = [dstate[1].copy(), xp.empty((B, H), ws.c.dtype)]  # ping-pong ∂c buffers
-        ws.dh_carried = xp.empty((B, ws.h.shape[-1]), ws.c.dtype)
-        ws.dh_proj = None if ws.y is None else xp.empty_like(ws.h)
-        ws.dc_step = 0
-
-    def step_backward(self, p, ws, t, dh, state_prev, valid, dh_prev):
-        """∂z into ∂x_g[t]; ∂h_{t−1} (+= into ``dh_prev``); ∂c_{t−1} into the other ∂c."""
-        h_prev, c_prev = state_prev
-        cache = LSTMCache(ws.gates[t], c_prev, ws.tanh_c[t])
-        dc, dc_prev = ws.dc[ws.dc_step % 2], ws.dc[(ws.dc_step + 1) % 2]
-        ws.dc_step += 1
-        carried = None if valid is None else ws.dh_carried
-        if ws.y is None:
-            _, carried, _ = self.pw.lstm_backward(dh, dc, cache, valid,
-                                                  out=(ws.dxg[t], carried, dc_prev))
+    def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
+        """∂z into ∂x_g[t]; ∂h_{t−1} added into ``dstate_prev[0]``; ∂c_{t−1} written."""
+        dh, dc = dstate
+        dh_prev, dc_prev = dstate_prev
+        valid = inputs["valid"]
+        cache = LSTMCache(saved["gates"], state_prev[1], saved["tanh_c"])
+        if "y" not in saved:
+            carried = None if valid is None else ops.scratch("dh_carried", dh)
+            _, carried, _ = ops.pw.lstm_backward(dh, dc, cache, valid,
+                                                 out=(grads["dxg"], carried, dc_prev))
         else:
             dh_new, carried = split_grad(valid, dh)
             dc_new, dc_carried = split_grad(valid, dc)
-            ws.dh_proj[t] = dh_new
-            self.pw.lstm_backward(dh_new @ p["w_hr"], dc_new, cache, None,
-                                  out=(ws.dxg[t], None, dc_prev))
+            grads["dh_proj"][...] = dh_new
+            ops.pw.lstm_backward(dh_new @ p["w_hr"], dc_new, cache, None,
+                                 out=(grads["dxg"], None, dc_prev))
             if dc_carried is not None:
                 dc_prev += dc_carried
         if carried is not None:
             dh_prev += carried
-        gemm(ws.dxg[t], p["w_hh"], dh_prev, beta=1.0)
+        ops.gemm(grads["dxg"], p["w_hh"], dh_prev, beta=1.0)
 
-    def cell_grad(self, ws):
-        """∂L/∂c at the step about to be processed (∂L/∂c_0 once the loop has ended)."""
-        return ws.dc[ws.dc_step % 2]
-
-    def recurrent_grads(self, p, ws, h_prev, db):
+    def weight_grads(self, p, saved, grads, h_before, db):
         """∂W_hh = Σ_t ∂z_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂z_t (= ∂b_ih), ∂W_hr = Σ_t ∂h_tᵀ y_t."""
-        grads = {"w_hh": sum_outer(ws.dxg, h_prev), "b_hh": db}
-        if ws.y is not None:
-            grads["w_hr"] = sum_outer(ws.dh_proj, ws.y)
-        return grads
+        out = {"w_hh": sum_outer(grads["dxg"], h_before), "b_hh": db}
+        if "y" in saved:
+            out["w_hr"] = sum_outer(grads["dh_proj"], saved["y"])
+        return out
+
+    def gate_views(self, saved, dims):
+        H, g = dims.hidden, saved["gates"]
+        return {"i": g[..., :H], "f": g[..., H : 2 * H], "o": g[..., 3 * H :]}
+
+
+register(LSTM())

@@ -7,8 +7,10 @@ Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², 
 
 from types import SimpleNamespace
 
-from ..backend import bias_sum, gemm, sum_outer, xp_of
+from ..backend import bias_sum, sum_outer, xp_of
+from .base import Cell
 from .masking import carry, split_grad, store
+from .registry import register
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -42,45 +44,83 @@ def pointwise_backward(dh, h_new, valid, nonlinearity, out=None):
     return store(da_out, da), dh_carried
 
 
-class RNNCell:
-    """The Elman recurrence around the pointwise nonlinearity."""
+def fused_forward(k, xg, hg, h_prev, valid, nonlinearity, out=None):
+    B, H = h_prev.shape
+    h, h_new = k.outputs(out, B, H, H)
+    k.launch(_kernel(nonlinearity, "forward"), B, H, *k.matrix("xg", xg, B, H),
+             *k.matrix("hg", hg, B, H), *k.matrix("h_prev", h_prev, B, H),
+             k.valid(valid, B), h, h_new)
+    return h, h_new
 
-    num_gates = 1
-    has_cell_state = False
 
-    def __init__(self, pointwise, nonlinearity="tanh"):
-        self.pw = pointwise
+def fused_backward(k, dh, h_new, valid, nonlinearity, out=None):
+    B, H = h_new.shape
+    da, dh_carried = k.outputs(out, B, H, None if valid is None else H)
+    k.launch(_kernel(nonlinearity, "backward"), B, H, *k.matrix("dh", dh, B, H),
+             k.dense("h_new", h_new, B, H), k.valid(valid, B), da, dh_carried)
+    return da, dh_carried
+
+
+def _kernel(nonlinearity, step):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return f"rnn_{nonlinearity}_{step}"
+
+
+class RNN(Cell):
+    """The Elman recurrence around the pointwise nonlinearity φ.
+
+    ``reference`` may be replaced by another pointwise namespace with the same two
+    functions (the vanishing-gradient experiment runs a linear RNN, φ(a) = a, this way).
+    """
+
+    family = "RNN"
+    state = ("h",)
+    gates = ("a",)
+    kernels = {f"rnn_{act}_{step}": f"rnn_{step}<{{T}}, {str(act == 'relu').lower()}>"
+               for act in NONLINEARITIES for step in ("forward", "backward")}
+
+    def __init__(self, nonlinearity="tanh", reference=None):
         self.nonlinearity = nonlinearity
+        self.name = f"rnn_{nonlinearity}"
+        self.torch_options = {"nonlinearity": nonlinearity}
+        self.reference = reference or SimpleNamespace(rnn_forward=pointwise_forward,
+                                                      rnn_backward=pointwise_backward)
 
-    def workspace(self, xp, p, T, B, dtype):
-        H = p["w_hh"].shape[1]
-        return SimpleNamespace(hg=xp.empty((T, B, H), dtype),
-                               h=xp.empty((T, B, H), dtype), h_new=xp.empty((T, B, H), dtype))
+    def fused_pointwise(self, launcher):
+        return launcher.bind(rnn_forward=fused_forward, rnn_backward=fused_backward)
 
     def input_bias(self, p):
         """b_ih + b_hh: both enter the activation additively (hoisted into x W_ihᵀ)."""
         return bias_sum(p.get("b_ih"), p.get("b_hh"))
 
-    def state_at(self, ws, t):
-        return ws.h[t]
+    def saved_widths(self, dims, p):
+        H = dims.hidden
+        return {"hg": H, "h": H, "h_new": H}
 
-    def step_forward(self, p, ws, t, xg, h_prev, valid):
-        gemm(h_prev, p["w_hh"], ws.hg[t], transpose_b=True)
-        self.pw.rnn_forward(xg, ws.hg[t], h_prev, valid, self.nonlinearity,
-                            out=(ws.h[t], ws.h_new[t]))
+    def grad_widths(self, dims, p):
+        return {"dxg": dims.hidden}
 
-    def backward_workspace(self, xp, ws, dstate):
-        ws.dxg = xp.empty_like(ws.h)
-        ws.dh_carried = xp.empty_like(ws.h[0])
+    def forward_step(self, ops, p, xg, state_prev, inputs, saved):
+        (h_prev,) = state_prev
+        ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
+        ops.pw.rnn_forward(xg, saved["hg"], h_prev, inputs["valid"], self.nonlinearity,
+                           out=(saved["h"], saved["h_new"]))
+        return (saved["h"],)
 
-    def step_backward(self, p, ws, t, dh, h_prev, valid, dh_prev):
-        carried = None if valid is None else ws.dh_carried
-        _, carried = self.pw.rnn_backward(dh, ws.h_new[t], valid, self.nonlinearity,
-                                          out=(ws.dxg[t], carried))
+    def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
+        (dh,), (dh_prev,), valid = dstate, dstate_prev, inputs["valid"]
+        carried = None if valid is None else ops.scratch("dh_carried", dh)
+        _, carried = ops.pw.rnn_backward(dh, saved["h_new"], valid, self.nonlinearity,
+                                         out=(grads["dxg"], carried))
         if carried is not None:
             dh_prev += carried
-        gemm(ws.dxg[t], p["w_hh"], dh_prev, beta=1.0)
+        ops.gemm(grads["dxg"], p["w_hh"], dh_prev, beta=1.0)
 
-    def recurrent_grads(self, p, ws, h_prev, db):
+    def weight_grads(self, p, saved, grads, h_before, db):
         """∂W_hh = Σ_t ∂a_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂a_t (= ∂b_ih)."""
-        return {"w_hh": sum_outer(ws.dxg, h_prev), "b_hh": db}
+        return {"w_hh": sum_outer(grads["dxg"], h_before), "b_hh": db}
+
+
+register(RNN("tanh"))
+register(RNN("relu"))

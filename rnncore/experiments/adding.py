@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..modules import GRU, LSTM, RNN
+from ..modules import Recurrent
 from .common import (
     Report,
     SequenceModel,
@@ -41,13 +41,14 @@ def adding_batch(rng, T, batch, dtype=np.float32):
     return x, y.astype(dtype)
 
 
-CELLS = {"lstm": (LSTM, {}), "lstm_fb1": (LSTM, {"forget_bias": 1.0}), "gru": (GRU, {}),
-         "rnn_tanh": (RNN, {"nonlinearity": "tanh"})}
+# the experiment's arms: label -> (registered cell, options)
+CELLS = {"lstm": ("lstm", {}), "lstm_fb1": ("lstm", {"forget_bias": 1.0}), "gru": ("gru", {}),
+         "rnn_tanh": ("rnn_tanh", {})}
 
 
 def train_one(cell, T, hidden, steps, batch, lr, seed, eval_every):
-    cls, options = CELLS[cell]
-    model = SequenceModel(cls(2, hidden, seed=seed, **options), 1, "last", seed)
+    name, options = CELLS[cell]
+    model = SequenceModel(Recurrent(name, 2, hidden, seed=seed, **options), 1, "last", seed)
     rng = np.random.default_rng(seed)
     test = adding_batch(np.random.default_rng(10_000 + seed), T, 500)
 

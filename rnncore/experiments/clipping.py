@@ -34,8 +34,8 @@ THRESHOLD = 1.0  # the clipping threshold
 
 def one_run(data, gain, lr, clip, hidden, steps, seed):
     """(val bpc, fraction of steps with ‖g‖ > 1, max ‖g‖, diverged?, training losses)."""
-    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=1, cell="rnn",
-                   nonlinearity="tanh", init="orthogonal", seed=seed)
+    model = new_lm(data, embed_size=hidden, hidden_size=hidden, num_layers=1, cell="rnn_tanh",
+                   init="orthogonal", seed=seed)
     model.rnn.params["weight_hh_l0"] *= gain
     hist, val = train_lm(data, model, steps, lr, "sgd", clip=clip)
     norms = np.asarray(hist.grad_norms)

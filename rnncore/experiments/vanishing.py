@@ -23,8 +23,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..cells import REFERENCE, RNNCell
 from ..cells.masking import carry, split_grad, store
+from ..cells.rnn import RNN
+from ..drivers import PythonLoop
 from ..gradflow import Config, GradFlowRecorder, plot_heatmaps, run_config
 from ..init import orthogonal
 from ..stack import StackSpec, stack_backward, stack_forward
@@ -47,6 +48,7 @@ def _linear_backward(dh, h_new, valid, nonlinearity, out=None):
 # The Elman cell's pointwise interface with φ(a) = a: a linear RNN on the engine's path.
 LINEAR = SimpleNamespace(name="linear", rnn_forward=_linear_forward,
                          rnn_backward=_linear_backward)
+LINEAR_CELL = RNN("linear", reference=LINEAR)  # not registered: this experiment's own
 
 
 def recurrence_ratios(w_hh, nonlinearity="linear", T=60, batch=4, input_scale=1.0, seed=0,
@@ -56,18 +58,19 @@ def recurrence_ratios(w_hh, nonlinearity="linear", T=60, batch=4, input_scale=1.
     engine's backward pass."""
     H = w_hh.shape[0]
     rng = np.random.default_rng(seed)
-    pointwise = LINEAR if nonlinearity == "linear" else REFERENCE
-    spec = StackSpec(RNNCell(pointwise, nonlinearity), H, H, 1, 1)
+    cell = LINEAR_CELL if nonlinearity == "linear" else RNN(nonlinearity)
+    spec = StackSpec(cell, H, H, 1, 1)
     params = {"weight_ih_l0": (input_scale / np.sqrt(H)) * rng.standard_normal((H, H)),
               "weight_hh_l0": w_hh, "bias_ih_l0": np.zeros(H), "bias_hh_l0": np.zeros(H)}
     params = {k: v.astype(dtype) for k, v in params.items()}
     x = rng.standard_normal((T, batch, H)).astype(dtype)
     h0 = np.zeros((1, batch, H), dtype=dtype)
-    out, _, _, cache = stack_forward(spec, params, x, h0, None)
+    driver = PythonLoop()
+    out, _, cache = stack_forward(spec, driver, params, x, (h0,))
     dout = np.zeros_like(out)
     dout[-1] = rng.standard_normal((batch, H))
     rec = GradFlowRecorder()
-    stack_backward(spec, params, cache, dout, np.zeros_like(h0), None, recorder=rec)
+    stack_backward(spec, driver, params, cache, dout, (np.zeros_like(h0),), recorder=rec)
     norms = rec.h_norms()[0, 0]
     return norms[::-1] / norms[-1]
 
