@@ -241,6 +241,8 @@ MISUSE = {
                                              "block (1,0,0) returned"),
     "misuse_mixed_barriers": ((1,), (4,), "1 thread(s) at grid_sync()"),
     "misuse_plain_sync": ((1,), (4,), "called outside a cooperative launch"),
+    "misuse_uneven_shared": ((1,), (4,), "thread (1,0,0) of block (0,0,0) declares "
+                                         "RNNCORE_SHARED array #0 unlike the threads before it"),
 }
 
 
@@ -288,7 +290,8 @@ NVRTC_KERNELS = {
     "row_stats.cu": ["row_stats<float>", "row_stats<double>"],
     "block_scan.cu": ["block_scan_reversed<int>", "block_scan_reversed<double>"],
     "grid_steps.cu": ["grid_steps<double>"],
-    "misuse.cu": ["early_return", "partial_grid_sync", "mixed_barriers", "plain_sync"],
+    "misuse.cu": ["early_return", "partial_grid_sync", "mixed_barriers", "plain_sync",
+                  "uneven_shared"],
 }
 
 

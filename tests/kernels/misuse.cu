@@ -28,3 +28,15 @@ __global__ void plain_sync(int* out) {
     block_sync();
     out[threadIdx.x] = 1;
 }
+
+// Thread 1 declares a shared array the others do not: their arrays would not line up.
+__global__ void uneven_shared(int* out) {
+    if (threadIdx.x == 1) {
+        RNNCORE_SHARED(int, extra, 4);
+        extra[0] = 1;
+    }
+    RNNCORE_SHARED(int, s, 8);
+    s[threadIdx.x] = 1;
+    block_sync();
+    out[threadIdx.x] = s[0];
+}
