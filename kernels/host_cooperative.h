@@ -95,7 +95,6 @@ inline std::string describe(dim3 d) {
     return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
 }
 
-
 // Called on the thread's fiber: wait until the scheduler resumes it past the barrier.
 __attribute__((noinline)) static void wait_at(State barrier, const char* what) {
     Launch* launch = active_launch;
@@ -174,7 +173,6 @@ static void thread_main(void* arg) {
     fiber_switch(self->context, self->launch->scheduler);
     emulation_error("a returned thread was resumed");
 }
-
 
 inline std::unique_ptr<Block> start_block(Launch& launch, dim3 index) {
     auto b = std::make_unique<Block>();
