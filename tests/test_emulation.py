@@ -11,6 +11,7 @@ and compared with NumPy. The same sources compile with NVRTC.
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -269,21 +270,49 @@ def test_barrier_misuse_aborts_with_a_message(libraries, name):
 
 
 # ----------------------------------------------------------------------------- NVRTC
+def _nvrtc_major():
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    NVRTC.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return major.value
+
+
+def _toolkit_major(include):
+    """CUDA_VERSION's major (13000 -> 13) from the toolkit's cuda.h; None if unreadable."""
+    try:
+        text = Path(include, "cuda.h").read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"#define\s+CUDA_VERSION\s+(\d+)", text)
+    return int(match.group(1)) // 1000 if match else None
+
+
 def cuda_include_dirs():
-    """Folders holding <cooperative_groups.h> and <nv/target> (what grid_sync.cuh needs):
-    $RNNCORE_CUDA_INCLUDE, the nvidia-cuda-runtime-cu12 / nvidia-cuda-cccl-cu12 wheels, or a
-    CUDA toolkit's include/; [] when not found."""
-    candidates = [p for p in os.environ.get("RNNCORE_CUDA_INCLUDE", "").split(os.pathsep) if p]
-    for base in sys.path:
-        candidates += [os.path.join(base, "nvidia", "cuda_runtime", "include"),
-                       os.path.join(base, "nvidia", "cuda_cccl", "include")]
-    for var in ("CUDA_PATH", "CUDA_HOME"):
-        if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "include"))
-    candidates.append("/usr/local/cuda/include")
-    groups = next((c for c in candidates if os.path.isfile(os.path.join(c, "cooperative_groups.h"))), None)
-    target = next((c for c in candidates if os.path.isfile(os.path.join(c, "nv", "target"))), None)
-    return [groups, target] if groups and target else []
+    """Where grid_sync.cuh's <cooperative_groups.h> and the CCCL headers it includes
+    (<nv/target>, <cuda/std/...>) are: $RNNCORE_CUDA_INCLUDE (folders, os.pathsep-separated)
+    as given; else the nvidia-cuda-runtime-cu12 and nvidia-cuda-cccl-cu12 wheels; else a
+    CUDA toolkit of NVRTC's major version ($CUDA_PATH, $CUDA_HOME, /usr/local/cuda: include/,
+    and include/cccl/ where CUDA 13 keeps CCCL; other versions' headers do not compile).
+    [] when none is found."""
+    given = [p for p in os.environ.get("RNNCORE_CUDA_INCLUDE", "").split(os.pathsep) if p]
+    if given:
+        return given
+
+    def first(relative, *files):
+        return next((os.path.join(base, relative) for base in sys.path
+                     if all(os.path.isfile(os.path.join(base, relative, f)) for f in files)),
+                    None)
+
+    runtime = first(os.path.join("nvidia", "cuda_runtime", "include"), "cooperative_groups.h")
+    cccl = first(os.path.join("nvidia", "cuda_cccl", "include"), os.path.join("nv", "target"))
+    if runtime and cccl:
+        return [runtime, cccl]
+    roots = [os.environ.get(v) for v in ("CUDA_PATH", "CUDA_HOME")] + ["/usr/local/cuda"]
+    for root in filter(None, roots):
+        include = os.path.join(root, "include")
+        if os.path.isfile(os.path.join(include, "cooperative_groups.h")) \
+                and _toolkit_major(include) == _nvrtc_major():
+            return [include] + [d for d in [os.path.join(include, "cccl")] if os.path.isdir(d)]
+    return []
 
 
 NVRTC_KERNELS = {
@@ -330,7 +359,8 @@ def test_test_kernels_compile_with_nvrtc(source_name):
         includes = cuda_include_dirs()
         assert includes, ("grid_sync.cuh needs <cooperative_groups.h> and <nv/target>: pip "
                           "install nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12 (the test "
-                          "extra), or set RNNCORE_CUDA_INCLUDE or CUDA_PATH")
+                          f"extra), or set RNNCORE_CUDA_INCLUDE, or CUDA_PATH to a CUDA "
+                          f"{_nvrtc_major()} toolkit (NVRTC's version)")
         options += [f"-I{d}" for d in includes]
     ptx, names = nvrtc_entries(source_name, NVRTC_KERNELS[source_name], options)
     for name in names:
