@@ -8,8 +8,13 @@
 // which runs the kernel once for every (block, thread) index of the launch, in order, with
 // its arguments passed as cuLaunchKernel takes them: an array of pointers to each value.
 // rnncore/fused.py builds that array from the same argument tuple it hands to CuPy.
-// One host thread runs the whole grid, so results are deterministic.
+// One host thread runs the whole grid, so results are deterministic. That plain loop is only
+// right for kernels whose threads never cooperate; kernels that use __shared__ memory and
+// barriers are exported with RNNCORE_HOST_EXPORT_COOPERATIVE instead (host_cooperative.h,
+// included at the end), and written against the portable spellings of cooperate.cuh.
+// RNNCORE_HOST tells those headers that they are being compiled for the host.
 #pragma once
+#define RNNCORE_HOST 1
 #include <math.h>
 
 #include <cstddef>
@@ -67,3 +72,5 @@ void launch(const unsigned* grid, const unsigned* block, void** args) {
     extern "C" void name(const unsigned* grid, const unsigned* block, void** args) {     \
         rnncore_host::launch<&__VA_ARGS__>(grid, block, args);                            \
     }
+
+#include "host_cooperative.h"
