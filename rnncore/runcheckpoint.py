@@ -97,6 +97,10 @@ def _select(config: dict, vocab_size: int):
                     f"its {prefix[:-1]} arrays hold more values than its config "
                     f"allows ({budget[prefix]:,}); refusing to read them")
             wanted.add(name)
+        if used[PARAM_PREFIX] < params // 2:  # e.g. a small file whose config says hidden=8000
+            raise CheckpointError(
+                f"its parameter arrays hold {used[PARAM_PREFIX]:,} values where its config "
+                f"implies about {params:,}")
         return wanted
 
     return select
