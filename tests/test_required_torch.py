@@ -11,7 +11,8 @@ ROOT = Path(__file__).parents[1]
 def run_pytest(tmp_path, require):
     blocker = tmp_path / "block"
     blocker.mkdir()
-    (blocker / "torch.py").write_text("raise ModuleNotFoundError('torch blocked for this test', name='torch')\n")
+    (blocker / "torch.py").write_text(
+        "raise ModuleNotFoundError('torch blocked for this test', name='torch')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)]),
            "RNNCORE_REQUIRE_TORCH": "1" if require else "0"}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
