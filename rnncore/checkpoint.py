@@ -20,6 +20,7 @@ Every failure to read becomes a one-line :class:`CheckpointError` naming the fil
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -93,60 +94,224 @@ def _write_safetensors(f, arrays: dict, meta: dict):
 
 
 # ---------------------------------------------------------------------------- reading
-def load(path):
-    """(arrays, meta) from a checkpoint; any problem is a one-line CheckpointError."""
+MAX_META_BYTES = 64 << 20  # the JSON document: config, vocabulary, RNG and optimizer scalars
+
+
+def load(path, select=None):
+    """(arrays, meta) from a checkpoint; any problem is a one-line CheckpointError.
+
+    Nothing is expanded before it is checked: the member table (names, dtypes, shapes)
+    is read first, ``select(table)`` (name → (dtype, shape)) returns the names to read and
+    may raise CheckpointError, and only those members are read, each exactly as large as
+    its declared shape. Without ``select`` every member is read.
+    """
     path = Path(path)
-    fmt = _format_of(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        arrays, meta = _read_npz(path) if fmt == "npz" else _read_safetensors(path)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
-            UnicodeDecodeError) as err:
-        if "allow_pickle" in str(err):  # NumPy's advice to unpickle is not ours to give
-            raise CheckpointError(f"{path}: not an rnncore checkpoint (it holds pickled "
-                                  "objects, which are never loaded)") from None
+    with _open(path) as reader:
+        table = reader.table()
+        names = set(table) if select is None else select(table)
+        arrays = {name: reader.array(name) for name in table if name in names}
+        return arrays, reader.meta()
+
+
+def load_meta(path) -> dict:
+    """Only the JSON document of a checkpoint (no array is read)."""
+    with _open(Path(path)) as reader:
+        return reader.meta()
+
+
+class _open:
+    """A format reader as a context manager that turns every failure into CheckpointError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fmt = _format_of(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        self.cls = _NpzReader if fmt == "npz" else _SafetensorsReader
+
+    def __enter__(self):
+        try:
+            self.reader = self.cls(self.path)
+        except BaseException as err:
+            self._translate(err)
+        return _Guarded(self)
+
+    def __exit__(self, kind, err, tb):
+        self.reader.close()
+        if err is not None and not isinstance(err, (KeyboardInterrupt, SystemExit)):
+            self._translate(err)
+        return False
+
+    def _translate(self, err):
+        if isinstance(err, CheckpointError):
+            if str(err).startswith(f"{self.path}:"):
+                raise err
+            raise CheckpointError(f"{self.path}: {err}") from None
+        if isinstance(err, MemoryError):
+            raise CheckpointError(f"{self.path}: too large to read") from None
+        if not isinstance(err, (OSError, ValueError, KeyError, TypeError, EOFError,
+                                zipfile.BadZipFile, UnicodeDecodeError, RecursionError,
+                                OverflowError, NotImplementedError, RuntimeError)):
+            raise err
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({detail})") from None
+        raise CheckpointError(f"{self.path}: corrupt or truncated checkpoint ({detail:.200})"
+                              ) from None
+
+
+class _Guarded:
+    """Calls into the reader with its errors translated, so callers see CheckpointError."""
+
+    def __init__(self, opener):
+        self.opener = opener
+
+    def __getattr__(self, name):
+        method = getattr(self.opener.reader, name)
+
+        def call(*args):
+            try:
+                return method(*args)
+            except BaseException as err:
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                self.opener._translate(err)
+        return call
+
+
+def _parse_meta(path, raw: bytes):
+    meta = json.loads(raw.decode("utf-8"))
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an rnncore checkpoint of format version "
                               f"{FORMAT_VERSION}")
-    return arrays, meta
+    return meta
 
 
-def _read_npz(path: Path):
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if META_KEY not in arrays:
-        raise CheckpointError(f"{path}: not an rnncore checkpoint (no {META_KEY} entry)")
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
-    return arrays, meta
+class _NpzReader:
+    """``numpy.savez`` files read member by member from the zip, headers first."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = zipfile.ZipFile(path)
+        self.members = {}
+        for info in self.zip.infolist():
+            if not info.filename.endswith(".npy"):
+                raise CheckpointError(f"{path}: not an rnncore checkpoint (member "
+                                      f"{info.filename[:60]!r} is not an array)")
+            self.members[info.filename[:-4]] = info
+        self._table = None
+        if META_KEY not in self.members:
+            self.table()  # a pickled member says more than a missing __meta__
+            raise CheckpointError(f"{path}: not an rnncore checkpoint (no {META_KEY} entry)")
+
+    def close(self):
+        self.zip.close()
+
+    def _header(self, f):
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CheckpointError(f"{self.path}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise CheckpointError(f"{self.path}: not an rnncore checkpoint (it holds pickled "
+                                  "objects, which are never loaded)")
+        return shape, fortran, dtype
+
+    def table(self):
+        if self._table is None:
+            self._table = {}
+            for name, info in self.members.items():
+                with self.zip.open(info) as f:
+                    shape, fortran, dtype = self._header(f)
+                self._table[name] = (dtype, shape, fortran)
+        return {k: (d, s) for k, (d, s, _) in self._table.items() if k != META_KEY}
+
+    def array(self, name, limit=None):
+        with self.zip.open(self.members[name]) as f:
+            shape, fortran, dtype = self._header(f)
+            nbytes = dtype.itemsize * math.prod(shape)
+            if limit is not None and nbytes > limit:
+                raise CheckpointError(f"{self.path}: {name} declares {nbytes:,} bytes, more "
+                                      f"than the {limit:,} allowed")
+            data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise CheckpointError(f"{self.path}: corrupt or truncated checkpoint ({name} is "
+                                  "shorter than its shape)")
+        out = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        return out.astype(dtype.newbyteorder("="), order="C")
+
+    def meta(self):
+        blob = self.array(META_KEY, MAX_META_BYTES)
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise CheckpointError(f"{self.path}: not an rnncore checkpoint ({META_KEY} is "
+                                  "not UTF-8 bytes)")
+        return _parse_meta(self.path, blob.tobytes())
 
 
-def _read_safetensors(path: Path):
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (shorter than 8 bytes)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (header runs past "
-                              "the end of the file)")
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-    body = memoryview(data)[8 + n:]
-    meta_text = header.pop("__metadata__", {}).get("rnncore")
-    if meta_text is None:
-        raise CheckpointError(f"{path}: not an rnncore checkpoint (no rnncore metadata)")
-    arrays = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
-        shape = tuple(info["shape"])
-        if not 0 <= begin <= end <= len(body) or end - begin != dtype.itemsize * int(
-                np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (tensor {name} "
-                                  "lies outside the file)")
-        arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(
-            dtype.newbyteorder("="))
-    return arrays, json.loads(meta_text)
+class _SafetensorsReader:
+    """The safetensors layout, header validated before any tensor is read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("rb")
+        size = path.stat().st_size
+        head = self.file.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (shorter than "
+                                  "8 bytes)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > MAX_META_BYTES:
+            raise CheckpointError(f"{path}: corrupt or truncated checkpoint (header of {n:,} "
+                                  "bytes runs past the end of the file or the size limit)")
+        header = json.loads(self.file.read(n).decode("utf-8"))
+        self.body_start, body_size = 8 + n, size - 8 - n
+        if not isinstance(header, dict):
+            self._bad(f"the header is a JSON {type(header).__name__}, not an object")
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("rnncore"), str):
+            raise CheckpointError(f"{path}: not an rnncore checkpoint (no rnncore metadata)")
+        self.meta_text = metadata["rnncore"]
+        self.tensors = {}
+        for name, info in header.items():
+            if not isinstance(info, dict):
+                self._bad(f"entry {name[:60]!r} is not an object")
+            dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+            if dtype not in _ST_DTYPES:
+                self._bad(f"entry {name[:60]!r} has unknown dtype {dtype!r:.20}")
+            if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+                self._bad(f"entry {name[:60]!r} has a shape that is not a list of sizes")
+            if not (isinstance(offsets, list) and len(offsets) == 2
+                    and all(_is_count(o) for o in offsets)):
+                self._bad(f"entry {name[:60]!r} has data_offsets that are not [begin, end]")
+            dt = np.dtype(_ST_DTYPES[dtype]).newbyteorder("<")
+            begin, end = offsets
+            if not begin <= end <= body_size or end - begin != dt.itemsize * math.prod(shape):
+                raise CheckpointError(f"{path}: corrupt or truncated checkpoint (tensor "
+                                      f"{name[:60]} lies outside the file)")
+            self.tensors[name] = (dt, tuple(shape), begin, end)
+
+    def _bad(self, what):
+        raise CheckpointError(f"{self.path}: malformed safetensors header ({what})")
+
+    def close(self):
+        self.file.close()
+
+    def table(self):
+        return {k: (np.dtype(d.newbyteorder("=")), s) for k, (d, s, _, _) in self.tensors.items()}
+
+    def array(self, name):
+        dtype, shape, begin, end = self.tensors[name]
+        self.file.seek(self.body_start + begin)
+        data = self.file.read(end - begin)
+        if len(data) != end - begin:
+            raise CheckpointError(f"{self.path}: corrupt or truncated checkpoint ({name} is "
+                                  "shorter than its shape)")
+        return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+    def meta(self):
+        return _parse_meta(self.path, self.meta_text.encode("utf-8"))
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

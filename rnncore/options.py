@@ -122,6 +122,8 @@ class Options:
         config = dict(config)
         if config.get("cell") == "rnn":  # checkpoints before the cell registry
             config["cell"] = f"rnn_{config.get('nonlinearity', 'tanh')}"
+        if config.get("residual") == "none":  # the command line's spelling of None
+            config["residual"] = None
         values = {}
         for key, value in config.items():
             field = CONFIG_NAMES.get(key, key)

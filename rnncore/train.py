@@ -17,36 +17,47 @@ Files in the run directory (``--out``, default ``runs/<corpus>-<cell>``): ``conf
 ``metrics.jsonl`` (one JSON object per log/eval line), ``loss.png``, ``last.npz`` and
 ``best.npz`` (lowest validation loss). ``--resume`` restores parameters, optimizer slots,
 RNG state, carried hidden state and step, so the resumed losses equal those of a run that
-was never stopped. Ctrl-C finishes the current step, saves, and exits.
+was never stopped. Only the settings of a run's length and reporting may change on resume
+(--steps, --time, --eval-every, --eval-chars, --log-every, --sample-length, --temperature,
+--device, --threads, --quiet, --no-plot). The cosine schedule's horizon (--schedule-steps,
+default --steps) is fixed when the run starts: a resume that raises --steps goes on at
+--min-lr after the old horizon, bitwise as a run started with the new --steps and
+--schedule-steps set to the old one. Ctrl-C finishes the current step, saves, and exits.
+
+An --out that holds another run's checkpoints or metrics is never written without
+--overwrite, also on --resume. Checkpoints are written atomically; a diverging run stops
+with a one-line error and keeps its last good checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
+from threadpoolctl import threadpool_limits
 
-from . import backend, cells, corpora, optim
+from . import backend, optim, runcheckpoint, runconfig
 from .charlm import CharLM
 from .checkpoint import CheckpointError, save
 from .corpora import CorpusError
-from .init import INIT_STATES
-from .modules import DROPOUT_MODES, IMPLS
-from .options import Options
-from .sample import PARAM_PREFIX, generate, load_model
+from .evaluation import evaluate
+from .runcheckpoint import as_state, run_arrays
+from .runconfig import RESUMABLE, ConfigError
+from .sample import generate
+from .textdata import Streams, Vocab, load_text, split_text, text_hash
+
+__all__ = ["Streams", "Vocab", "evaluate", "split_text", "load_text", "build_parser",
+           "check_config", "main", "RESUMABLE", "TrainingError"]
 
 LN2 = math.log(2.0)
-# Settings that may change when a run is resumed; every other flag must match.
-RESUMABLE = {"steps", "time", "device", "eval_every", "eval_chars", "log_every",
-             "sample_length", "temperature", "quiet", "plot", "threads"}
+EXP_MAX = 709.0  # math.exp overflows a float above about 709.78
 
 
 class TrainingError(RuntimeError):
@@ -54,82 +65,25 @@ class TrainingError(RuntimeError):
 
 
 # ============================================================================ command line
+METAVARS = {"data": "FILE", "resume": "PATH", "out": "DIR"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The flags, one per key of rnncore.runconfig.OPTIONS (help, defaults and choices)."""
     ap = argparse.ArgumentParser(prog="python -m rnncore.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.error = lambda message: _fail(f"{message} (see --help)")  # one line, no usage dump
-    data = ap.add_argument_group("data")
-    data.add_argument("--corpus", default="words", choices=corpora.CORPORA,
-                      help="built-in text (default: words)")
-    data.add_argument("--data", metavar="FILE", help="train on this text file instead")
-    data.add_argument("--encoding", default="utf-8", help="encoding of --data")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="tail of the text held out for validation")
-
-    model = ap.add_argument_group("model")
-    model.add_argument("--cell", default="lstm", choices=cells.names() + ("rnn",),
-                       help="a registered cell (rnn: rnn_tanh, or rnn_relu with "
-                            "--nonlinearity relu)")
-    model.add_argument("--nonlinearity", default="tanh", choices=("tanh", "relu"),
-                       help="for --cell rnn")
-    model.add_argument("--layers", type=int, default=2)
-    model.add_argument("--hidden", type=int, default=128)
-    model.add_argument("--embed", type=int, default=32, help="embedding width")
-    model.add_argument("--proj-size", type=int, default=0, help="LSTM projection (LSTMP)")
-    model.add_argument("--residual", default="none", choices=("none", "layers", "stack"))
-    model.add_argument("--dropout", type=float, default=0.0, help="between layers")
-    model.add_argument("--dropout-mode", default="standard", choices=DROPOUT_MODES)
-    model.add_argument("--init", default="pytorch", choices=("pytorch", "xavier", "orthogonal"))
-    model.add_argument("--init-state", default="zeros", choices=INIT_STATES,
-                       help="state at the start of each pass over the text")
-    model.add_argument("--forget-bias", type=float, default=0.0, help="LSTM forget-gate bias")
-    model.add_argument("--bidirectional", action="store_true",
-                       help="(refused: a language model cannot see the future)")
-    model.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    model.add_argument("--impl", default="auto", choices=IMPLS, help="pointwise kernels")
-
-    opt = ap.add_argument_group("optimization")
-    opt.add_argument("--optimizer", default="adam", choices=optim.OPTIMIZERS)
-    opt.add_argument("--lr", type=float, default=4e-3)
-    opt.add_argument("--momentum", type=float, default=0.9, help="sgd")
-    opt.add_argument("--nesterov", action="store_true", help="sgd")
-    opt.add_argument("--beta1", type=float, default=0.9)
-    opt.add_argument("--beta2", type=float, default=0.999)
-    opt.add_argument("--eps", type=float, default=1e-8)
-    opt.add_argument("--alpha", type=float, default=0.99, help="rmsprop smoothing")
-    opt.add_argument("--weight-decay", type=float, default=0.0)
-    opt.add_argument("--clip", type=float, default=1.0, help="max global grad norm (0 = off)")
-    opt.add_argument("--schedule", default="cosine", choices=optim.SCHEDULES)
-    opt.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
-    opt.add_argument("--step-size", type=int, default=1000, help="step schedule period")
-    opt.add_argument("--gamma", type=float, default=0.5, help="step schedule factor")
-    opt.add_argument("--min-lr", type=float, default=1e-4, help="cosine floor")
-
-    run = ap.add_argument_group("run")
-    run.add_argument("--seq-len", type=int, default=64, help="BPTT window T")
-    run.add_argument("--batch-size", type=int, default=32, help="parallel streams B")
-    run.add_argument("--steps", type=int, default=2400)
-    run.add_argument("--time", type=float, default=0.0,
-                     help="also stop after this many seconds of training (0 = no limit)")
-    run.add_argument("--eval-every", type=int, default=300)
-    run.add_argument("--eval-chars", type=int, default=100_000,
-                     help="validation characters per evaluation (0 = all)")
-    run.add_argument("--log-every", type=int, default=20)
-    run.add_argument("--sample-length", type=int, default=200)
-    run.add_argument("--temperature", type=float, default=0.7, help="for the eval samples")
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--threads", type=int, default=1,
-                     help="OpenBLAS threads (0 = the library's default; OPENBLAS_NUM_THREADS "
-                          "in the environment wins). One is fastest for these small GEMMs "
-                          "on a CPU shared with other work")
-    run.add_argument("--out", help="run directory (default runs/<corpus>-<cell>)")
-    run.add_argument("--format", default="npz", choices=("npz", "safetensors"))
-    run.add_argument("--resume", metavar="PATH", help="checkpoint file or run directory")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start afresh in an --out that already holds checkpoints")
-    run.add_argument("--no-plot", dest="plot", action="store_false")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or samples")
+    groups = {}
+    for o in runconfig.OPTIONS:
+        group = groups.get(o.group) or groups.setdefault(o.group, ap.add_argument_group(o.group))
+        if o.kind is bool and o.default is True:
+            group.add_argument(f"--no-{o.key.replace('_', '-')}", dest=o.key,
+                               action="store_false", help=o.help)
+        elif o.kind is bool:
+            group.add_argument(o.flag, action="store_true", help=o.help)
+        else:
+            group.add_argument(o.flag, type=o.kind, default=o.default, choices=o.choices,
+                               metavar=METAVARS.get(o.key), help=o.help)
     return ap
 
 
@@ -147,138 +101,18 @@ def explicit_flags(argv) -> set:
 
 
 def check_config(cfg: dict):
-    """Refuse settings that cannot work, before anything is written."""
-    if cfg["bidirectional"]:
-        raise ValueError("--bidirectional: a language model predicts the next character from "
-                         "the past only, so it cannot read the sequence backwards")
-    positive = ("layers", "hidden", "embed", "seq_len", "batch_size", "steps", "eval_every",
-                "log_every")
-    for key in positive:
-        if cfg[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if not 0 < cfg["val_fraction"] < 1:
-        raise ValueError(f"--val-fraction must lie in (0, 1), got {cfg['val_fraction']}")
-    for key in ("lr", "clip", "weight_decay", "momentum", "min_lr", "gamma", "forget_bias",
-                "dropout"):
-        if key in cfg and not math.isfinite(cfg[key]):
-            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {cfg[key]}")
-    if not cfg["lr"] > 0:
-        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
-    if cfg["clip"] < 0:
-        raise ValueError(f"--clip must be >= 0 (0 turns clipping off), got {cfg['clip']}")
-    if cfg["nesterov"] and cfg["optimizer"] != "sgd":
-        raise ValueError("--nesterov needs --optimizer sgd")
-    cfg["residual"] = None if cfg["residual"] in (None, "none") else cfg["residual"]
-    try:
-        Options.from_config(cfg).validated(cfg["hidden"])
-    except (TypeError, ValueError) as err:
-        option, rest = str(err).split(" ", 1)  # messages begin with the option's name
-        raise ValueError(f"--{option.replace('_', '-')} {rest}") from None
+    """Validate ``cfg`` in place with rnncore.runconfig's rules (ConfigError, a ValueError),
+    leaving it as the engine takes it (``residual`` None for no residual)."""
+    cfg.update(runconfig.for_model(runconfig.validate(cfg)))
 
 
-def set_blas_threads(n: int) -> bool:
-    """Limit the OpenBLAS thread pool NumPy is using to ``n`` threads; False if not found.
-
-    The small GEMMs of a recurrent step gain little from threads, and on a CPU shared with
-    other work a second spinning thread can cost more than it gives.
-    """
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    libraries = {line.split()[-1] for line in maps.splitlines()
-                 if "openblas" in line.lower() and line.split()[-1].startswith("/")}
-    done = False
-    for library in sorted(libraries):
-        try:
-            handle = ctypes.CDLL(library)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            setter = getattr(handle, name, None)
-            if setter is not None:
-                setter(int(n))
-                done = True
-                break
-    return done
-
-
-# ============================================================================ data
-class Vocab:
-    """Characters ↔ integer ids (sorted, so the same text always gives the same ids)."""
-
-    def __init__(self, chars):
-        self.chars = sorted(chars)
-        self.index = {ch: i for i, ch in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text):
-        return cls(sorted(set(text)))
-
-    def encode(self, text) -> np.ndarray:
-        """Ids of every character: code points looked up in the sorted table by bisection."""
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        table = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)
-        ids = np.searchsorted(table, codes)
-        found = table[np.minimum(ids, len(table) - 1)] == codes
-        if not found.all():
-            missing = chr(int(codes[np.argmin(found)]))
-            raise CorpusError(f"the text has character {missing!r}, which the "
-                              "checkpoint's vocabulary lacks")
-        return ids.astype(np.int32)
-
-
-class Streams:
-    """A text cut into B contiguous streams, read T characters at a time.
-
-    Stream b covers ids[b·L : (b+1)·L + 1]; window w gives inputs (T, B) =
-    ids[b·L + w·T + t] and targets shifted by one character. W = ⌊L / T⌋ windows.
-    """
-
-    def __init__(self, ids, batch_size, seq_len, device, what="text"):
-        L = (len(ids) - 1) // batch_size
-        self.windows = L // seq_len
-        if self.windows < 1:
-            need = batch_size * seq_len + 1
-            raise CorpusError(f"the {what} has {len(ids)} characters, fewer than one window "
-                              f"needs ({need} = --batch-size {batch_size} × --seq-len "
-                              f"{seq_len} + 1)")
-        self.seq_len = seq_len
-        used = L * batch_size
-        inputs = ids[:used].reshape(batch_size, L).T
-        targets = ids[1:used + 1].reshape(batch_size, L).T
-        self.inputs = backend.to_device(np.ascontiguousarray(inputs), device)
-        self.targets = backend.to_device(np.ascontiguousarray(targets), device)
-
-    def window(self, w):
-        s = slice(w * self.seq_len, (w + 1) * self.seq_len)
-        return self.inputs[s], self.targets[s]
-
-
-def load_text(cfg) -> corpora.Corpus:
-    if cfg["data"]:
-        return corpora.load_file(cfg["data"], cfg["encoding"])
-    return corpora.load_corpus(cfg["corpus"], seed=cfg["seed"])
-
-
-def split_text(ids, val_fraction):
-    n_val = int(len(ids) * val_fraction)
-    return ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-
-
-# ============================================================================ evaluation
-def evaluate(model: CharLM, streams: Streams, max_windows=None) -> float:
-    """Mean validation loss (nats/char), state carried across windows from a fresh start."""
-    total, count, state = 0.0, 0, None
-    windows = streams.windows if max_windows is None else min(streams.windows, max_windows)
-    with model.inference():
-        for w in range(windows):
-            x, y = streams.window(w)
-            loss, state = model.loss(x, y, state)
-            total = total + loss
-            count += 1
-    return float(total) / count
+def blas_threads(n: int):
+    """A context that limits the BLAS pools to ``n`` threads (0 or OPENBLAS_NUM_THREADS
+    in the environment: leave them). The small GEMMs of a recurrent step gain little from
+    threads, and on a CPU shared with other work a second spinning thread costs more."""
+    if not n or "OPENBLAS_NUM_THREADS" in os.environ:
+        return nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 # ============================================================================ run state
@@ -300,26 +134,29 @@ class Run:
                            f"{cfg['val_fraction']})")
         self.eval_windows = (max(1, cfg["eval_chars"] // (eval_batch * cfg["seq_len"]))
                              if cfg["eval_chars"] else None)
-        self.model = CharLM.from_config(cfg, len(vocab.chars), device)
+        self.model = CharLM.from_config(runconfig.for_model(cfg), len(vocab.chars), device)
         self.optimizer = optim.make_optimizer(
             cfg["optimizer"], self.model.params, momentum=cfg["momentum"],
             nesterov=cfg["nesterov"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
             alpha=cfg["alpha"], weight_decay=cfg["weight_decay"])
         self.schedule = optim.Schedule(cfg["schedule"], cfg["lr"], warmup=cfg["warmup"],
-                                       total_steps=cfg["steps"], step_size=cfg["step_size"],
-                                       gamma=cfg["gamma"], min_lr=cfg["min_lr"])
+                                       total_steps=cfg["schedule_steps"],
+                                       step_size=cfg["step_size"], gamma=cfg["gamma"],
+                                       min_lr=cfg["min_lr"])
+        self.text_sha256 = text_hash(corpus.text)
+        self.source_metrics = None  # metrics.jsonl of the run resumed from
         self.step, self.state, self.best_val, self.elapsed = 0, None, math.inf, 0.0
         self.ext = "." + cfg["format"]
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_arrays(self):
-        arrays = {PARAM_PREFIX + k: backend.to_numpy(v) for k, v in self.model.params.items()}
+        params = {k: backend.to_numpy(v) for k, v in self.model.params.items()}
         slots, _ = self.optimizer.state_dict()
-        arrays.update({"optim/" + k: v for k, v in slots.items()})
-        if self.state is not None:
-            parts = self.state if isinstance(self.state, tuple) else (self.state,)
-            arrays.update({f"state/{i}": backend.to_numpy(s) for i, s in enumerate(parts)})
-        return arrays
+        state = self.state
+        if state is not None:
+            parts = state if isinstance(state, tuple) else (state,)
+            state = tuple(backend.to_numpy(s) for s in parts)
+        return run_arrays(params, slots, state)
 
     def checkpoint_meta(self):
         _, scalars = self.optimizer.state_dict()
@@ -327,7 +164,8 @@ class Run:
                 "rng": self.model.rnn.rng.get_state(), "optimizer": scalars,
                 "best_val": None if math.isinf(self.best_val) else self.best_val,
                 "elapsed": self.elapsed, "corpus": {"name": self.corpus.name,
-                                                   "floor_bpc": self.corpus.floor_bpc}}
+                                                   "floor_bpc": self.corpus.floor_bpc},
+                "text_sha256": self.text_sha256}
 
     def save(self, name):
         if not all(bool(backend.xp_of(v).isfinite(v).all())
@@ -337,18 +175,20 @@ class Run:
         return save(self.out / (name + self.ext), self.checkpoint_arrays(),
                     self.checkpoint_meta())
 
-    def restore(self, path, arrays, meta):
-        """Continue from a checkpoint: optimizer slots, RNG, carried state, counters."""
+    def restore(self, path, loaded):
+        """Continue from a checkpoint: parameters, optimizer slots, RNG, state, counters."""
         try:
-            slots = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
-            self.optimizer.load_state_dict(slots, meta["optimizer"], self.cfg["device"])
-            self.model.rnn.rng.set_state(meta["rng"])
-            parts = [arrays[f"state/{i}"] for i in range(2) if f"state/{i}" in arrays]
-            parts = [backend.to_device(p, self.cfg["device"], self.model.dtype) for p in parts]
-            self.state = None if not parts else (tuple(parts) if len(parts) == 2 else parts[0])
-            self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
-            self.best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
-        except (KeyError, TypeError, ValueError) as err:
+            self.model.load_arrays(loaded.params)
+            self.optimizer.load_state_dict(loaded.slots, loaded.meta["optimizer"],
+                                           self.cfg["device"])
+            self.model.rnn.rng.set_state(loaded.meta["rng"])
+            parts = [backend.to_device(p, self.cfg["device"], self.model.dtype)
+                     for p in loaded.state]
+            self.state = as_state(parts)
+            self.step, self.elapsed = loaded.meta["step"], float(loaded.meta["elapsed"])
+            best = loaded.meta["best_val"]
+            self.best_val = math.inf if best is None else float(best)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             raise CheckpointError(f"{path}: incompatible checkpoint ({err})") from None
 
 
@@ -361,8 +201,9 @@ class Reporter:
         self.metrics_path = run.out / "metrics.jsonl"
         self.tty = sys.stderr.isatty() and not self.cfg["quiet"]
         kept = []
-        if resumed_step and self.metrics_path.exists():  # drop lines from after the checkpoint
-            for line in self.metrics_path.read_text().splitlines():
+        source = run.source_metrics or self.metrics_path  # a resume into a new --out: copy
+        if resumed_step and source.exists():  # drop lines from after the checkpoint
+            for line in source.read_text().splitlines():
                 try:
                     if json.loads(line)["step"] <= resumed_step:
                         kept.append(line)
@@ -389,10 +230,11 @@ class Reporter:
     def evaluation(self, step, val_loss, sample):
         floor = self.run.corpus.floor_bpc
         bpc = val_loss / LN2
+        ppl = math.exp(val_loss) if val_loss < EXP_MAX else None  # None: beyond a float
         entry = {"kind": "eval", "step": step, "val_loss": val_loss, "val_bpc": bpc,
-                 "val_ppl": math.exp(val_loss)}
+                 "val_ppl": ppl}
         text = (f"eval step {step}: val loss {val_loss:.4f} nats  {bpc:.4f} bits/char  "
-                f"ppl {math.exp(val_loss):.3f}")
+                f"ppl {'> 1e307' if ppl is None else f'{ppl:.3f}'}")
         if floor is not None:
             entry["floor_bpc"], entry["gap_bpc"] = floor, bpc - floor
             text += f"  floor {floor:.4f}  gap {bpc - floor:+.4f} bpc"
@@ -480,11 +322,8 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
         if run.step % cfg["log_every"] == 0 or run.step == cfg["steps"]:
             mean = float(loss_sum) / loss_count  # the one host sync per log interval
             if not math.isfinite(mean):
-                kept = (f"the last good checkpoint in {run.out} is kept"
-                        if run.out is not None and any(run.out.glob("last.*"))
-                        else "no checkpoint had been written yet")
-                raise TrainingError(f"loss became {mean} by step {run.step}; stopped ({kept}); "
-                                    "try a lower --lr or --clip")
+                raise TrainingError(f"loss became {mean} by step {run.step}; stopped "
+                                    f"({kept_note(run)}); try a lower --lr or --clip")
             now = time.perf_counter()
             rate = chars / (now - tick)
             reporter.record({"kind": "train", "step": run.step, "loss": mean,
@@ -502,13 +341,23 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
     return "steps"
 
 
+def kept_note(run: Run) -> str:
+    if run.out is not None and any(run.out.glob("last.*")):
+        return f"the last good checkpoint in {run.out} is kept"
+    return "no checkpoint had been written yet"
+
+
 def evaluate_and_save(run: Run, reporter: Reporter):
     val = evaluate(run.model, run.val, run.eval_windows)
     if not math.isfinite(val):
-        raise TrainingError(f"validation loss is {val} at step {run.step}; stopped, keeping "
-                            f"the last good checkpoint in {run.out}")
-    sample = generate(run.model, run.vocab.chars, "", run.cfg["sample_length"],
-                      run.cfg["temperature"], seed=run.cfg["seed"] + run.step)
+        raise TrainingError(f"validation loss is {val} at step {run.step}; stopped "
+                            f"({kept_note(run)}); try a lower --lr or --clip")
+    try:
+        sample = generate(run.model, run.vocab.chars, "", run.cfg["sample_length"],
+                          run.cfg["temperature"], seed=run.cfg["seed"] + run.step)
+    except ValueError as err:
+        raise TrainingError(f"sampling at step {run.step} failed: {err}; stopped "
+                            f"({kept_note(run)})") from None
     improved = val < run.best_val
     if improved:
         run.best_val = val
@@ -520,16 +369,34 @@ def evaluate_and_save(run: Run, reporter: Reporter):
 
 
 # ============================================================================ set-up
+RUN_FILES = ("last.npz", "last.safetensors", "best.npz", "best.safetensors", "metrics.jsonl")
+
+
+def check_out_path(out: Path):
+    """--out must be a directory or not exist yet, under a directory."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                which = "names a file" if path == out else f"lies under the file {path}"
+                raise ConfigError(f"--out {out} {which}; give a directory")
+            return
+
+
 def resolve_out_dir(cfg, resume_path) -> Path:
-    if resume_path is not None:
-        return Path(cfg["out"]) if cfg.get("out") else resume_path.parent
+    """The run directory. Never one holding another run's files without --overwrite."""
     if cfg["out"]:
         out = Path(cfg["out"])
-        if any(out.glob("*.npz")) or any(out.glob("*.safetensors")):
-            if not cfg["overwrite"]:
-                raise ValueError(f"--out {out} already holds checkpoints: pass --resume "
-                                 f"{out} to continue or --overwrite to start afresh")
+        check_out_path(out)
+        same_run = resume_path is not None and out.resolve() == resume_path.parent.resolve()
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held and not same_run and not cfg["overwrite"]:
+            hint = (f"pass --resume {out} to continue it, " if resume_path is None else "")
+            raise ConfigError(f"--out {out} already holds another run's files "
+                              f"({', '.join(held)}): {hint}choose another --out, or pass "
+                              "--overwrite to replace them")
         return out
+    if resume_path is not None:
+        return resume_path.parent
     name = Path(cfg["data"]).stem if cfg["data"] else cfg["corpus"]
     base = Path("runs") / f"{name}-{cfg['cell']}"
     out, n = base, 1
@@ -549,37 +416,46 @@ def find_checkpoint(path) -> Path:
     return path
 
 
+def resumed_config(cfg, argv, loaded, resume_path):
+    """The checkpoint's config with the resumable flags given on the command line."""
+    saved = loaded.config
+    given = explicit_flags(argv) - runconfig.INVOCATION
+    clashes = [k for k in sorted(given - RESUMABLE) if cfg[k] != saved[k]]
+    if clashes:
+        k = clashes[0]
+        raise CheckpointError(f"{resume_path}: incompatible with --{k.replace('_', '-')} "
+                              f"{cfg[k]} (the checkpoint was trained with {saved[k]})")
+    merged = {**saved, **{k: cfg[k] for k in given & RESUMABLE}}
+    merged.update({k: cfg[k] for k in runconfig.INVOCATION})
+    return runconfig.validate(merged)
+
+
 def prepare(argv):
     """Parse, validate, load data and any checkpoint; nothing is written yet."""
-    args = build_parser().parse_args(argv)
-    cfg = vars(args)
-    resume_path, arrays, meta = None, None, None
+    cfg = runconfig.validate(vars(build_parser().parse_args(argv)))
+    resume_path = loaded = None
     if cfg["resume"]:
         resume_path = find_checkpoint(cfg["resume"])
-        model, vocab_chars, arrays, meta = load_model(resume_path, cfg["device"])
-        saved = {**vars(build_parser().parse_args([])), **meta["config"]}  # newer flags: defaults
-        given = explicit_flags(argv) - {"resume", "out", "overwrite"}
-        check_config(cfg)
-        clashes = [k for k in sorted(given - RESUMABLE) if cfg[k] != saved.get(k)]
-        if clashes:
-            k = clashes[0]
-            raise CheckpointError(f"{resume_path}: incompatible with --{k.replace('_', '-')} "
-                                  f"{cfg[k]} (the checkpoint was trained with {saved.get(k)})")
-        saved.update({k: cfg[k] for k in given & RESUMABLE})
-        saved.update(resume=cfg["resume"], out=cfg["out"], overwrite=False)
-        cfg = saved
-        vocab = Vocab(vocab_chars)
-    else:
-        check_config(cfg)
+        loaded = runcheckpoint.read(resume_path)
+        cfg = resumed_config(cfg, argv, loaded, resume_path)
+        vocab = Vocab(loaded.vocab)
+    elif not cfg["schedule_steps"]:
+        cfg["schedule_steps"] = cfg["steps"]
     corpus = load_text(cfg)
     if resume_path is None:
         vocab = Vocab.from_text(corpus.text)
+    runconfig.check_memory(cfg, len(vocab.chars))
     run = Run(cfg, corpus, vocab)  # checks that both splits hold a window
     run.out = resolve_out_dir(cfg, resume_path)
     if resume_path is not None:
-        run.model.load_arrays({k[len(PARAM_PREFIX):]: v for k, v in arrays.items()
-                               if k.startswith(PARAM_PREFIX)})
-        run.restore(resume_path, arrays, meta)
+        run.restore(resume_path, loaded)
+        run.source_metrics = resume_path.parent / "metrics.jsonl"
+        stored = loaded.meta.get("text_sha256")
+        if stored is not None and stored != run.text_sha256:
+            source = cfg["data"] or f"--corpus {cfg['corpus']}"
+            print(f"rnncore.train: warning: {source} is not the text this checkpoint was "
+                  "trained on (its SHA-256 differs); training goes on with the new text",
+                  file=sys.stderr)
     return run
 
 
@@ -596,18 +472,25 @@ def describe(run: Run):
           + (f" or {cfg['time']:.0f} s" if cfg["time"] else "") + f"; run dir {run.out}")
 
 
+def error(message) -> int:
+    print(f"rnncore.train: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         run = prepare(argv)
     except (CorpusError, CheckpointError, ValueError, RuntimeError) as err:
-        print(f"rnncore.train: error: {err}", file=sys.stderr)
-        return 2
-    if run.cfg.get("threads") and "OPENBLAS_NUM_THREADS" not in os.environ:
-        set_blas_threads(run.cfg["threads"])
-    run.out.mkdir(parents=True, exist_ok=True)
-    (run.out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
-    reporter = Reporter(run, run.step)
+        return error(err)
+    except MemoryError:
+        return error("out of memory while building the model; try smaller sizes")
+    try:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
+        reporter = Reporter(run, run.step)
+    except OSError as err:
+        return error(f"cannot write the run directory {run.out}: {err.strerror or err}")
     if not run.cfg["quiet"]:
         describe(run)
         if run.step:
@@ -616,14 +499,19 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
     try:
-        why = train_loop(run, reporter, stop)
+        with blas_threads(run.cfg["threads"]):
+            why = train_loop(run, reporter, stop)
+            if run.step % run.cfg["eval_every"] and run.step < run.cfg["steps"]:
+                evaluate_and_save(run, reporter)  # stopped between evaluations: save here
     except TrainingError as err:
         print(f"\nrnncore.train: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"\nrnncore.train: error: cannot write to {run.out}: {err.strerror or err}; "
+              f"stopped at step {run.step} ({kept_note(run)})", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, previous)
-    if run.step % run.cfg["eval_every"] and run.step < run.cfg["steps"]:
-        evaluate_and_save(run, reporter)  # stopped between evaluations: save here
     wall = time.perf_counter() - started
     last = run.out / ("last" + run.ext)
     if why == "interrupted":

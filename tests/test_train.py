@@ -195,7 +195,7 @@ def _bad_inputs(tmp_path, out):
         (["--data", latin, "--encoding", "nope", "--out", out], "nope"),
         (["--corpus", "klingon", "--out", out], "klingon"),
         (["--cell", "transformer", "--out", out], "transformer"),
-        (["--out", out], "already holds checkpoints"),
+        (["--out", out], "already holds"),
         (["--resume", corrupt], "corrupt.npz"),
         (["--resume", truncated], "truncated.npz"),
         (["--resume", trunc_st], "truncated.safetensors"),
