@@ -18,7 +18,7 @@ install: $(STAMP)
 # One BLAS/OpenMP thread per process in the tests: small matrices, and no oversubscription
 # when torch and OpenBLAS share the two cores.
 test: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 RNNCORE_REQUIRE_TORCH=1 $(BIN)/python -m pytest -q -rs tests
 
 # The main job: a multi-layer character LSTM on a built-in corpus, about two minutes.
 train: $(STAMP)

@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -40,8 +41,10 @@ import numpy as np
 from functools import partial
 
 from . import backend, cells
+from .cells.base import KernelSpec
 
 BLOCK = 256  # threads per block, on the GPU and in the emulation alike
+ROW_BLOCK = 128  # threads per block of a row (cooperative) kernel
 NVRTC_OPTIONS = ("--std=c++17",)
 HOST_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
 CTYPES = {"float32": "float", "float64": "double"}
@@ -52,6 +55,10 @@ class FusedUnavailableError(RuntimeError):
     """The fused kernels cannot run here (no compiler, no GPU, or the build failed)."""
 
 
+class FusedBuildError(FusedUnavailableError):
+    """The kernel sources did not compile: a defect, never a reason to skip a test."""
+
+
 # ----------------------------------------------------------------------------- sources
 def kernel_table(dtype) -> dict:
     """{exported name: C++ template expression} of every registered cell's kernels."""
@@ -59,9 +66,16 @@ def kernel_table(dtype) -> dict:
     ctype, sfx = CTYPES[dt], SUFFIX[dt]
     table = {}
     for cell in cells.cells():
-        for stem, template in cell.kernels.items():
-            table[f"{stem}_{sfx}"] = template.format(T=ctype)
+        for stem, kernel in cell.kernels.items():
+            table[f"{stem}_{sfx}"] = KernelSpec.of(kernel).template.format(T=ctype)
     return table
+
+
+def cooperative_kernels(dtype) -> set:
+    """The exported names of kernels whose threads cooperate (barriers, shared memory)."""
+    sfx = SUFFIX[backend.resolve_dtype(dtype).name]
+    return {f"{stem}_{sfx}" for cell in cells.cells() for stem, kernel in cell.kernels.items()
+            if KernelSpec.of(kernel).cooperative}
 
 
 def sources() -> tuple:
@@ -107,8 +121,13 @@ def host_source() -> str:
     """The host translation unit: the shim, the same kernels, one export per kernel."""
     seen: set = set()
     shim = _expand(kernels_dir() / "host_shim.h", seen)
-    exports = [f"RNNCORE_HOST_EXPORT({name}, {expr})"
-               for dt in CTYPES for name, expr in kernel_table(dt).items()]
+    exports = []
+    for dt in CTYPES:
+        cooperative = cooperative_kernels(dt)
+        for name, expr in kernel_table(dt).items():
+            macro = "RNNCORE_HOST_EXPORT_COOPERATIVE" if name in cooperative \
+                else "RNNCORE_HOST_EXPORT"
+            exports.append(f"{macro}({name}, {expr})")
     return shim + device_source() + "\n".join(exports) + "\n"
 
 
@@ -133,8 +152,52 @@ def cache_dir() -> Path:
     return Path(base) / "rnncore"
 
 
+def _private(path: Path) -> bool:
+    """Whether ``path`` is owned by this user and nobody else may write to it."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return (not stat.S_ISLNK(info.st_mode) and info.st_uid == os.getuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _trusted_folder() -> Path:
+    """The cache folder if it is (or can be made) private to this user; otherwise a fresh
+    private folder for this process only (``mkdtemp``: unpredictable name, mode 0700)."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if _private(folder):
+        return folder
+    if "fallback" not in _HOST_BUILD:
+        _HOST_BUILD["fallback"] = Path(tempfile.mkdtemp(prefix="rnncore-"))
+    return _HOST_BUILD["fallback"]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(target: Path, digest_file: Path) -> bool:
+    """A cached library is loaded only if it and its recorded hash are this user's own,
+    nobody else can write them, and its content hash matches the record."""
+    if not (_private(target) and _private(digest_file)):
+        return False
+    try:
+        return digest_file.read_text().strip() == _file_digest(target)
+    except OSError:
+        return False
+
+
 def build_host_library(cxx=None) -> Path:
-    """Compile the host translation unit (once per source, compiler and flags); its path."""
+    """Compile the host translation unit (once per source, compiler and flags); its path.
+
+    The library is cached in a folder private to this user, beside a record of its content
+    hash; a cached file that fails those checks is rebuilt, never loaded.
+    """
     cxx = cxx or find_compiler()
     if cxx is None:
         raise FusedUnavailableError(
@@ -143,14 +206,10 @@ def build_host_library(cxx=None) -> Path:
     source = host_source()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([source, cxx, version, *HOST_FLAGS]).encode()).hexdigest()
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.gettempdir()) / "rnncore"
-        folder.mkdir(parents=True, exist_ok=True)
+    folder = _trusted_folder()
     target = folder / f"fused-{key[:20]}.so"
-    if target.is_file():
+    digest_file = folder / f"fused-{key[:20]}.sha256"
+    if _verified(target, digest_file):
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         src, lib = Path(tmp) / "fused.cpp", Path(tmp) / "fused.so"
@@ -158,20 +217,28 @@ def build_host_library(cxx=None) -> Path:
         result = subprocess.run([cxx, *HOST_FLAGS, str(src), "-o", str(lib)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise FusedUnavailableError(
+            raise FusedBuildError(
                 f"building the fused kernels with {cxx} failed:\n{result.stderr[-4000:]}")
+        os.chmod(lib, 0o700)
+        record = Path(tmp) / "fused.sha256"
+        record.write_text(_file_digest(lib) + "\n")
         os.replace(lib, target)  # atomic: concurrent builders leave one complete file
+        os.replace(record, digest_file)
     return target
 
 
 class HostKernel:
-    """A kernel of the host library, called like ``cupy.RawKernel``: k(grid, block, args)."""
+    """A kernel of the host library, called like ``cupy.RawKernel``:
+    k(grid, block, args, shared_mem=0). A cooperative kernel (barriers, shared memory)
+    is exported with host_cooperative.h's ABI, which also takes the dynamic shared bytes."""
 
     _dims = ctypes.c_uint * 3
 
-    def __init__(self, function):
+    def __init__(self, function, cooperative=False):
         function.restype = None
-        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.cooperative = cooperative
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + \
+            ([ctypes.c_uint] if cooperative else []) + [ctypes.c_void_p]
         self.function = function
 
     @staticmethod
@@ -182,19 +249,30 @@ class HostKernel:
             return ctypes.c_void_p(arg.ctypes.data)
         if isinstance(arg, np.int32):
             return ctypes.c_int32(int(arg))
+        if isinstance(arg, np.float32):
+            return ctypes.c_float(float(arg))
+        if isinstance(arg, np.float64):
+            return ctypes.c_double(float(arg))
         raise TypeError(f"host kernel argument of unsupported type {type(arg).__name__}")
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, shared_mem=0):
         values = [self._value(a) for a in args]  # kept alive for the call
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         pad = (1, 1)
-        self.function(self._dims(*(tuple(grid) + pad)[:3]),
-                      self._dims(*(tuple(block) + pad)[:3]), pointers)
+        dims = (self._dims(*(tuple(grid) + pad)[:3]), self._dims(*(tuple(block) + pad)[:3]))
+        if self.cooperative:
+            self.function(*dims, ctypes.c_uint(shared_mem), pointers)
+        elif shared_mem:
+            raise ValueError("dynamic shared memory needs a cooperative kernel")
+        else:
+            self.function(*dims, pointers)
 
 
 def _host_kernels(dtype) -> dict:
     library = ctypes.CDLL(str(build_host_library()))
-    return {name: HostKernel(getattr(library, name)) for name in kernel_table(dtype)}
+    cooperative = cooperative_kernels(dtype)
+    return {name: HostKernel(getattr(library, name), name in cooperative)
+            for name in kernel_table(dtype)}
 
 
 # ----------------------------------------------------------------------------- GPU build
@@ -294,6 +372,19 @@ class Launcher:
         grid, block = _launch_dims(B, H)
         self.kernels[f"{stem}_{self._suffix}"](grid, block, (np.int32(B), np.int32(H)) + args)
 
+    def launch_rows(self, stem, B, H, *args):
+        """One launch of cooperative kernel ``stem``: a block per row b whose threads stride
+        over the row's units, with one T of dynamic shared memory per thread (the scratch of
+        ``block_sum``)."""
+        threads = min(ROW_BLOCK, 32 * ((H + 31) // 32))
+        self.kernels[f"{stem}_{self._suffix}"]((B,), (threads,),
+                                               (np.int32(B), np.int32(H)) + args,
+                                               shared_mem=threads * self.dtype.itemsize)
+
+    def scalar(self, value):
+        """A floating-point kernel argument of this launcher's dtype."""
+        return self.dtype.type(value)
+
     def namespace(self):
         """Every registered cell's fused twins under their reference names."""
         functions = {}
@@ -308,11 +399,17 @@ _HOST_BUILD: dict = {}  # "error": the reason the CPU build is unavailable, once
 
 
 def _host_error():
-    """None when the CPU library builds (or is cached), else the reason it does not."""
+    """None when the CPU library builds (or is cached), else why it cannot (no compiler).
+
+    A compiler that rejects the kernel sources raises ``FusedBuildError``: that is a
+    defect in the sources, not a machine without the means to build them.
+    """
     if "error" not in _HOST_BUILD:
         try:
             build_host_library()
             _HOST_BUILD["error"] = None
+        except FusedBuildError:
+            raise
         except (FusedUnavailableError, OSError) as err:
             _HOST_BUILD["error"] = str(err)
     return _HOST_BUILD["error"]
@@ -352,4 +449,5 @@ def pointwise_for(device, dtype) -> SimpleNamespace:
 def reset_caches() -> None:
     """Forget built kernels and the CPU build's verdict (tests; a changed $CXX)."""
     _LAUNCHERS.clear()
-    _HOST_BUILD.clear()
+    for key in ("error",):
+        _HOST_BUILD.pop(key, None)

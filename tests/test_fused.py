@@ -12,6 +12,8 @@ TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=1e-5, ato
 # (B, H): one element, one row, one unit, H straddling a 32-thread block and the 256 limit
 SIZES = [(1, 1), (1, 7), (3, 1), (5, 33), (2, 300)]
 
+# Skipped only on a machine with no C++ compiler (said in the summary: make test runs with
+# -rs); kernel sources that do not compile raise here and fail the run.
 pytestmark = pytest.mark.skipif(not fused.available("cpu"),
                                 reason="no C++ compiler: the CPU kernels cannot be built")
 
@@ -283,3 +285,52 @@ def test_host_library_is_cached_by_source_hash(monkeypatch, tmp_path):
     assert first.parent == tmp_path and first.is_file()
     stamp = first.stat().st_mtime_ns
     assert fused.build_host_library() == first and first.stat().st_mtime_ns == stamp
+
+
+# ----------------------------------------------------------------------------- trust
+def test_a_tampered_cached_library_is_rebuilt_not_loaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNCORE_CACHE_DIR", str(tmp_path / "cache"))
+    lib = fused.build_host_library()
+    lib.write_bytes(b"planted")  # same name, other content: its recorded hash no longer fits
+    again = fused.build_host_library()
+    assert again == lib and lib.read_bytes() != b"planted"
+
+
+def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("RNNCORE_CACHE_DIR", str(shared))
+    lib = fused.build_host_library()
+    assert lib.parent != shared and not list(shared.glob("*.so"))
+    assert (lib.parent.stat().st_mode & 0o077) == 0  # a private folder made for this process
+
+
+def test_a_symlinked_library_is_not_trusted(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNCORE_CACHE_DIR", str(tmp_path / "cache"))
+    lib = fused.build_host_library()
+    elsewhere = tmp_path / "other.so"
+    elsewhere.write_bytes(lib.read_bytes())
+    lib.unlink()
+    lib.symlink_to(elsewhere)
+    assert fused.build_host_library() == lib and not lib.is_symlink()
+
+
+def test_a_kernel_that_does_not_compile_fails_instead_of_skipping(monkeypatch, tmp_path):
+    """A syntax error in a .cu file is a defect: available() raises, tests cannot skip."""
+    broken = tmp_path / "kernels"
+    broken.mkdir()
+    for source in fused.kernels_dir().iterdir():
+        if source.is_file():
+            (broken / source.name).write_text(source.read_text())
+    (broken / "lstm.cu").write_text((broken / "lstm.cu").read_text() + "\nthis is not C++;\n")
+    monkeypatch.setattr(fused, "kernels_dir", lambda: broken)
+    monkeypatch.setenv("RNNCORE_CACHE_DIR", str(tmp_path / "cache"))
+    fused.reset_caches()
+    try:
+        with pytest.raises(fused.FusedBuildError, match="failed"):
+            fused.available("cpu")
+    finally:
+        monkeypatch.undo()
+        fused.reset_caches()
+    assert fused.available("cpu")

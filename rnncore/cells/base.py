@@ -83,6 +83,18 @@ B_HH = ParamSpec("b_hh", "bias_hh", _gate_vector, "bias", when="bias")
 TORCH_PARAMS = (W_IH, W_HH, B_IH, B_HH)
 
 
+class KernelSpec(NamedTuple):
+    """A kernel a cell declares: its C++ template expression ("{T}" the scalar type) and
+    whether its threads cooperate (barriers, shared memory: ``kernels/cooperate.cuh``)."""
+
+    template: str
+    cooperative: bool = False
+
+    @classmethod
+    def of(cls, kernel) -> KernelSpec:
+        return kernel if isinstance(kernel, cls) else cls(kernel)
+
+
 class Cell:
     """Base of every cell declaration; subclasses fill in the attributes and methods."""
 
@@ -95,7 +107,7 @@ class Cell:
     step_inputs: tuple = ("valid",)
     forget_gate: int | None = None  # gate index that ``forget_bias`` shifts, if any
     projection: bool = False  # accepts proj_size (LSTMP)
-    kernels: dict = {}  # exported kernel name stem → C++ template, "{T}" the scalar type
+    kernels: dict = {}  # kernel name stem → C++ template ("{T}" the scalar type) or KernelSpec
 
     @property
     def num_gates(self) -> int:
