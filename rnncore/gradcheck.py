@@ -180,10 +180,18 @@ def build_case(case: MatrixCase, hidden=3, input_size=3, seed=0, impl="reference
     from .modules import Recurrent
 
     name, options = matrix_cells()[case.cell]
-    return Recurrent(name, input_size, hidden, num_layers=case.num_layers,
-                     bidirectional=case.bidirectional, dropout=0.3, residual=case.residual,
-                     dropout_mode=case.dropout_mode, init_state="learned", dtype="float64",
-                     seed=seed, impl=impl, **options)
+    module = Recurrent(name, input_size, hidden, num_layers=case.num_layers,
+                       bidirectional=case.bidirectional, dropout=0.3, residual=case.residual,
+                       dropout_mode=case.dropout_mode, init_state="learned", dtype="float64",
+                       seed=seed, impl=impl, **options)
+    # learned initial states start random: a zero state hides errors in the terms it
+    # multiplies, and is a degenerate point of a normalisation (its curvature there
+    # swamps central differences)
+    rng = np.random.default_rng(seed + 1)
+    for state in module.cell.state:
+        values = module.params[state + "0"]
+        values[...] = 0.5 * rng.standard_normal(values.shape)
+    return module
 
 
 def run_case(case: MatrixCase, T=4, B=3, seed=0, impl="reference",
