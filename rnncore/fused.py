@@ -33,12 +33,11 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
-from functools import partial
 
 from . import backend, cells
 from .cells.base import KernelSpec

@@ -46,7 +46,8 @@ T, B, I, H = 5, 3, 4, 6
 
 def digest(array) -> str:
     a = np.ascontiguousarray(rnncore.backend.to_numpy(array))
-    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()[:16]
+    head = f"{a.dtype}{a.shape}".encode()
+    return hashlib.sha256(head + a.tobytes()).hexdigest()[:16]
 
 
 def run_case(cls_name, cell_options, options, use_lengths, impl, dtype):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_kernels_compile import NVRTC, _check
 
 from rnncore import fused
 from rnncore.cells import REFERENCE
-from test_kernels_compile import NVRTC, _check
 
 TEST_KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -229,7 +229,8 @@ def test_grid_sync_steps_depend_on_every_block(lib, n, threads, steps):
 def test_ucontext_fallback_gives_the_same_bits(lib, lib_ucontext):
     """The portable fiber switch (ucontext) schedules the same way as the x86-64 one."""
     x = np.random.default_rng(2).standard_normal(500)
-    np.testing.assert_array_equal(grid_steps(lib, x, 4, 64)[0], grid_steps(lib_ucontext, x, 4, 64)[0])
+    np.testing.assert_array_equal(grid_steps(lib, x, 4, 64)[0],
+                                  grid_steps(lib_ucontext, x, 4, 64)[0])
     rows = np.random.default_rng(3).standard_normal((3, 333)).astype(np.float32)
     for ours, theirs in zip(row_stats(lib, rows, 64), row_stats(lib_ucontext, rows, 64)):
         np.testing.assert_array_equal(ours, theirs)

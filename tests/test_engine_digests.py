@@ -8,9 +8,8 @@ and float64).
 
 import json
 
-import pytest
-
 import engine_digests
+import pytest
 
 STORED = json.loads(engine_digests.PATH.read_text())
 CASES = dict(engine_digests.cases())
