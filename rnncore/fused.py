@@ -388,7 +388,8 @@ class Launcher:
         """Every registered cell's fused twins under their reference names."""
         functions = {}
         for cell in cells.cells():
-            functions.update(vars(cell.fused_pointwise(self)))
+            if cell.kernels:
+                functions.update(vars(cell.fused_pointwise(self)))
         return SimpleNamespace(name="fused", device=None, dtype=self.dtype.name, **functions)
 
 

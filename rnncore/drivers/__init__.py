@@ -25,17 +25,22 @@ from .python_loop import LayerCache, PythonLoop
 IMPLS = ("auto", "reference", "fused")
 
 
-def select(impl, device, dtype):
-    """The driver for ``impl`` on ``device``.
+def select(impl, device, dtype, cell=None):
+    """The driver for ``impl`` on ``device`` (for ``cell``, when given).
 
-    ``auto`` means the fused kernels on a GPU. On the CPU it means the reference:
-    NumPy's SIMD ufuncs beat the scalar host-compiled kernels there (the emulation exists
-    to test the kernel source and launch code, and runs with ``impl="fused"``).
+    ``auto`` means the fused kernels on a GPU, for a cell that has kernels. On the CPU it
+    means the reference: NumPy's SIMD ufuncs beat the scalar host-compiled kernels there
+    (the emulation exists to test the kernel source and launch code, and runs with
+    ``impl="fused"``).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     device = backend.parse_device(device)
-    if impl == "reference":
+    has_kernels = cell is None or bool(cell.kernels)
+    if impl == "fused" and not has_kernels:
+        raise ValueError(f"impl='fused': the {cell.name} cell has no fused kernels; "
+                         f"use impl='reference'")
+    if impl == "reference" or not has_kernels:
         return PythonLoop("reference")
     from .. import fused
 
