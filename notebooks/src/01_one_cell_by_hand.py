@@ -22,8 +22,8 @@ import numpy as np
 
 import rnncore
 from rnncore.cells import gru, lstm
+from rnncore.drivers import PythonLoop
 from rnncore.gradcheck import check_module_gradients
-from rnncore.layer import layer_backward, layer_forward
 
 nbhelpers.setup()
 rng = np.random.default_rng(0)
@@ -47,9 +47,9 @@ rng = np.random.default_rng(0)
 # $$c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh(c_t).$$
 #
 # After the two matrix products everything is element-wise. rnncore cuts the step at
-# exactly that line: the products live in the cell class and the layer, the
-# element-wise part in `pointwise_forward` (which the fused CUDA kernel of notebook 7
-# replaces). Here it is:
+# exactly that line: the products live in the cell's step and the time loop around it,
+# the element-wise part in `pointwise_forward` (which the fused CUDA kernel of
+# notebook 7 replaces). Here it is:
 
 # %%
 nbhelpers.show_source(lstm.pointwise_forward)
@@ -58,9 +58,9 @@ nbhelpers.show_source(lstm.pointwise_forward)
 # Read it against the equations:
 #
 # * `gates = xp.add(xg, hg, out=gates)` is $z$; both biases are already inside `xg`
-#   and `hg`. (`xp` is NumPy or CuPy. The `out=` buffers let rnncore's layer hand in
-#   arrays allocated once before the time loop; called without `out`, as below, the
-#   function allocates its own.)
+#   and `hg`. (`xp` is NumPy or CuPy. The `out=` buffers let rnncore's time loop hand
+#   in arrays allocated once before the loop starts; called without `out`, as below,
+#   the function allocates its own.)
 # * $i$ and $f$ are neighbours, so one sigmoid covers the first $2H$ columns; tanh
 #   makes $g$ and a sigmoid makes $o$. They overwrite `gates` in place, so afterwards
 #   `gates` holds the *activated* gates, which is exactly what the backward pass needs.
@@ -73,22 +73,47 @@ nbhelpers.show_source(lstm.pointwise_forward)
 #   sequence full length) it simply returns the new state.
 # * The cache keeps the activated gates, $c_{t-1}$ and $\tanh(c_t)$: nothing more.
 #
-# Where do `xg` and `hg` come from? The recurrent product is one GEMM per step, in the
-# cell class (`gemm(...)` writes $h_{t-1} W_{hh}^\top$ into `hg[t]`); the input product
-# does not depend on the state, so the layer does it for all $T$ steps in a single GEMM
-# before the time loop ("hoisting"), and both biases $b_{ih} + b_{hh}$ (`input_bias`) are
-# added there, once:
+# Where do `xg` and `hg` come from? In rnncore a cell is a *declaration*: the `LSTM`
+# class in `rnncore/cells/lstm.py` states its state tensors `("h", "c")`, its gates,
+# its parameters, the per-step buffers it saves, and how to take **one** step forward
+# and back. It owns no loop. Its `forward_step` issues the recurrent product, one GEMM
+# per step (`ops.gemm(...)` writes $h_{t-1} W_{hh}^\top$ into `saved["hg"]`), then the
+# pointwise call (`ops.pw` is the NumPy reference or the fused kernels); the `else`
+# branch is LSTMP's projection $h_t = W_{hr}(o \odot \tanh c_t)$, unused here:
 
 # %%
-nbhelpers.show_source(lstm.LSTMCell.step_forward, stop="out = (ws.y[t]")
-nbhelpers.show_source(layer_forward, start="xg = filled", stop="ws = cell.workspace")
+nbhelpers.show_source(lstm.LSTM.forward_step)
+
+# %% [markdown]
+# The time loop belongs to a **driver**, `rnncore.drivers.PythonLoop`, the same for
+# every cell; so a new kind of cell is one file in `rnncore/cells/` (plus, for the
+# GPU's fused path, its kernel), and nothing outside it changes. The driver also does
+# the input product: it does not depend on the state, so it runs for all $T$ steps as
+# a single GEMM before the loop ("hoisting"), with both biases $b_{ih} + b_{hh}$ (the
+# cell's `input_bias`) added there, once. Then it allocates every per-step buffer the
+# cell declares (`saved_widths`), once, and calls `forward_step` with step $t$'s
+# slices:
+
+# %%
+nbhelpers.show_source(PythonLoop.forward, start="xg = filled", stop="valid = inputs.get")
+
+# %% [markdown]
+# `filled` makes an array that starts as a broadcast bias; `gemm(..., beta=1.0)` then
+# adds the product onto it. `prefill` is the same trick for a cell whose recurrent
+# product must start from $b_{hh}$ (the GRU's, below); the LSTM has none. `_at(saved, t)`
+# hands the step the $t$-th slices of the buffers, so `forward_step` writes straight into
+# the arrays the backward pass will read, and `ops` carries the `gemm` and the pointwise
+# namespace `pw`.
 
 # %% [markdown]
 # ## One step forward, three ways
 #
 # We take a one-layer float64 `rnncore.LSTM` with $I = 3$ inputs and $H = 4$ units. Its
 # parameters carry torch.nn's names and shapes: the four gates' weights are stacked
-# row-wise, so `weight_ih_l0` is $4H \times I$.
+# row-wise, so `weight_ih_l0` is $4H \times I$. The module's `.cell` is the declaration
+# it was built from, found by name in the registry of cells
+# (`rnncore.Recurrent("lstm", I, H)` builds the same module), and after a forward pass
+# `last_cache.layers[k][d].saved` holds the per-step buffers the declaration asked for.
 
 # %%
 I, H, B = 3, 4, 2
@@ -101,6 +126,12 @@ b_ih, b_hh = cell.params["bias_ih_l0"], cell.params["bias_hh_l0"]
 x = rng.standard_normal((B, I))
 h_prev = 0.5 * rng.standard_normal((B, H))
 c_prev = 0.5 * rng.standard_normal((B, H))
+
+print("\ncell:", cell.cell, "state", cell.cell.state, "gates", cell.cell.gates)
+print("registered cells:", rnncore.cells.names())
+cell(x[None])
+saved = cell.last_cache.layers[0][0].saved
+print("saved per step:", {name: buf.shape for name, buf in saved.items()}, "(T, B, width)")
 
 # %% [markdown]
 # First, the equations typed straight into NumPy:
@@ -162,8 +193,9 @@ print("cache:", {name: value.shape for name, value in cache._asdict().items()})
 nbhelpers.show_source(lstm.pointwise_backward)
 
 # %% [markdown]
-# (`split_grad` and `add_carried` are the padded-step rule again; with `valid=None`
-# they pass the gradient through untouched.) Now step 4 by hand, against the module's
+# (`split_grad` and the `*_carried` terms are the padded-step rule again; with
+# `valid=None` they pass the gradient through untouched. `store` writes into an `out=`
+# buffer when one is given.) Now step 4 by hand, against the module's
 # `backward`. The module takes $\partial L/\partial\,\text{output}$ and, optionally,
 # $\partial L/\partial (h_n, c_n)$; here the loss is on the final state only, so the
 # output gradient is zero.
@@ -200,7 +232,7 @@ print(f"{'h0, c0':<14} max |hand − module| = "
 # their gradients are sums over $t$.
 #
 # Below is a complete LSTM layer, forward and BPTT, built from the two pointwise
-# functions. Like rnncore's layer it hoists the input product out of the loop, and
+# functions. Like rnncore's driver it hoists the input product out of the loop, and
 # forms $\partial W_{ih}$ and $\partial x$ after the loop as single products over all
 # steps. (`einsum("tbg,tbi->gi")` is $\sum_t \partial z_t^\top x_t$.)
 
@@ -260,14 +292,19 @@ for name in grads_hand:
 print(f"{'input':<14}", np.abs(dxs_hand - dxs).max())
 
 # %% [markdown]
-# rnncore's own time loop (`rnncore.layer.layer_backward`) is the same loop, written
-# once for all three cell types; the cell object supplies the step. Instead of a
-# running `dh` it keeps one buffer `dh` of shape $(T, B, H)$ that starts as
+# rnncore's own backward loop (`PythonLoop.backward`) is the same loop, written once
+# for every cell; the cell's `backward_step` supplies the step (for the LSTM:
+# `pointwise_backward`, writing $\partial z$ straight into `grads["dxg"][t]`, then one
+# GEMM adding $\partial z\, W_{hh}$ into $\partial h_{t-1}$). Instead of a running `dh`
+# the driver keeps one buffer `dh` of shape $(T, B, H)$ that starts as
 # $\partial L/\partial\,\text{output}$; each step adds its $\partial h_{t-1}$ into
-# the slot of the step before:
+# the slot of the step before. The other state gradients (the LSTM's $\partial c$)
+# live in `rest`, two buffers per state that swap roles every step: one is read, the
+# other written. States and their gradients are tuples in the cell's declared order,
+# $(h, c)$ here. (`record` is the instrument of notebook 3; `None` unless asked for.)
 
 # %%
-nbhelpers.show_source(layer_backward, start="for k in range(T - 1", stop="dxg = ws.dxg")
+nbhelpers.show_source(PythonLoop.backward, start="for k in range(T - 1", stop="dxg = grads[")
 
 # %% [markdown]
 # How far back does a gradient reach? Put the loss on the **last** output only and
@@ -304,7 +341,8 @@ print(f"‖∂L/∂h_0‖ / ‖∂L/∂h_{T_long - 1}‖ = {dh_norms[0] / dh_nor
 # The reset gate multiplies the recurrent block $h_n$ *including its bias*
 # $b_{hn}$, which is why the input and recurrent biases cannot be merged into one as
 # they can for the LSTM. (This "reset-after" form is PyTorch's and cuDNN's; Cho et
-# al.'s original applies $r$ to $h_{t-1}$ before the product, `reset_after=False`.)
+# al.'s original applies $r$ to $h_{t-1}$ before the product: `reset_after=False`,
+# registered as its own cell, `gru_reset_before`.)
 
 # %%
 nbhelpers.show_source(gru.pointwise_forward)

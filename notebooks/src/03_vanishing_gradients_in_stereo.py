@@ -18,20 +18,23 @@ import numpy as np
 
 import rnncore
 from rnncore import gradflow
+from rnncore.drivers import PythonLoop
 from rnncore.experiments.common import LMData, lm_layer_gradients, new_lm, train_lm
-from rnncore.layer import layer_backward
 
 nbhelpers.setup()
 
 # %% [markdown]
 # ## The instrument
 #
-# The engine's backward pass takes an optional `recorder`. Inside the BPTT loop, each
-# time the total gradient arriving at a state $s_t$ is known (from the output at $t$
-# and from step $t+1$), the loop hands it to the recorder:
+# The engine's backward pass takes an optional `recorder`. The stack passes it down to
+# the time loop of every layer $k$ and direction $d$ (the driver's `backward`, notebook
+# 1) as a callback `record`, and inside the BPTT loop, each time the total gradient
+# arriving at a state $s_t$ is known (from the output at $t$ and from step $t+1$), the
+# loop hands it over. `dstate_t` is a tuple in the cell's state order: $(\partial h_t,
+# \partial c_t)$ for the LSTM, $(\partial h_t,)$ for the RNN and the GRU.
 
 # %%
-nbhelpers.show_source(layer_backward, start="for k in range(T - 1", stop="dh_prev = dh0")
+nbhelpers.show_source(PythonLoop.backward, start="for k in range(T - 1", stop="dstate_prev =")
 
 # %% [markdown]
 # `rnncore.gradflow.GradFlowRecorder` keeps the norms $\lVert \partial L / \partial

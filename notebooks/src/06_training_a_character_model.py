@@ -25,8 +25,9 @@ import numpy as np
 
 from rnncore import corpora, optim
 from rnncore.charlm import CharLM
+from rnncore.evaluation import evaluate
 from rnncore.sample import generate, load_model
-from rnncore.train import Streams, Vocab, evaluate, split_text
+from rnncore.textdata import Streams, Vocab, split_text
 from rnncore.train import main as train_main
 
 nbhelpers.setup()

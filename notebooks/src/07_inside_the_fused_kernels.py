@@ -122,8 +122,11 @@ print("GPU here:", backend.cuda_available())
 # ## The fused path against the reference
 #
 # `rnncore.fused.pointwise_for(device, dtype)` returns the kernels under the same names
-# and signatures as `rnncore.cells.REFERENCE`, so either can be dropped into a cell.
-# First one step, on random pre-activations, in both precisions:
+# and signatures as `rnncore.cells.REFERENCE` (every registered cell's NumPy pointwise
+# functions in one namespace), so either can stand in for the other. Inside a module the
+# driver hands a cell's step its own set as `ops.pw` (`cell.reference`, or
+# `cell.fused_pointwise(launcher)` with `impl="fused"`), and the step cannot tell which
+# it got. First one step, on random pre-activations, in both precisions:
 
 # %%
 DEVICE = "cuda" if backend.cuda_available() else "cpu"
@@ -280,13 +283,15 @@ if recorded is not None:
 #   operation. The reference issues dozens of launches per step; the fused path issues
 #   two (forward and backward), which is where its several-fold advantage comes from.
 # * **The whole stack gains less than the step.** Each step still makes its recurrent
-#   matrix product and runs Python's loop body; fusing removed only the element-wise
-#   launches. The speed-up of a part is bounded by the share of the time that part
-#   took (Amdahl's law).
+#   matrix product and runs Python's loop body (the `PythonLoop` driver issues every
+#   step from the host); fusing removed only the element-wise launches. The speed-up
+#   of a part is bounded by the share of the time that part took (Amdahl's law).
 # * **cuDNN is faster still**, because it runs the entire time loop inside the library:
 #   no Python per step, and (as Appleyard et al. 2016 describe) streams that overlap
 #   layers and other scheduling a Python loop cannot do. What separates rnncore from it
-#   is the cost of driving the loop, not the arithmetic of the kernels.
+#   is the cost of driving the loop, not the arithmetic of the kernels. That is why
+#   rnncore keeps the time loop behind one boundary, `rnncore.drivers`: a driver that
+#   issues the steps another way replaces the loop without touching the cells.
 #
 # Timings taken through Python on a shared machine vary from run to run; the ratios
 # carry over better than the milliseconds do. To measure your own card, run
