@@ -1,7 +1,7 @@
 """Gradient flow through time and depth: an instrument for the engine's own backward pass.
 
 The engine's ``module.backward(dout, recorder=rec)`` calls the recorder inside the manual
-BPTT loop (``rnncore.layer.layer_backward`` / ``rnncore.stack.stack_backward``), so what is
+BPTT loop (the driver's ``backward`` / ``rnncore.stack.stack_backward``), so what is
 measured is the gradient the engine really computes, not a second implementation:
 
     rec.on_state_grad(k, d, t, ∂L/∂s_t)   for layer k, direction d, step t

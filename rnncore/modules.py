@@ -102,9 +102,10 @@ class Recurrent:
     def last_cache(self):
         """The ``StackCache`` of the last forward pass (what ``backward`` will use), or None.
 
-        Read-only instruments look inside it: ``last_cache.layers[k][d].ws`` holds layer k,
-        direction d's per-step buffers (gates, states) and ``last_cache.masks`` the dropout
-        masks.
+        Read-only instruments look inside it: ``last_cache.layers[k][d]`` is layer k,
+        direction d's ``LayerCache``, whose ``saved`` holds the cell's per-step buffers by
+        name (gates, states; the cell's ``gate_views`` reads them), and
+        ``last_cache.masks`` the dropout masks.
         """
         return None if self._last is None else self._last[0]
 
