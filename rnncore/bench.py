@@ -23,14 +23,24 @@ What is timed, so the columns compare like with like:
 - On CUDA the clock is read only after a device-wide synchronize, and TF32 is switched off
   in torch (``fp32_precision = "ieee"``), as CuPy does not use it either.
 
-Threads (CPU): ``--threads N`` sets ``torch.set_num_threads(N)`` and the BLAS thread count
-of NumPy (``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``, which must be set before NumPy
-loads, so the command re-executes itself once when they need changing).
+Cells: a row names a registered cell (``rnncore.cells.names()``); rnncore builds it with
+``rnncore.Recurrent(name, …)`` and torch with ``torch.nn.<cell.family>(…,
+**cell.torch_options)``. A cell with no torch.nn twin (``cell.family == ""``, e.g.
+``gru_reset_before``) gets no torch column (marked "no torch.nn twin" in the report) and
+its accuracy is measured against the float64 rnncore reference instead. ``--cells a,b``
+(or ``all``) benches those cells at the size of each selected row, so a newly registered
+cell is benched without editing this file.
+
+Threads (CPU): ``--threads N`` sets ``torch.set_num_threads(N)`` and limits NumPy's BLAS
+pool to N threads with ``threadpoolctl`` for the run (both are restored afterwards); the
+report gives the counts read back from torch and from every loaded BLAS library, not the
+ones asked for.
 
 Examples::
 
     python -m rnncore.bench                                  # CPU table, all cores
     python -m rnncore.bench --rows lstm-3x512,gru-3x512 --repeats 9 --json cpu.json
+    python -m rnncore.bench --rows lstm-3x512 --cells all    # every registered cell
     python -m rnncore.bench --device cuda --json gpu.json    # fused, reference, cuDNN
     python -m rnncore.bench --quick                          # tiny sizes: a smoke test
 """
@@ -52,12 +62,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from . import backend
-from .modules import GRU, LSTM
+from . import backend, cells, cli
+from .modules import Recurrent
 
-REEXEC_FLAG = "RNNCORE_BENCH_REEXEC"
-BLAS_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PASSES = ("forward", "forward+backward")
 
 
@@ -67,7 +76,7 @@ class Row:
     """One benchmark configuration; ``input`` defaults to ``hidden``."""
 
     key: str
-    cell: str  # "lstm" or "gru"
+    cell: str  # a registered cell name (rnncore.cells.names())
     layers: int
     hidden: int
     batch: int
@@ -86,6 +95,11 @@ class Row:
             size += f", input {self.input_size}"
         text = f"{size} (B {self.batch}, T {self.steps})"
         return f"{text} {self.note}" if self.note else text
+
+    def with_cell(self, cell: str) -> Row:
+        """This row's sizes with another registered cell."""
+        return dataclasses.replace(self, cell=cell, key=f"{cell}-{self.layers}x{self.hidden}"
+                                   + (f"-in{self.input}" if self.input else ""))
 
     def quick(self) -> Row:
         """The same shape of network at toy sizes (for the smoke test)."""
@@ -134,9 +148,8 @@ def _as_float64(array) -> np.ndarray:
 
 def rnncore_runner(name, row, weights, x, dout, device, dtype, impl) -> Runner:
     """rnncore on ``device`` with ``impl`` ("reference", "fused", "auto")."""
-    cls = LSTM if row.cell == "lstm" else GRU
-    module = cls(row.input_size, row.hidden, num_layers=row.layers, dtype=dtype,
-                 device=device, impl=impl)
+    module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                       dtype=dtype, device=device, impl=impl)
     if impl != "auto" and module.impl_in_use != impl:
         raise RuntimeError(f"impl={impl!r} resolved to {module.impl_in_use!r}")
     module.load_state_dict(weights)
@@ -161,12 +174,13 @@ def rnncore_runner(name, row, weights, x, dout, device, dtype, impl) -> Runner:
 
 
 def torch_runner(name, row, weights, x, dout, device, dtype) -> Runner:
-    """torch.nn.LSTM/GRU (cuDNN on CUDA) with the given weights."""
+    """The cell's torch.nn twin (cuDNN on CUDA) with the given weights."""
     import torch
 
     tdtype = getattr(torch, np.dtype(dtype).name)
-    cls = torch.nn.LSTM if row.cell == "lstm" else torch.nn.GRU
-    module = cls(row.input_size, row.hidden, num_layers=row.layers)
+    cell = cells.get(row.cell)
+    module = getattr(torch.nn, cell.family)(row.input_size, row.hidden, num_layers=row.layers,
+                                            **cell.torch_options)
     module.load_state_dict({k: torch.from_numpy(np.asarray(backend.to_numpy(v)))
                             for k, v in weights.items()})
     module = module.to(device=device, dtype=tdtype)
@@ -192,22 +206,43 @@ def torch_runner(name, row, weights, x, dout, device, dtype) -> Runner:
     return Runner(name, forward, forward_backward, results)
 
 
+def baseline_name(device) -> str:
+    return "torch" if device.kind == "cpu" else "torch cuDNN"
+
+
+def no_twin(row) -> str | None:
+    """Why ``row`` has no torch column, or None when its cell has a torch.nn twin."""
+    cell = cells.get(row.cell)
+    return None if cell.family else f"no torch.nn twin for the {cell.name} cell"
+
+
 def build_runners(row, weights, x, dout, device, dtype):
     """The implementations for ``device``: (runners, baseline name, skipped {name: why})."""
     runners, skipped = [], {}
     if device.kind == "cpu":
-        rnncore_impls, baseline = [("rnncore", "reference")], "torch"
+        rnncore_impls = [("rnncore", "reference")]
     else:
         rnncore_impls = [("rnncore fused", "fused"), ("rnncore reference", "reference")]
-        baseline = "torch cuDNN"
+    baseline = baseline_name(device)
     for name, impl in rnncore_impls:
         try:
             runners.append(rnncore_runner(name, row, weights, x, dout, str(device), dtype,
                                           impl))
         except Exception as err:  # e.g. impl="fused" not built yet, or no compiler
             skipped[name] = _describe(err)
-    runners.append(torch_runner(baseline, row, weights, x, dout, str(device), dtype))
+    if no_twin(row):
+        skipped[baseline] = no_twin(row)
+    else:
+        runners.append(torch_runner(baseline, row, weights, x, dout, str(device), dtype))
     return runners, baseline, skipped
+
+
+def reference_runner(row, weights, x, dout) -> Runner:
+    """The float64 CPU reference: torch.nn's twin, or rnncore's own where there is none."""
+    if no_twin(row):
+        return rnncore_runner("float64 rnncore reference", row, weights, x, dout, "cpu",
+                              "float64", "reference")
+    return torch_runner("float64 torch reference", row, weights, x, dout, "cpu", "float64")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -296,14 +331,13 @@ def check_accuracy(runners, reference: Runner, baseline: str, skipped: dict):
 
 def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
     """Accuracy check and timings of every implementation on one row."""
-    cls = LSTM if row.cell == "lstm" else GRU
-    weights = cls(row.input_size, row.hidden, num_layers=row.layers, dtype=dtype,
-                  seed=seed, impl="reference").state_dict()
+    weights = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                        dtype=dtype, seed=seed, impl="reference").state_dict()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((row.steps, row.batch, row.input_size)).astype(dtype)
     dout = rng.standard_normal((row.steps, row.batch, row.hidden)).astype(dtype)
     runners, baseline, skipped = build_runners(row, weights, x, dout, device, dtype)
-    reference = torch_runner("float64 reference", row, weights, x, dout, "cpu", "float64")
+    reference = reference_runner(row, weights, x, dout)
     errors = check_accuracy(runners, reference, baseline, skipped)
     sync = device_synchronizer(device)
     samples = {}
@@ -314,35 +348,23 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
     median_ms = {p: {n: 1e3 * statistics.median(s) for n, s in by_impl.items()}
                  for p, by_impl in samples.items()}
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
-              for p, by_impl in median_ms.items()}
+              if baseline in by_impl else {} for p, by_impl in median_ms.items()}
     return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
+            "reference": reference.name,
             "rel_error": errors, "median_ms": median_ms, "ratio": ratios,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
 
 
 # --------------------------------------------------------------------------- environment
-def configure_threads(threads: int, argv, allow_reexec: bool) -> str:
-    """Give torch and NumPy's BLAS ``threads`` threads; returns how NumPy's count was set.
-
-    BLAS libraries read their thread count when NumPy loads, which has happened by now;
-    when the environment does not already say ``threads``, the command runs itself again
-    (once) with ``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` set.
-    """
-    import torch
-
-    torch.set_num_threads(threads)
-    env_value = os.environ.get(BLAS_ENV[0])
-    if env_value == str(threads):
-        return f"{threads} ({BLAS_ENV[0]}={env_value})"
-    if env_value is None and threads == os.cpu_count():
-        return f"{threads} (BLAS default: all cores)"
-    if allow_reexec and not os.environ.get(REEXEC_FLAG):
-        env = dict(os.environ, **{k: str(threads) for k in BLAS_ENV}, **{REEXEC_FLAG: "1"})
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "rnncore.bench", *argv], env)
-    return f"unknown: {BLAS_ENV[0]}={env_value} (not re-executed)"
+def blas_thread_counts() -> str:
+    """The thread count of every BLAS library loaded in this process, read back from it."""
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not libs:
+        return "unknown (no BLAS library found by threadpoolctl)"
+    return ", ".join(f"{lib['num_threads']} ({lib.get('internal_api', '?')} "
+                     f"{lib.get('version') or ''}".rstrip() + ")" for lib in libs)
 
 
 def disable_tf32() -> None:
@@ -427,20 +449,25 @@ def markdown_report(meta: dict, results: list) -> str:
                  f"{meta['warmup']} warm-up round(s); load average before "
                  f"{_fmt_load(meta['load_average_before'])}, after "
                  f"{_fmt_load(meta['load_average_after'])}")
-    for name, why in {n: w for r in results for n, w in r["skipped"].items()}.items():
-        lines.append(f"- {name}: skipped ({why})")
-    lines += ["", "Relative error against a float64 torch CPU reference "
-              "(max |a − ref| / max |ref|):", ""]
+    skipped = {}
+    for r in results:
+        for name, why in r["skipped"].items():
+            skipped.setdefault((name, why), []).append(r["label"])
+    for (name, why), labels in skipped.items():
+        where = "" if len(labels) == len(results) else f" on {'; '.join(labels)}"
+        lines.append(f"- {name}: skipped{where} ({why})")
+    lines += ["", "Relative error against a float64 CPU reference, torch.nn's twin or, for a "
+              "cell with no torch.nn twin, rnncore's own (max |a − ref| / max |ref|):", ""]
     tensors = list(next(iter(results[0]["rel_error"].values())))
-    lines.append("| row | impl | " + " | ".join(tensors) + " |")
-    lines.append("|---|---|" + "---:|" * len(tensors))
+    lines.append("| row | impl | reference | " + " | ".join(tensors) + " |")
+    lines.append("|---|---|---|" + "---:|" * len(tensors))
     for r in results:
         for impl, errs in r["rel_error"].items():
-            lines.append(f"| {r['label']} | {impl} | "
+            lines.append(f"| {r['label']} | {impl} | {r['reference']} | "
                          + " | ".join(f"{errs[t]:.1e}" for t in tensors) + " |")
     impls = list(dict.fromkeys(n for r in results for n in r["impls"]))
     baseline = results[0]["baseline"]
-    others = [n for n in impls if n != baseline]
+    others = [n for n in impls if n != baseline] if baseline in impls else []
     lines += ["", f"Time per call in ms; ratio = {baseline} time / rnncore time "
               "(> 1: rnncore faster):", ""]
     header = ["row", "pass"] + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others]
@@ -450,7 +477,7 @@ def markdown_report(meta: dict, results: list) -> str:
         for p in PASSES:
             cells = [r["label"], p]
             cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
-            cells += [f"{r['ratio'][p][n]:.2f}" if n in r["impls"] else "–" for n in others]
+            cells += [f"{r['ratio'][p][n]:.2f}" if n in r["ratio"][p] else "–" for n in others]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -461,58 +488,87 @@ def _fmt_load(load) -> str:
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m rnncore.bench", description=__doc__.split(
+    parser = cli.Parser(prog="python -m rnncore.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--rows", default=None,
+    parser.add_argument("--device", default="cpu", type=_device,
+                        help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--rows", default=None, type=cli.choice_list(ROWS),
                         help="comma-separated row keys (default: the device's table); "
                              "known: " + ", ".join(ROWS))
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds per pass (default 5 on cpu, 30 on cuda)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed rounds first (default 1 on cpu, 3 on cuda)")
+    parser.add_argument("--cells", default=None, type=cli.choice_list(cells.names, "all"),
+                        help="bench these registered cells (comma list, or all) at the size "
+                             "of each selected row, instead of the row's own cell; "
+                             "registered: " + ", ".join(cells.names()))
+    parser.add_argument("--repeats", type=cli.at_least(1, 100_000), default=None,
+                        help="timed rounds per pass (default 5 on cpu, 30 on cuda, 2 with "
+                             "--quick; an explicit value wins over --quick)")
+    parser.add_argument("--warmup", type=cli.at_least(0, 100_000), default=None,
+                        help="untimed rounds first (default 1 on cpu, 3 on cuda, 1 with "
+                             "--quick; an explicit value wins over --quick)")
     parser.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=cli.at_least(1, 4096), default=None,
                         help="CPU threads for torch and NumPy's BLAS (default: all cores)")
     parser.add_argument("--quick", action="store_true",
-                        help="toy sizes, 2 repeats: checks that the benchmark runs")
-    parser.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+                        help="toy sizes (H 16, B 4, T 6) of the selected rows and 2 repeats: "
+                             "checks that the benchmark runs; --repeats/--warmup given "
+                             "explicitly win")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write every sample as JSON (checked before the run; "
+                             "an existing file is replaced, atomically)")
     args = parser.parse_args(argv)
-    args.device = backend.parse_device(args.device)
-    keys = args.rows.split(",") if args.rows else DEFAULT_ROWS[args.device.kind]
-    unknown = [k for k in keys if k not in ROWS]
-    if unknown:
-        parser.error(f"unknown row(s) {unknown}; known: {', '.join(ROWS)}")
-    args.rows = [ROWS[k].quick() if args.quick else ROWS[k] for k in keys]
+    keys = args.rows or DEFAULT_ROWS[args.device.kind]
+    rows = [ROWS[k].quick() if args.quick else ROWS[k] for k in keys]
+    if args.cells:
+        rows = [row.with_cell(c) for row in rows for c in args.cells]
+        rows = list({dataclasses.replace(r, key="", note=""): r for r in rows}.values())
+    args.rows = rows
     repeats, warmup = (2, 1) if args.quick else DEFAULT_REPEATS[args.device.kind]
     args.repeats = repeats if args.repeats is None else args.repeats
     args.warmup = warmup if args.warmup is None else args.warmup
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     args.threads = cores if args.threads is None else args.threads
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    if args.json is not None:
+        cli.check_out_file(parser, "--json", args.json)
+    if args.device.kind == "cuda":
+        try:
+            backend.array_module(args.device)
+        except RuntimeError as err:
+            parser.error(f"--device {args.device}: {err}")
     return args
 
 
-def main(argv=None) -> list:
-    """Run the benchmark; prints Markdown, optionally writes JSON; returns the row results.
+def _device(text):
+    try:
+        return backend.parse_device(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r:.40}") \
+            from None
 
-    Called without ``argv`` (the command line), it may re-execute itself to set NumPy's
-    BLAS thread count; called with ``argv`` (from Python) it never does.
-    """
-    from_command_line = argv is None
+
+def main(argv=None) -> list:
+    """Run the benchmark; prints Markdown, optionally writes JSON; returns the row results."""
+    import torch
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    blas_threads = configure_threads(args.threads, argv, allow_reexec=from_command_line)
-    if args.device.kind == "cuda":
-        import torch
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            return run(args, argv)
+    finally:
+        torch.set_num_threads(torch_threads)
 
+
+def run(args, argv) -> list:
+    import torch
+
+    blas_threads = blas_thread_counts()
+    if args.device.kind == "cuda":
         backend.import_cupy().cuda.Device(args.device.index).use()
         torch.cuda.set_device(args.device.index)
         disable_tf32()
-    meta = machine_info(args.device, args.threads, blas_threads)
+    meta = machine_info(args.device, torch.get_num_threads(), blas_threads)
     meta.update(device=str(args.device), dtype=args.dtype, repeats=args.repeats,
                 warmup=args.warmup, quick=args.quick,
                 command=shlex.join(["python", "-m", "rnncore.bench", *argv]))
@@ -529,8 +585,13 @@ def main(argv=None) -> list:
         print(f"WARNING: {name} on {label}: {tensor} relative error {err:.1e} > {tolerance:g}",
               file=sys.stderr)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "rows": results}, f, indent=1)
+        try:
+            cli.write_text_atomic(args.json, json.dumps({"meta": meta, "rows": results},
+                                                        indent=1))
+        except OSError as err:
+            print(f"python -m rnncore.bench: error: --json {args.json}: cannot write it "
+                  f"({err.strerror or err})", file=sys.stderr)
+            raise SystemExit(1) from None
     return results
 
 

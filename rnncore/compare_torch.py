@@ -5,10 +5,21 @@
 Same text, vocabulary, train/validation split, B contiguous streams of T-character
 windows with the state carried across them, Adam, learning-rate schedule, global-norm
 clipping and evaluation (``rnncore.train.evaluate``'s protocol: validation streams from a
-fresh state, mean nats/char) — only the model is ``nn.Embedding → nn.LSTM/GRU/RNN →
-nn.Linear`` and autograd computes the gradients. It trains until ``--time`` seconds (or
-``--steps``) and prints one JSON line with the final validation loss, for putting beside
-an ``rnncore.train`` run with the same flags.
+fresh state, mean nats/char) — only the model is ``nn.Embedding → torch.nn.<family> →
+nn.Linear`` and autograd computes the gradients. The recurrent layer is the cell's torch.nn
+twin, read from its registry declaration (``cell.family``, ``cell.torch_options``); a cell
+with no twin is refused. It trains until ``--time`` seconds (or ``--steps``) and prints
+one JSON line with the final validation loss, for putting beside an ``rnncore.train`` run
+with the same flags. The learning-rate schedule's horizon is ``--schedule-steps`` (0:
+``--steps``), as in ``rnncore.train``.
+
+Flags the torch twin does not implement are refused with a one-line error rather than
+dropped: ``--residual``, ``--init`` other than pytorch, ``--init-state`` other than zeros,
+``--forget-bias``, ``--dropout-mode variational`` (with dropout), optimizers other than
+adam/adamw, ``--device`` other than cpu, and the run-directory flags (``--resume``,
+``--out``, ``--overwrite``, ``--format``), since nothing is written. ``--impl`` (rnncore's
+kernel choice) and the reporting flags (``--eval-every``, ``--sample-length``,
+``--temperature``, ``--plot``, ``--quiet``) do not change what is computed, and are ignored.
 """
 
 from __future__ import annotations
@@ -20,28 +31,70 @@ import time
 
 import numpy as np
 
-from . import optim, train
+from . import cells, optim, runconfig, train
+from .corpora import CorpusError
 
 LN2 = math.log(2.0)
+PROG = "python -m rnncore.compare_torch"
+
+
+class Unsupported(ValueError):
+    """A flag the torch twin does not implement (one line, naming the flag)."""
+
+
+def torch_twin(cfg):
+    """The cell declaration and the torch.nn keyword arguments for ``cfg``'s recurrent
+    layer; Unsupported naming the flag when torch.nn cannot compute the same model."""
+    options = runconfig.model_options(cfg)
+    cell = cells.get(options.cell)
+    if not cell.family:
+        raise Unsupported(f"--cell {cfg['cell']}: the {cell.name} cell has no torch.nn twin")
+    refused = [
+        ("--residual", options.residual is not None, cfg["residual"]),
+        ("--init", options.init != "pytorch", options.init),
+        ("--init-state", options.init_state != "zeros", options.init_state),
+        ("--forget-bias", options.forget_bias != 0, options.forget_bias),
+        ("--dropout-mode", options.dropout_mode != "standard" and options.dropout > 0,
+         options.dropout_mode),
+        ("--optimizer", cfg["optimizer"] not in ("adam", "adamw"), cfg["optimizer"]),
+        ("--device", cfg["device"] != "cpu", cfg["device"]),
+        ("--resume", cfg["resume"] is not None, cfg["resume"]),
+        ("--out", cfg["out"] is not None, cfg["out"]),
+        ("--overwrite", cfg["overwrite"], True),
+        ("--format", cfg["format"] != "npz", cfg["format"]),
+    ]
+    for flag, given, value in refused:
+        if given:
+            raise Unsupported(f"{flag} {value}: the torch.nn twin does not implement it "
+                              "(only adam/adamw, pytorch init, zero initial state, no "
+                              "residual or forget bias, standard dropout, cpu; it writes "
+                              "no files)")
+    kwargs = dict(num_layers=options.num_layers, dropout=options.dropout,
+                  bias=options.bias, **cell.torch_options)
+    if options.proj_size:
+        kwargs["proj_size"] = options.proj_size
+    return cell, kwargs
 
 
 def build_model(torch, cfg, vocab_size):
     nn = torch.nn
-    cells = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+    cell, kwargs = torch_twin(cfg)
+    rnn_class = getattr(nn, cell.family)
+    width = cfg["proj_size"] or cfg["hidden"]
 
     class TorchCharLM(nn.Module):
         def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(vocab_size, cfg["embed"])
-            self.rnn = cells[cfg["cell"]](cfg["embed"], cfg["hidden"], cfg["layers"],
-                                          dropout=cfg["dropout"])
-            self.head = nn.Linear(cfg["hidden"], vocab_size)
+            self.rnn = rnn_class(cfg["embed"], cfg["hidden"], **kwargs)
+            self.head = nn.Linear(width, vocab_size)
 
         def forward(self, ids, state):
             out, state = self.rnn(self.embed(ids), state)
             return self.head(out), state
 
-    return TorchCharLM()
+    dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
+    return TorchCharLM().to(dtype)
 
 
 def detach(state):
@@ -63,23 +116,30 @@ def evaluate(torch, model, streams, max_windows):
     return total / count
 
 
+def error(message) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
+    parser = train.build_parser()
+    parser.prog = PROG
+    cfg = vars(parser.parse_args(argv))
+    try:
+        train.check_config(cfg)
+        torch_twin(cfg)
+        corpus = train.load_text(cfg)
+        vocab = train.Vocab.from_text(corpus.text)
+        train_ids, val_ids = train.split_text(vocab.encode(corpus.text), cfg["val_fraction"])
+        streams = train.Streams(train_ids, cfg["batch_size"], cfg["seq_len"], "cpu")
+        val = train.Streams(val_ids, cfg["batch_size"], cfg["seq_len"], "cpu")
+    except (ValueError, CorpusError) as err:
+        return error(err)
     import torch
 
-    parser = train.build_parser()
-    parser.prog = "python -m rnncore.compare_torch"
-    cfg = vars(parser.parse_args(argv))
-    train.check_config(cfg)
-    if cfg["optimizer"] not in ("adam", "adamw"):
-        raise SystemExit("compare_torch: only --optimizer adam/adamw is mirrored")
     torch.manual_seed(cfg["seed"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    corpus = train.load_text(cfg)
-    vocab = train.Vocab.from_text(corpus.text)
-    train_ids, val_ids = train.split_text(vocab.encode(corpus.text), cfg["val_fraction"])
-    streams = train.Streams(train_ids, cfg["batch_size"], cfg["seq_len"], "cpu")
-    val = train.Streams(val_ids, cfg["batch_size"], cfg["seq_len"], "cpu")
     eval_windows = max(1, cfg["eval_chars"] // (cfg["batch_size"] * cfg["seq_len"])) \
         if cfg["eval_chars"] else None
     model = build_model(torch, cfg, len(vocab.chars))
@@ -87,7 +147,8 @@ def main(argv=None) -> int:
     opt = Adam(model.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
                eps=cfg["eps"], weight_decay=cfg["weight_decay"])
     schedule = optim.Schedule(cfg["schedule"], cfg["lr"], warmup=cfg["warmup"],
-                              total_steps=cfg["steps"], step_size=cfg["step_size"],
+                              total_steps=cfg["schedule_steps"] or cfg["steps"],
+                              step_size=cfg["step_size"],
                               gamma=cfg["gamma"], min_lr=cfg["min_lr"])
     state, step, losses = None, 0, []
     start = time.perf_counter()

@@ -25,9 +25,9 @@ What this module adds around that hook:
 - ``probe``: one forward and backward with a fixed random linear loss
   L = Σ_t ⟨g_t, y_t⟩ (g_t ~ N(0, 1/(B·width)) at the last step only, or at every step),
   returning all of the above.
-- ``python -m rnncore.gradflow``: a sweep over cells, depths, residual paths, initialisers
-  and initial states; prints a table and writes two PNGs (layer × time heatmaps of
-  log₁₀‖∂L/∂h_t‖, and the gradient reaching layer 1 against depth).
+- ``python -m rnncore.gradflow``: a sweep over the registered cells, depths, residual
+  paths, initialisers and initial states; prints a table and writes two PNGs (layer ×
+  time heatmaps of log₁₀‖∂L/∂h_t‖, and the gradient reaching layer 1 against depth).
 
 Recording is off unless a recorder is passed: with ``recorder=None`` the backward pass
 runs exactly the same arithmetic (tested bitwise).
@@ -306,44 +306,81 @@ def plot_depth(results, path, title=""):
     plt.close(fig)
 
 
-def _csv(text, cast=str):
-    return [cast(v) for v in text.split(",") if v]
+# the sizes of the full sweep and of --quick; a size flag given on the command line wins
+# over both (``--quick --hidden 64`` is the quick sweep at H = 64)
+FULL = {"T": 50, "batch": 16, "hidden": 64, "depths": [1, 2, 4, 8]}
+QUICK = {"T": 12, "batch": 4, "hidden": 16, "depths": [1, 2, 4]}
+
+
+def sweep_bytes(configs, T, batch, hidden) -> int:
+    """A generous estimate of the memory one configuration of the sweep needs (float64):
+    the input, every layer's saved per-step buffers and its parameters and gradients."""
+    worst = 0
+    for c in configs:
+        G = cells.get(c.cell).num_gates
+        per_layer = T * batch * hidden * (G + 6) + 2 * G * hidden * (2 * hidden + 2)
+        worst = max(worst, c.depth * per_layer + 3 * T * batch * hidden)
+    return 8 * worst
+
+
+def parse_args(argv):
+    from . import cli
+    from .init import INIT_STATES, INITS
+
+    ap = cli.Parser(prog="python -m rnncore.gradflow", description=__doc__.split("\n")[0],
+                    epilog="--quick picks small sizes (T=12, batch 4, hidden 16, depths up to "
+                           "4); --T, --batch, --hidden and --depths given explicitly win over "
+                           "it.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", default="all", type=cli.choice_list(cells.names, "all"),
+                    help="comma list of registered cells, or all (default): "
+                         + ",".join(cells.names()))
+    ap.add_argument("--depths", default=None, type=cli.int_list(1, 64),
+                    help="comma list of stack depths (default 1,2,4,8; quick 1,2,4)")
+    ap.add_argument("--residual", default="none,layers",
+                    type=cli.choice_list(("none", "layers", "stack")),
+                    help="comma list of none,layers,stack (default none,layers)")
+    ap.add_argument("--init", default="pytorch", type=cli.choice_list(INITS),
+                    help=f"comma list of {','.join(INITS)}")
+    ap.add_argument("--init-state", default="zeros", type=cli.choice_list(INIT_STATES),
+                    help=f"comma list of {','.join(INIT_STATES)}")
+    ap.add_argument("--T", type=cli.at_least(1), default=None,
+                    help="sequence length (default 50; quick 12)")
+    ap.add_argument("--batch", type=cli.at_least(1), default=None,
+                    help="batch size (default 16; quick 4)")
+    ap.add_argument("--hidden", type=cli.at_least(1), default=None,
+                    help="hidden width, also the input width (default 64; quick 16)")
+    ap.add_argument("--loss", choices=("last", "all"), default="last",
+                    help="random linear loss on the last step only, or on every step")
+    ap.add_argument("--seed", type=cli.at_least(0, 2**63 - 3), default=0)
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes: runs in seconds (explicit size flags win)")
+    ap.add_argument("--out", default="gradflow_out", help="directory for the PNGs")
+    args = ap.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    args.configs = [Config(*v) for v in itertools.product(
+        args.cells, args.depths, args.residual, args.init, args.init_state)]
+    from .runconfig import gib, memory_limit
+
+    need, limit = sweep_bytes(args.configs, args.T, args.batch, args.hidden), memory_limit()
+    if need > limit:
+        ap.error(f"--T {args.T} --batch {args.batch} --hidden {args.hidden} --depths "
+                 f"{max(args.depths)} needs about {gib(need)}, more than the {gib(limit)} "
+                 "allowed (RNNCORE_MEMORY_LIMIT sets the bound)")
+    cli.make_out_dir(ap, "--out", args.out)  # last: nothing is created for a bad command
+    return args
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m rnncore.gradflow", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", default="rnn_tanh,rnn_relu,lstm,gru",
-                    help=f"comma list of {','.join(cells.names())}")
-    ap.add_argument("--depths", default="1,2,4,8")
-    ap.add_argument("--residual", default="none,layers", help="comma list of none,layers")
-    ap.add_argument("--init", default="pytorch", help="comma list of pytorch,xavier,orthogonal")
-    ap.add_argument("--init-state", default="zeros", help="comma list of zeros,normal,learned")
-    ap.add_argument("--T", type=int, default=50, help="sequence length")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--loss", choices=("last", "all"), default="last",
-                    help="random linear loss on the last step only, or on every step")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="small sizes: runs in seconds")
-    ap.add_argument("--out", default="gradflow_out", help="directory for the PNGs")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.T, args.batch, args.hidden = 12, 4, 16
-        args.depths = ",".join(d for d in args.depths.split(",") if int(d) <= 4)
-    for cell in _csv(args.cells):
-        if cell not in cells.names():
-            ap.error(f"--cells: unknown cell {cell!r}; choose from {', '.join(cells.names())}")
-    configs = [Config(*v) for v in itertools.product(
-        _csv(args.cells), _csv(args.depths, int), _csv(args.residual), _csv(args.init),
-        _csv(args.init_state))]
-    results = sweep(configs, args.T, args.batch, args.hidden, args.seed, args.loss)
+    args = parse_args(argv)
+    results = sweep(args.configs, args.T, args.batch, args.hidden, args.seed, args.loss)
     print(f"gradient flow at initialisation: T={args.T} B={args.batch} H={args.hidden} "
           f"loss={args.loss} seed={args.seed} (float64)")
     print("t-ratio = |dL/dh_0|/|dL/dh_T| (top layer); top/bot = gradient at top layer's "
           "states / bottom layer's; sat = saturated sigmoid gates")
     print(format_table(results))
-    os.makedirs(args.out, exist_ok=True)
     heat = os.path.join(args.out, "gradflow_heatmaps.png")
     depth = os.path.join(args.out, "gradflow_depth.png")
     plot_heatmaps(results, heat, f"log10 |dL/dh_t|, loss at {args.loss} step(s), "

@@ -117,14 +117,41 @@ def test_instrumentation_off_and_on_leave_results_bitwise_unchanged(cell):
 
 def test_weight_norms_and_gate_saturation():
     m = rnncore.LSTM(I, H, 2, dtype="float64", seed=0, forget_bias=30.0)
-    p = gradflow.probe(m, np.random.default_rng(0).standard_normal((T, B, I)))
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    p = gradflow.probe(m, x)
     for name, g in m.grads.items():
         assert p.weights[name] == pytest.approx(np.linalg.norm(g), rel=1e-12)
-    # a forget bias of 30 saturates f (one of the three sigmoid gates i, f, o) everywhere
-    assert (p.saturation >= 1 / 3).all() and (p.saturation <= 1).all()
+    # a forget bias of 30 saturates f (one of the three sigmoid gates i, f, o) everywhere;
+    # the fractions equal those of gates recomputed here from torch.nn's LSTM equations
+    assert (p.saturation >= 1 / 3).all()
+    np.testing.assert_array_equal(p.saturation[:, 0], _lstm_saturation(m, x))
     gates = gradflow.sigmoid_gates(m, 0, 0)
     assert gates.shape == (T, B, 3 * H)
     assert np.isnan(gradflow.gate_saturation(_rnn_after_forward())).all()
+
+
+def _lstm_saturation(m, x):
+    """Per layer, the fraction of i, f, o outside [0.05, 0.95], from a plain NumPy LSTM."""
+    def sigmoid(a):
+        return 1 / (1 + np.exp(-a))
+
+    fractions, u = [], x
+    for k in range(m.num_layers):
+        W, U = m.params[f"weight_ih_l{k}"], m.params[f"weight_hh_l{k}"]
+        b = m.params[f"bias_ih_l{k}"] + m.params[f"bias_hh_l{k}"]
+        h, c, outs, gates = np.zeros((B, H)), np.zeros((B, H)), [], []
+        for t in range(u.shape[0]):
+            a = u[t] @ W.T + h @ U.T + b
+            i, f, g, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), np.tanh(a[:, 2 * H:3 * H]), \
+                sigmoid(a[:, 3 * H:])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            outs.append(h)
+            gates.append(np.concatenate([i, f, o], axis=1))
+        gates = np.stack(gates)
+        fractions.append(float(((gates < 0.05) | (gates > 0.95)).mean()))
+        u = np.stack(outs)
+    return np.array(fractions)
 
 
 def _rnn_after_forward():

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnncore import train
+from rnncore import corpora, runcheckpoint, train
 from rnncore.charlm import CharLM, cross_entropy_backward, cross_entropy_forward
+from rnncore.evaluation import evaluate
 from rnncore.gradcheck import central_difference
 from rnncore.sample import main as sample_main
+from rnncore.textdata import Streams, Vocab
 
 TINY = ["--hidden", "24", "--embed", "8", "--batch-size", "8", "--seq-len", "16",
         "--quiet", "--no-plot", "--impl", "reference"]
@@ -86,7 +88,18 @@ def test_tiny_model_learns_words_quickly(tmp_path, capsys):
     evals = train_records(out, "eval")
     uniform = math.log2(23)  # 21 letters, space, newline and full stop: 23 characters
     assert evals[-1]["val_bpc"] < 0.5 * uniform
-    assert evals[-1]["gap_bpc"] == pytest.approx(evals[-1]["val_bpc"] - evals[-1]["floor_bpc"])
+    # the recorded numbers against independently computed ones: the validation loss of the
+    # saved model on the held-out tail, the corpus's entropy rate, and their difference
+    model, vocab, _, _ = runcheckpoint.load_model(out / "last.npz")
+    corpus = corpora.load_corpus("words", seed=0)
+    ids = Vocab(vocab).encode(corpus.text)
+    val_ids = ids[len(ids) - int(len(ids) * 0.1):]  # the default --val-fraction 0.1
+    B, T = 8, 16  # TINY's --batch-size and --seq-len; --eval-chars 100000 by default
+    val_loss = evaluate(model, Streams(val_ids, B, T, "cpu"), 100_000 // (B * T))
+    floor = corpus.floor_bpc
+    assert evals[-1]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    assert evals[-1]["floor_bpc"] == pytest.approx(floor, rel=1e-12)
+    assert evals[-1]["gap_bpc"] == pytest.approx(val_loss / math.log(2) - floor, rel=1e-5)
     assert (out / "last.npz").is_file() and (out / "best.npz").is_file()
 
 

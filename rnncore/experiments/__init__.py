@@ -4,7 +4,9 @@
 
 NAME is one of ``EXPERIMENTS``; each module's docstring states the published claim it
 tests and how. Every experiment prints a table, writes PNGs into ``--out`` and reports
-its seeds; ``--quick`` shrinks it to seconds (the test suite runs that mode).
+its seeds; ``--quick`` shrinks it to seconds (the test suite runs that mode) and is a
+smoke test: it fails (``ClaimFailed``) when the direction of the claim, checked wherever
+it is stable over seeds at quick size (``Report.checks``), does not hold.
 """
 
 import importlib
@@ -15,6 +17,10 @@ MODULES = {"init": "initialisation"}
 DEFAULT_SEEDS = {"vanishing": (0,), "bidirectional": (0, 1, 2), "adding": (0, 1, 2),
                  "depth": (0, 1, 2), "clipping": (0, 1, 2), "dropout": (0, 1, 2),
                  "init": (0, 1, 2)}
+
+
+class ClaimFailed(AssertionError):
+    """A --quick run whose result goes against the direction of the experiment's claim."""
 
 
 def get(name):
@@ -28,4 +34,9 @@ def run(name, quick=False, seeds=None, out="experiments_out", jobs=1):
     """Run experiment ``name``; ``jobs`` > 1 spreads its independent seeded runs over that
     many worker processes (the results are the same for any ``jobs``)."""
     seeds = tuple(DEFAULT_SEEDS[name] if seeds is None else seeds)
-    return get(name).run(quick=quick, seeds=seeds, out=out, jobs=jobs)
+    report = get(name).run(quick=quick, seeds=seeds, out=out, jobs=jobs)
+    failed = [claim for claim, ok in report.checks if not ok]
+    if quick and failed:
+        raise ClaimFailed(f"{name} --quick (seeds {','.join(map(str, seeds))}): the result "
+                          f"goes against the claim: {failed[0]}")
+    return report

@@ -74,6 +74,9 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
         below = sum(f < PLATEAU / 2 for f in finals)
         rows.append([cell, mean_sd(finals, "{:.4f}"), f"{min(finals):.4f}",
                      f"{below}/{len(seeds)}"])
+    # At quick size (T=20, 8 units, 30 steps) every cell is still on the plateau (test MSE
+    # 0.15–0.21 for all four arms, seeds 0–7, in no stable order): the claim (gated cells
+    # get well below it, the tanh RNN does not) needs the full run, and is not checked.
     table = format_table(["cell", "test MSE (mean ± sd)", "best seed",
                           "seeds < plateau/2"], rows)
     head = (f"T={T} hidden={hidden} steps={steps} batch={batch} Adam lr={lr} clip=1.0; "

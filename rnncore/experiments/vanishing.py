@@ -84,22 +84,29 @@ def run(quick=False, seeds=(0,), out="experiments_out", jobs=1) -> Report:
     T, H = (20, 8) if quick else (60, 64)
     seed = seeds[0]
     k = np.arange(T)
-    rows, curves = [], {"linear": [], "tanh": []}
+    rows, curves, checks = [], {"linear": [], "tanh": []}, []
     for c in (0.8, 0.9, 1.0, 1.1):
         r = recurrence_ratios(scaled_orthogonal(H, c, seed), "linear", T, seed=seed)
         err = float(np.max(np.abs(r / c ** k - 1)))
         curves["linear"].append((c, r))
+        checks.append((f"linear RNN, c={c}: ratio = c^k (max error {err:.1e})", err < 1e-10))
         rows.append(["linear", f"c={c}", f"{r[-1]:.3e}", f"{c ** (T - 1):.3e}",
                      f"{err:.1e}", "ratio = c^k" + (" ✓" if err < 1e-10 else " ✗")])
     for s in (0.5, 0.9, 1.0, 1.5, 3.0):
         r = recurrence_ratios(scaled_orthogonal(H, s, seed), "tanh", T, seed=seed)
         worst = float(np.max(r[1:] / s ** k[1:]))
         curves["tanh"].append((s, r))
+        if s < 1:
+            checks.append((f"tanh RNN, s={s}: ratio <= s^k (max r/s^k {worst:.2e})",
+                           worst <= 1 + 1e-12))
         verdict = ("ratio ≤ s^k" + (" ✓" if worst <= 1 + 1e-12 else " ✗")) if s < 1 \
             else f"(s ≥ 1: none) per-step {r[-1] ** (1 / (T - 1)):.3f}"
         rows.append(["tanh", f"s={s}", f"{r[-1]:.3e}", f"{s ** (T - 1):.3e}",
                      f"max r/s^k={worst:.2e}", verdict])
-    # gated cells vs the Elman RNN at the default initialisation, 3-layer stacks
+    # gated cells vs the Elman RNN at the default initialisation, 3-layer stacks. At quick
+    # size (T=20, H=8, 2 layers) which cell keeps more gradient k steps back is not stable
+    # over seeds (the tanh RNN beats both gated cells for seed 1, the LSTM for 4 and 5), so
+    # only the two laws above are checked.
     depth = 2 if quick else 3
     cell_results = [(Config(cell, depth, "none", "pytorch", "zeros"),
                      run_config(Config(cell, depth, "none", "pytorch", "zeros"), T, 8, H, seed))
@@ -112,7 +119,7 @@ def run(quick=False, seeds=(0,), out="experiments_out", jobs=1) -> Report:
     table = format_table(["cell", "setting", f"ratio k={T - 1}", "c^k or s^k", "check",
                           "claim"], rows)
     pngs = [_plot(curves, T, H, out), save_figure_heatmaps(cell_results, out, T)]
-    return Report("vanishing", f"T={T} H={H} float64\n{table}", pngs, [seed], rows)
+    return Report("vanishing", f"T={T} H={H} float64\n{table}", pngs, [seed], rows, checks)
 
 
 def save_figure_heatmaps(results, out, T):
