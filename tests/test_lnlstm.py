@@ -196,3 +196,14 @@ def test_appears_in_the_gradient_flow_sweep(tmp_path, capsys):
     assert {c.cell for c, _ in results} == {"lnlstm"}
     for _, probe in results:
         assert np.isfinite(probe.h).all() and np.isfinite(probe.saturation).all()
+
+
+def test_appears_in_the_benchmark(tmp_path, capsys):
+    from rnncore import bench
+
+    bench.main(["--quick", "--rows", "lstm-1x128", "--cells", "lnlstm",
+                "--json", str(tmp_path / "bench.json")])
+    out = capsys.readouterr().out
+    assert "LNLSTM" in out.upper() and "no torch.nn twin" in out
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["key"] for r in rows] == ["lnlstm-1x16"]
