@@ -14,18 +14,31 @@ caller's layout.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import backend, cells, drivers
 from .init import INIT_STATE_STD, init_parameters
 from .options import DROPOUT_MODES, IMPLS, RESIDUALS, Options, check_int
-from .stack import StackSpec, parameter_shapes, stack_backward, stack_forward
+from .stack import StackSpec, parameter_count, parameter_shapes, stack_backward, stack_forward
 
 __all__ = ["DROPOUT_MODES", "GRU", "IMPLS", "LSTM", "RESIDUALS", "RNN", "Recurrent"]
 
-# Bytes a module may ask for its parameters, gradients and optimizer moments before it is
-# refused up front (``RNNCORE_MAX_PARAM_BYTES`` raises it).
-MAX_PARAM_BYTES = 16 * 2**30
+def max_param_bytes() -> int:
+    """Bytes a module may ask for its parameters, gradients and optimizer moments before it
+    is refused up front: ``RNNCORE_MAX_PARAM_BYTES`` if set, else half the machine's RAM."""
+    text = os.environ.get("RNNCORE_MAX_PARAM_BYTES")
+    if text:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise ValueError(f"RNNCORE_MAX_PARAM_BYTES must be a number of bytes, "
+                             f"got {text!r:.40}") from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
 
 
 class Recurrent:
@@ -59,8 +72,8 @@ class Recurrent:
         self.training = True
         self.spec = StackSpec(self.cell, self.input_size, self.hidden_size, self.num_layers,
                               self.num_directions, self.proj_size, self.residual, self.bias)
+        self._check_size()
         shapes = parameter_shapes(self.spec)
-        self._check_size(shapes)
         self.driver = drivers.select(self.impl, self.device, self.dtype, self.cell)
         values = init_parameters(shapes, self.init, self.hidden_size, self.cell.num_gates,
                                  self.rng.numpy, self.forget_bias, self.cell.forget_gate,
@@ -74,15 +87,16 @@ class Recurrent:
         self.zero_grad()
         self._last = None
 
-    def _check_size(self, shapes):
+    def _check_size(self):
         """Refuse, before allocating, a model whose parameters cannot fit in memory."""
-        count = sum(int(np.prod(shape, dtype=np.float64)) for shape, _ in shapes.values())
+        count = parameter_count(self.spec)
         need = 4 * count * self.dtype.itemsize  # parameters, gradients, two optimizer moments
-        limit = MAX_PARAM_BYTES
+        limit = max_param_bytes()
         if need > limit:
             raise ValueError(f"this model has {count:.3g} parameters and would need about "
                              f"{need / 2**30:.3g} GiB for parameters, gradients and optimizer "
-                             f"state, above the {limit / 2**30:.3g} GiB limit")
+                             f"state, above the {limit / 2**30:.3g} GiB limit "
+                             f"(RNNCORE_MAX_PARAM_BYTES sets it)")
 
     def _forget_bias_names(self):
         """Each layer direction's first gate bias: where ``forget_bias`` goes."""

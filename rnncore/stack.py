@@ -12,6 +12,7 @@ Backward runs the same path in reverse: the residual adds its gradient to the la
 input gradient, the mask multiplies the gradient, and the directions' input gradients add.
 """
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -74,6 +75,21 @@ def parameter_shapes(spec: StackSpec) -> dict:
         shapes["residual_weight"] = ((width, spec.input_size), "residual")
         shapes["residual_bias"] = ((width,), "residual")
     return shapes
+
+
+def parameter_count(spec: StackSpec) -> int:
+    """How many values ``parameter_shapes`` would hold, in closed form (layers above the
+    first are all alike), so a huge spec can be sized without listing it."""
+    def size(k):
+        shapes = spec.cell.param_shapes(spec.dims(k), spec.bias).values()
+        return sum(math.prod(shape) for shape in shapes)
+
+    upper = size(1) if spec.num_layers > 1 else 0
+    count = spec.num_directions * (size(0) + (spec.num_layers - 1) * upper)
+    if spec.stack_residual_projected():
+        width = spec.out_size * spec.num_directions
+        count += width * spec.input_size + width
+    return count
 
 
 def layer_params(spec: StackSpec, params: dict, k: int, d: int) -> dict:

@@ -151,3 +151,80 @@ def test_more_bad_arguments():
         rnncore.GRU(3, 4)(np.zeros((2, 1, 3), np.complex64))
     with pytest.raises(ValueError, match="lengths needs batched"):
         rnncore.GRU(3, 4)(x32(2, 3), lengths=[2])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_forget_bias_is_refused(value):
+    with pytest.raises(ValueError, match="forget_bias must be a finite number"):
+        rnncore.LSTM(3, 4, forget_bias=value)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_layers=10**9), dict(hidden_size=10**7)])
+def test_a_model_too_large_for_memory_is_refused_up_front(kwargs):
+    """Refused before anything is allocated, with the memory it would need."""
+    import time
+
+    args = dict(input_size=3, hidden_size=4) | kwargs
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"would need about [\d.e+]+ GiB"):
+        rnncore.LSTM(args.pop("input_size"), args.pop("hidden_size"), **args)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_failed_move_leaves_the_module_where_it_was(monkeypatch):
+    m = rnncore.LSTM(3, 4, seed=0)
+    before = {k: v.copy() for k, v in m.params.items()}
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cuda is not available here")
+
+    monkeypatch.setattr(backend, "to_device", refuse)
+    with pytest.raises(RuntimeError, match="cuda"):
+        m.to("cuda")
+    assert str(m.device) == "cpu" and m.xp is np
+    assert all(type(v) is np.ndarray and np.array_equal(v, before[k])
+               for k, v in m.params.items())
+    m(x32(2, 1, 3))  # still works where it was
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32", "complex64", None, 3])
+def test_unsupported_dtypes_are_refused(dtype):
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        rnncore.LSTM(3, 4, dtype=dtype)
+
+
+def _values():
+    from hypothesis import strategies as st
+
+    return st.one_of(st.none(), st.booleans(), st.integers(-3, 10**12),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                     st.sampled_from(["lstm", "gru", "layers", "stack", "orthogonal",
+                                      "learned", "variational", "fused", "float64"]),
+                     st.lists(st.integers(), max_size=2))
+
+
+def test_random_constructor_arguments_end_in_a_module_or_a_clear_error(monkeypatch):
+    """Property: any value for any option gives a module or a one-line TypeError/ValueError
+    naming the problem, quickly, and never a module above the memory bound."""
+    bound = 64 * 2**20
+    monkeypatch.setenv("RNNCORE_MAX_PARAM_BYTES", str(bound))
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    names = list(rnncore.Options.field_names()[1:]) + ["input_size", "hidden_size"]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.sampled_from(rnncore.cells.names()),
+           st.dictionaries(st.sampled_from(names), _values(), max_size=4))
+    def check(cell, kwargs):
+        args = {"input_size": 3, "hidden_size": 4} | kwargs
+        try:
+            m = rnncore.Recurrent(cell, args.pop("input_size"), args.pop("hidden_size"),
+                                  **args)
+        except (TypeError, ValueError) as err:
+            message = str(err)
+            assert message and "\n" not in message
+        else:
+            assert 4 * sum(v.nbytes for v in m.params.values()) <= bound
+
+    check()

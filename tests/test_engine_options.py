@@ -165,3 +165,13 @@ def test_load_state_dict_copies():
     target.load_state_dict(sd)
     sd["weight_hh_l0"][...] = 0
     assert np.abs(target.params["weight_hh_l0"]).sum() > 0
+
+
+@pytest.mark.parametrize("cell", rnncore.cells.names())
+@pytest.mark.parametrize("layers,bi,residual", [(1, False, None), (3, True, "stack"),
+                                                (2, False, "layers")])
+def test_the_closed_form_parameter_count_equals_the_parameters(cell, layers, bi, residual):
+    from rnncore.stack import parameter_count
+
+    m = rnncore.Recurrent(cell, 5, 4, num_layers=layers, bidirectional=bi, residual=residual)
+    assert parameter_count(m.spec) == sum(v.size for v in m.params.values())
