@@ -45,7 +45,7 @@ from .cells.base import KernelSpec
 BLOCK = 256  # threads per block, on the GPU and in the emulation alike
 ROW_BLOCK = 128  # threads per block of a row (cooperative) kernel
 NVRTC_OPTIONS = ("--std=c++17",)
-HOST_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
+HOST_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-fno-math-errno", "-w")
 CTYPES = {"float32": "float", "float64": "double"}
 SUFFIX = {"float32": "f32", "float64": "f64"}
 
@@ -192,7 +192,16 @@ def _verified(target: Path, digest_file: Path) -> bool:
 
 
 def build_host_library(cxx=None) -> Path:
-    """Compile the host translation unit (once per source, compiler and flags); its path.
+    """Compile the kernels' host translation unit (the emulation); its cached path."""
+    return build_library("fused", host_source(), HOST_FLAGS, cxx=cxx)
+
+
+def build_library(stem, source, flags, link_flags=("-shared",), cxx=None,
+                  key_extra="") -> Path:
+    """Compile ``source`` (``flags``) and link it (``link_flags``) into a shared library,
+    once per source, compiler and flags. Compiling and linking are separate steps, so a
+    compile-only flag such as -ffast-math does not link in startup code that would change
+    the whole process's floating-point mode (flush-to-zero).
 
     The library is cached in a folder private to this user, beside a record of its content
     hash; a cached file that fails those checks is rebuilt, never loaded.
@@ -202,24 +211,26 @@ def build_host_library(cxx=None) -> Path:
         raise FusedUnavailableError(
             "impl='fused' on the CPU needs a C++ compiler (g++, c++ or clang++ on PATH, "
             "or $CXX); none was found. Use impl='reference' or install one.")
-    source = host_source()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([source, cxx, version, *HOST_FLAGS]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([source, cxx, version, *flags, "|", *link_flags,
+                                     key_extra]).encode())
+    key = key.hexdigest()
     folder = _trusted_folder()
-    target = folder / f"fused-{key[:20]}.so"
-    digest_file = folder / f"fused-{key[:20]}.sha256"
+    target = folder / f"{stem}-{key[:20]}.so"
+    digest_file = folder / f"{stem}-{key[:20]}.sha256"
     if _verified(target, digest_file):
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src, lib = Path(tmp) / "fused.cpp", Path(tmp) / "fused.so"
+        src, obj, lib = (Path(tmp) / f"{stem}{ext}" for ext in (".cpp", ".o", ".so"))
         src.write_text(source)
-        result = subprocess.run([cxx, *HOST_FLAGS, str(src), "-o", str(lib)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise FusedBuildError(
-                f"building the fused kernels with {cxx} failed:\n{result.stderr[-4000:]}")
+        for command in ([cxx, *flags, "-c", str(src), "-o", str(obj)],
+                        [cxx, str(obj), "-o", str(lib), *link_flags]):
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise FusedBuildError(f"building the {stem} library with {cxx} failed:\n"
+                                      f"{result.stderr[-4000:]}")
         os.chmod(lib, 0o700)
-        record = Path(tmp) / "fused.sha256"
+        record = Path(tmp) / f"{stem}.sha256"
         record.write_text(_file_digest(lib) + "\n")
         os.replace(lib, target)  # atomic: concurrent builders leave one complete file
         os.replace(record, digest_file)

@@ -74,7 +74,8 @@ class Recurrent:
                               self.num_directions, self.proj_size, self.residual, self.bias)
         self._check_size()
         shapes = parameter_shapes(self.spec)
-        self.driver = drivers.select(self.impl, self.device, self.dtype, self.cell)
+        self.driver = drivers.select(self.impl, self.device, self.dtype, self.cell,
+                                     self.spec.dims(0))
         values = init_parameters(shapes, self.init, self.hidden_size, self.cell.num_gates,
                                  self.rng.numpy, self.forget_bias, self.cell.forget_gate,
                                  self._forget_bias_names())
@@ -188,7 +189,7 @@ class Recurrent:
         xp = backend.array_module(target)
         params = {k: backend.to_device(v, target) for k, v in self.params.items()}
         grads = {k: backend.to_device(v, target) for k, v in self.grads.items()}
-        driver = drivers.select(self.impl, target, self.dtype, self.cell)
+        driver = drivers.select(self.impl, target, self.dtype, self.cell, self.spec.dims(0))
         self.device, self.xp, self.params, self.grads = target, xp, params, grads
         self.driver = driver
         self._last = None

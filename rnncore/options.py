@@ -20,7 +20,7 @@ from .init import INIT_STATES, INITS
 
 RESIDUALS = (None, "layers", "stack")
 DROPOUT_MODES = ("standard", "variational")
-IMPLS = ("auto", "reference", "fused")
+from .drivers import IMPLS  # noqa: E402  the one list, beside the drivers
 DTYPES = ("float32", "float64")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently

@@ -34,7 +34,8 @@ def _compile(target, defines=()):
     if cxx is None:
         pytest.skip("no C++ compiler")
     return subprocess.Popen(
-        [cxx, *fused.HOST_FLAGS, *defines, f"-I{fused.kernels_dir()}", f"-I{TEST_KERNELS}",
+        [cxx, *fused.HOST_FLAGS, "-shared", *defines, f"-I{fused.kernels_dir()}",
+         f"-I{TEST_KERNELS}",
          str(TEST_KERNELS / "exports.cpp"), "-o", str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

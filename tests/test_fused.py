@@ -259,13 +259,22 @@ def test_fused_module_gradcheck(kind, options):
 
 
 # ----------------------------------------------------------------------------- selection
-def test_auto_means_reference_on_cpu_and_fused_runs_when_asked():
-    assert rnncore.LSTM(2, 3, impl="auto").impl_in_use == "reference"
+def test_auto_means_the_compiled_loop_on_cpu_and_fused_runs_when_asked():
+    """auto: the compiled CPU loop where the cell has one, else the reference."""
+    assert rnncore.LSTM(2, 3, impl="auto").impl_in_use == "compiled"
+    assert rnncore.LSTM(2, 3, proj_size=2).impl_in_use == "reference"
+    assert rnncore.GRU(2, 3, reset_after=False).impl_in_use == "reference"
     assert rnncore.LSTM(2, 3, impl="fused").impl_in_use == "fused"
+    assert rnncore.LSTM(2, 3, impl="reference").impl_in_use == "reference"
+    with pytest.raises(ValueError, match="no compiled CPU loop"):
+        rnncore.GRU(2, 3, reset_after=False, impl="compiled")
 
 
 def test_without_a_compiler_fused_refuses_and_auto_falls_back(monkeypatch, tmp_path):
+    from rnncore.drivers import compiled_cpu
+
     fused.reset_caches()
+    compiled_cpu.reset()
     try:
         with monkeypatch.context() as patch:
             patch.setenv("CXX", "no-such-compiler-rnncore")
@@ -274,9 +283,12 @@ def test_without_a_compiler_fused_refuses_and_auto_falls_back(monkeypatch, tmp_p
             with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
                 rnncore.GRU(2, 3, impl="fused")
             assert rnncore.GRU(2, 3, impl="auto").impl_in_use == "reference"
+            with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+                rnncore.GRU(2, 3, impl="compiled")
     finally:
         fused.reset_caches()
-    assert fused.available("cpu")
+        compiled_cpu.reset()
+    assert fused.available("cpu") and compiled_cpu.available()
 
 
 def test_host_library_is_cached_by_source_hash(monkeypatch, tmp_path):

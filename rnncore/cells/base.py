@@ -95,6 +95,19 @@ class KernelSpec(NamedTuple):
         return kernel if isinstance(kernel, cls) else cls(kernel)
 
 
+class CpuLoop(NamedTuple):
+    """A cell's time loop compiled for the CPU (``kernels/<name>_cpu.cpp``), as the compiled
+    CPU driver runs it: the exported names ``<name>_cpu_forward_f32`` …, the feature-major
+    (width·H, T, B) buffers it saves and writes (widths in units of H, in the order of the
+    C++ ``saved[]`` / ``grads[]``), and which biases go where."""
+
+    name: str
+    saved: tuple  # ((name, width in H), …); must hold the cell's state names
+    grads: tuple  # (("dxg", G), …) and ("dhg", G) when ∂h_g differs from ∂x_g
+    recurrent_bias: bool = False  # b_hh stays with the recurrent product (GRU), not hoisted
+    history: bool = False  # keeps the second state's gradient per step for the recorder
+
+
 class Cell:
     """Base of every cell declaration; subclasses fill in the attributes and methods."""
 
@@ -108,6 +121,7 @@ class Cell:
     forget_gate: int | None = None  # gate index that ``forget_bias`` shifts, if any
     projection: bool = False  # accepts proj_size (LSTMP)
     kernels: dict = {}  # kernel name stem → C++ template ("{T}" the scalar type) or KernelSpec
+    cpu_loop: CpuLoop | None = None  # its compiled CPU time loop, if it has one
 
     @property
     def num_gates(self) -> int:
@@ -166,6 +180,10 @@ class Cell:
         the gradient of the hoisted bias. The driver adds ``w_ih`` and ``b_ih`` itself.
         """
         raise NotImplementedError
+
+    def cpu_loop_for(self, dims: Dims):
+        """The compiled CPU loop that runs this cell at ``dims``, or None."""
+        return self.cpu_loop
 
     def state_at(self, saved, t) -> tuple:
         """The state after step t, from the saved (T, B, ·) buffers."""

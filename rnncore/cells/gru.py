@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from ..backend import sigmoid, sum_outer, xp_of
-from .base import Cell
+from .base import Cell, CpuLoop
 from .masking import carry, split_grad, store
 from .registry import register
 
@@ -215,6 +215,12 @@ class GRU(Cell):
 
     def fused_pointwise(self, launcher):
         return launcher.bind(**FUSED)
+
+    def cpu_loop_for(self, dims):
+        if not self.reset_after:
+            return None  # kernels/gru_cpu.cpp is the reset-after form
+        return CpuLoop("gru", saved=(("h", 1), ("r", 1), ("z", 1), ("n", 1), ("hn", 1)),
+                       grads=(("dxg", 3), ("dhg", 3)), recurrent_bias=True)
 
     def input_bias(self, p):
         """b_ih only: b_hn sits inside r ⊙ (…), so b_hh stays with the recurrent product."""

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from ..backend import bias_sum, sigmoid, sum_outer, xp_of
-from .base import TORCH_PARAMS, Cell, ParamSpec
+from .base import TORCH_PARAMS, Cell, CpuLoop, ParamSpec
 from .masking import carry, split_grad, store
 from .registry import register
 
@@ -126,6 +126,11 @@ class LSTM(Cell):
     projection = True
     kernels = {"lstm_forward": "lstm_forward<{T}>", "lstm_backward": "lstm_backward<{T}>"}
     reference = SimpleNamespace(lstm_forward=pointwise_forward, lstm_backward=pointwise_backward)
+    cpu_loop = CpuLoop("lstm", saved=(("h", 1), ("c", 1), ("gates", 4), ("tanh_c", 1)),
+                       grads=(("dxg", 4),), history=True)
+
+    def cpu_loop_for(self, dims):
+        return None if dims.proj else self.cpu_loop  # kernels/lstm_cpu.cpp has no projection
 
     def fused_pointwise(self, launcher):
         return launcher.bind(lstm_forward=fused_forward, lstm_backward=fused_backward)

@@ -8,7 +8,7 @@ Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², 
 from types import SimpleNamespace
 
 from ..backend import bias_sum, sum_outer, xp_of
-from .base import Cell
+from .base import Cell, CpuLoop
 from .masking import carry, split_grad, store
 from .registry import register
 
@@ -89,6 +89,12 @@ class RNN(Cell):
 
     def fused_pointwise(self, launcher):
         return launcher.bind(rnn_forward=fused_forward, rnn_backward=fused_backward)
+
+    def cpu_loop_for(self, dims):
+        if self.nonlinearity not in NONLINEARITIES:
+            return None
+        return CpuLoop(f"rnn_{self.nonlinearity}", saved=(("h", 1), ("h_new", 1)),
+                       grads=(("dxg", 1),))
 
     def input_bias(self, p):
         """b_ih + b_hh: both enter the activation additively (hoisted into x W_ihᵀ)."""

@@ -17,21 +17,25 @@ Drivers:
 - ``PythonLoop`` (``python_loop.py``): the readable loop, one recurrent GEMM and one
   pointwise call per step, with the reference or the fused pointwise functions; the
   reference every other driver is tested against.
+- ``CompiledCPU`` (``compiled_cpu.py``): the whole loop of a layer direction in C++,
+  feature-major, calling NumPy's BLAS; for cells that declare a CPU loop.
 """
 
 from .. import backend
 from .python_loop import LayerCache, PythonLoop
 
-IMPLS = ("auto", "reference", "fused")
+IMPLS = ("auto", "reference", "fused", "compiled")
 
 
-def select(impl, device, dtype, cell=None):
-    """The driver for ``impl`` on ``device`` (for ``cell``, when given).
+def select(impl, device, dtype, cell=None, dims=None):
+    """The driver for ``impl`` on ``device`` (for ``cell`` at ``dims``, when given).
 
     ``auto`` means the fused kernels on a GPU, for a cell that has kernels. On the CPU it
-    means the reference: NumPy's SIMD ufuncs beat the scalar host-compiled kernels there
-    (the emulation exists to test the kernel source and launch code, and runs with
-    ``impl="fused"``).
+    means the compiled CPU driver where it can be built (a C++ compiler and NumPy's
+    OpenBLAS; cells without a CPU loop then run on the reference inside it), else the
+    reference. ``fused`` on the CPU runs the kernels' emulation (it exists to test the
+    kernel source and launch code), ``reference`` the NumPy loop, ``compiled`` insists on
+    the compiled CPU driver.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -40,6 +44,22 @@ def select(impl, device, dtype, cell=None):
     if impl == "fused" and not has_kernels:
         raise ValueError(f"impl='fused': the {cell.name} cell has no fused kernels; "
                          f"use impl='reference'")
+    if impl == "compiled" or (impl == "auto" and device.kind == "cpu"):
+        if device.kind != "cpu":
+            raise ValueError("impl='compiled' is the CPU driver; the module is on "
+                             f"{device}")
+        from . import compiled_cpu
+
+        has_loop = cell is None or dims is None or cell.cpu_loop_for(dims) is not None
+        if impl == "compiled" and not has_loop:
+            raise ValueError(f"impl='compiled': the {cell.name} cell has no compiled CPU "
+                             "loop here; use impl='auto' or 'reference'")
+        if has_loop and (impl == "compiled" or compiled_cpu.available()):
+            try:
+                return compiled_cpu.CompiledCPU()
+            except compiled_cpu.CompiledUnavailableError as err:
+                raise RuntimeError(f"impl='compiled': {err}") from None
+        return PythonLoop("reference")
     if impl == "reference" or not has_kernels:
         return PythonLoop("reference")
     from .. import fused

@@ -1,0 +1,103 @@
+// The compiled CPU driver's shared mechanics: the BLAS it calls and the shim that lets the
+// kernels' device helpers (common.cuh: sigmoid, tanh_, sigmoid_grad, tanh_grad, relu…)
+// compile as plain inline C++, so the CPU loops use the very same helper functions.
+//
+// Layout: feature-major across time. A per-step quantity of width W over T steps and B
+// sequences is a (W, T, B) array: element (w, t, b) at w·T·B + t·B + b. Step t's slice is a
+// (W, B) matrix with leading dimension T·B, so
+//   * the recurrent product of a step is one row-major GEMM  hg (G·H × B) = W_hh · h_{t−1},
+//     the layout OpenBLAS runs fastest on this machine (about 1.5× the batch-major h·W_hhᵀ),
+//   * the element loops run over b innermost, contiguous, and vectorise (with -ffast-math
+//     glibc's vector expf/tanhf are used),
+//   * the hoisted GEMMs before and after the loop see (W, T·B) matrices.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __restrict__ __restrict
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+static dim3 threadIdx, blockIdx, blockDim, gridDim;  // for common.cuh's element_index (unused)
+
+#include "common.cuh"
+
+namespace cpu_loop {
+
+// cblas_?gemm as NumPy's OpenBLAS exports it: 64-bit integers (ILP64, "…64_" symbols) or
+// 32-bit ones (LP64). Row-major, no/transposed operands: C = alpha op(A) op(B) + beta C.
+enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
+template <typename I, typename T>
+using GemmFn = void (*)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+
+struct Blas {
+    void* sgemm;
+    void* dgemm;
+    int ilp64;
+};
+
+template <typename T> void* pick(const Blas& blas);
+template <> inline void* pick<float>(const Blas& blas) { return blas.sgemm; }
+template <> inline void* pick<double>(const Blas& blas) { return blas.dgemm; }
+
+template <typename T>
+void gemm(const Blas& blas, bool trans_a, bool trans_b, long M, long N, long K, const T* A,
+          long lda, const T* B, long ldb, T beta, T* C, long ldc) {
+    const int ta = trans_a ? Trans : NoTrans, tb = trans_b ? Trans : NoTrans;
+    if (blas.ilp64)
+        reinterpret_cast<GemmFn<int64_t, T>>(pick<T>(blas))(RowMajor, ta, tb, M, N, K, T(1), A,
+                                                            lda, B, ldb, beta, C, ldc);
+    else
+        reinterpret_cast<GemmFn<int32_t, T>>(pick<T>(blas))(
+            RowMajor, ta, tb, (int32_t)M, (int32_t)N, (int32_t)K, T(1), A, (int32_t)lda, B,
+            (int32_t)ldb, beta, C, (int32_t)ldc);
+}
+
+// The arguments of every loop, one struct for all cells (rnncore/drivers/compiled_cpu.py
+// mirrors it). Each cell's loop documents what its saved[] and grads[] entries hold.
+template <typename T> struct Args {
+    int64_t steps, batch, hidden, reverse;
+    const T* xg;            // (G·H, T, B) the hoisted input projection, without biases
+    const T* w_hh;          // (G·H, H)
+    const T* bias_x;        // (G·H) or null: added to the input part of each gate
+    const T* bias_h;        // (G·H) or null: added to the recurrent part
+    const T* state0[2];     // (H, B) each, in the cell's state order
+    const uint8_t* valid;   // (T, B) or null: step t of sequence b is real
+    T* saved[8];            // (W, T, B) buffers the forward writes
+    T* scratch;             // (G·H, B)
+    T* dh;                  // (H, T, B): ∂L/∂h_t, accumulated; starts as the masked ∂L/∂out
+    T* dh0;                 // (H, B): ∂L/∂h_0, starts at zero
+    T* dstate[2];           // (H, B) each: the second state's gradient, in and out (LSTM)
+    T* grads[4];            // (W, T, B) buffers the backward writes
+};
+
+// Step k of the loop is time step step(k); the step before it in the loop is prev(k).
+struct Order {
+    int64_t steps;
+    bool reverse;
+    int64_t step(int64_t k) const { return reverse ? steps - 1 - k : k; }
+};
+
+// A (W, B) matrix of step t inside a (W, T, B) array, or a separate (W, B) one.
+template <typename T> struct Slice {
+    T* p;
+    int64_t ld;
+    T& at(int64_t w, int64_t b) const { return p[w * ld + b]; }
+};
+template <typename T> Slice<T> step_of(T* base, int64_t t, const Args<T>& a) {
+    return {base + t * a.batch, a.steps * a.batch};
+}
+template <typename T> Slice<T> alone(T* base, const Args<T>& a) { return {base, a.batch}; }
+
+}  // namespace cpu_loop
+
+#define RNNCORE_CPU_EXPORT(name, fn, T)                                          \
+    extern "C" void name(const cpu_loop::Blas* blas, const cpu_loop::Args<T>* a) { \
+        fn<T>(*blas, *a);                                                        \
+    }

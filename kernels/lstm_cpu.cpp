@@ -1,0 +1,124 @@
+// The LSTM's time loop for the compiled CPU driver: the same step as kernels/lstm.cu
+// (lstm_forward / lstm_backward), written over a step's (H, B) slices, b innermost, with
+// the same helpers (sigmoid, tanh_, sigmoid_grad, tanh_grad from common.cuh). Layout and
+// arguments: cpu_loop.h. Twin of rnncore/cells/lstm.py's ``cpu_forward`` / ``cpu_backward``.
+//
+// saved: [0] h (H,T,B)  [1] c  [2] gates (4H,T,B) i,f,g,o  [3] tanh(c)
+// grads: [0] dz (4H,T,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
+//        [3] (H,T,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
+// dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
+#include "cpu_loop.h"
+
+namespace cpu_loop {
+
+template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
+    const int64_t H = a.hidden, B = a.batch, TB = a.steps * a.batch;
+    const Order order{a.steps, a.reverse != 0};
+    T *h = a.saved[0], *c = a.saved[1], *gates = a.saved[2], *tanh_c = a.saved[3];
+    for (int64_t k = 0; k < a.steps; ++k) {
+        const int64_t t = order.step(k);
+        const Slice<const T> hp = k == 0 ? Slice<const T>{a.state0[0], B}
+                                         : Slice<const T>{h + order.step(k - 1) * B, TB};
+        const Slice<const T> cp = k == 0 ? Slice<const T>{a.state0[1], B}
+                                         : Slice<const T>{c + order.step(k - 1) * B, TB};
+        gemm<T>(blas, false, false, 4 * H, B, H, a.w_hh, H, hp.p, hp.ld, T(0), a.scratch, B);
+        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        for (int64_t j = 0; j < H; ++j) {
+            const T* x[4];
+            const T* r[4];
+            T* g_out[4];
+            T bias[4];
+            for (int q = 0; q < 4; ++q) {
+                const int64_t row = q * H + j;
+                x[q] = a.xg + row * TB + t * B;
+                r[q] = a.scratch + row * B;
+                g_out[q] = gates + row * TB + t * B;
+                bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
+            }
+            const T* hpj = hp.p + j * hp.ld;
+            const T* cpj = cp.p + j * cp.ld;
+            T* hj = h + j * TB + t * B;
+            T* cj = c + j * TB + t * B;
+            T* tcj = tanh_c + j * TB + t * B;
+#pragma GCC ivdep
+            for (int64_t b = 0; b < B; ++b) {
+                const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
+                const T f = sigmoid<T>(x[1][b] + r[1][b] + bias[1]);
+                const T g = tanh_<T>(x[2][b] + r[2][b] + bias[2]);
+                const T o = sigmoid<T>(x[3][b] + r[3][b] + bias[3]);
+                const T c_new = f * cpj[b] + i * g;
+                const T tc = tanh_<T>(c_new);
+                g_out[0][b] = i;
+                g_out[1][b] = f;
+                g_out[2][b] = g;
+                g_out[3][b] = o;
+                tcj[b] = tc;
+                const bool keep = valid == nullptr || valid[b];
+                hj[b] = keep ? o * tc : hpj[b];
+                cj[b] = keep ? c_new : cpj[b];
+            }
+        }
+    }
+}
+
+template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
+    const int64_t H = a.hidden, B = a.batch, TB = a.steps * a.batch;
+    const Order order{a.steps, a.reverse != 0};
+    const T *c = a.saved[1], *gates = a.saved[2], *tanh_c = a.saved[3];
+    T* dz = a.grads[0];
+    T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
+    T* dc_prev = a.dstate[1];
+    for (int64_t k = a.steps - 1; k >= 0; --k) {
+        const int64_t t = order.step(k);
+        const Slice<const T> cp = k == 0 ? Slice<const T>{a.state0[1], B}
+                                         : Slice<const T>{c + order.step(k - 1) * B, TB};
+        const Slice<T> dhp = k == 0 ? Slice<T>{a.dh0, B}
+                                    : Slice<T>{a.dh + order.step(k - 1) * B, TB};
+        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        if (a.grads[3] != nullptr)
+            for (int64_t j = 0; j < H; ++j)
+                std::memcpy(a.grads[3] + j * TB + t * B, dc + j * B, sizeof(T) * B);
+        for (int64_t j = 0; j < H; ++j) {
+            const T* gq[4];
+            T* dzq[4];
+            for (int q = 0; q < 4; ++q) {
+                gq[q] = gates + (q * H + j) * TB + t * B;
+                dzq[q] = dz + (q * H + j) * TB + t * B;
+            }
+            const T* dhj = a.dh + j * TB + t * B;
+            const T* tcj = tanh_c + j * TB + t * B;
+            const T* cpj = cp.p + j * cp.ld;
+            const T* dcj = dc + j * B;
+            T* dcpj = dc_prev + j * B;
+            T* dhpj = dhp.p + j * dhp.ld;
+#pragma GCC ivdep
+            for (int64_t b = 0; b < B; ++b) {
+                const bool keep = valid == nullptr || valid[b];
+                const T dh_in = dhj[b], dc_in = dcj[b];
+                const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
+                const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
+                const T tc = tcj[b];
+                const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
+                dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
+                dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
+                dzq[2][b] = dcell * i * tanh_grad<T>(g);
+                dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
+                dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
+                dhpj[b] += keep ? T(0) : dh_in;
+            }
+        }
+        // ∂h_{t−1} += W_hhᵀ ∂z_t
+        gemm<T>(blas, true, false, H, B, 4 * H, a.w_hh, H, dz + t * B, TB, T(1), dhp.p, dhp.ld);
+        T* swap = dc;
+        dc = dc_prev;
+        dc_prev = swap;
+    }
+    if (dc != a.dstate[0]) std::memcpy(a.dstate[0], dc, sizeof(T) * H * B);
+}
+
+}  // namespace cpu_loop
+
+RNNCORE_CPU_EXPORT(lstm_cpu_forward_f32, cpu_loop::lstm_forward, float)
+RNNCORE_CPU_EXPORT(lstm_cpu_forward_f64, cpu_loop::lstm_forward, double)
+RNNCORE_CPU_EXPORT(lstm_cpu_backward_f32, cpu_loop::lstm_backward, float)
+RNNCORE_CPU_EXPORT(lstm_cpu_backward_f64, cpu_loop::lstm_backward, double)

@@ -1,0 +1,125 @@
+"""The compiled CPU driver: the whole time loop in C++ (kernels/*_cpu.cpp), feature-major,
+calling NumPy's BLAS. It must equal the reference driver to rounding in every
+configuration, pass the finite-difference checks, feed the gradient-flow recorder the same
+gradients, repeat bit for bit, and leave cells it cannot run to the reference."""
+
+import numpy as np
+import pytest
+
+import rnncore
+from rnncore import fused, gradcheck, gradflow
+from rnncore.drivers import compiled_cpu
+
+pytestmark = pytest.mark.skipif(not fused.available("cpu"),
+                                reason="no C++ compiler: the CPU loops cannot be built")
+
+CELLS = [c for c in rnncore.cells.names()
+         if rnncore.cells.get(c).cpu_loop_for(rnncore.cells.Dims(3, 4)) is not None]
+TOL = {"float64": dict(rtol=1e-11, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-5)}
+CONFIGS = [
+    dict(num_layers=1),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=3, residual="layers", dropout=0.3, init_state="learned"),
+    dict(num_layers=2, bidirectional=True, residual="stack", init_state="normal",
+         dropout=0.2, dropout_mode="variational"),
+]
+
+
+def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None):
+    m = rnncore.Recurrent(cell, 5, hidden, impl=impl, dtype=dtype, seed=3, **options)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4, 5)).astype(dtype)
+    out, state = m(x, lengths=lengths)
+    states = state if isinstance(state, tuple) else (state,)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dstates = tuple(rng.standard_normal(s.shape).astype(dtype) for s in states)
+    dx, dstate0 = m.backward(dout, dstates if len(dstates) > 1 else dstates[0], recorder)
+    dstate0 = dstate0 if isinstance(dstate0, tuple) else (dstate0,)
+    return m, [out, dx, *states, *dstate0], m.grads
+
+
+def test_the_cells_with_a_compiled_loop():
+    assert {"lstm", "gru", "rnn_tanh", "rnn_relu"} <= set(CELLS)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("options", CONFIGS, ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_equals_the_reference_driver(cell, options, dtype):
+    for lengths in (None, np.array([6, 2, 5, 1])):
+        m, ours, our_grads = _run(cell, "compiled", dtype, options, lengths)
+        assert m.impl_in_use == "compiled"
+        _, ref, ref_grads = _run(cell, "reference", dtype, options, lengths)
+        for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL[dtype])
+        assert our_grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
+                                       **TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_match_finite_differences(cell):
+    case = gradcheck.MatrixCase(cell, 2, True, "layers", "variational")
+    report = gradcheck.run_case(case, impl="compiled")
+    assert report.max_error < 1e-6, report.table()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_recorder_sees_the_reference_gradients(cell):
+    lengths = np.array([6, 3, 5, 2])
+    recs = {}
+    for impl in ("compiled", "reference"):
+        recs[impl] = gradflow.GradFlowRecorder(keep=True)
+        _run(cell, impl, "float64", dict(num_layers=2, bidirectional=True), lengths,
+             recorder=recs[impl])
+    assert recs["compiled"].kept.keys() == recs["reference"].kept.keys()
+    for key, ref in recs["reference"].kept.items():
+        ours = recs["compiled"].kept[key]
+        assert len(ours) == len(ref)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12, err_msg=str(key))
+
+
+def test_repeats_bit_for_bit():
+    first = _run("lstm", "compiled", "float32", CONFIGS[1], np.array([6, 2, 5, 1]))
+    second = _run("lstm", "compiled", "float32", CONFIGS[1], np.array([6, 2, 5, 1]))
+    assert all(np.array_equal(a, b) for a, b in zip(first[1], second[1]))
+    assert all(np.array_equal(first[2][k], second[2][k]) for k in first[2])
+
+
+@pytest.mark.parametrize("cell,options", [("lstm", dict(proj_size=3)),
+                                          ("gru_reset_before", {}), ("lnlstm", {})])
+def test_cells_without_a_loop_run_on_the_reference_bitwise(cell, options):
+    auto, ours, grads = _run(cell, "auto", "float32", dict(num_layers=2, **options), None)
+    assert auto.impl_in_use == "reference"
+    _, ref, ref_grads = _run(cell, "reference", "float32", dict(num_layers=2, **options), None)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref))
+    assert all(np.array_equal(grads[k], ref_grads[k]) for k in ref_grads)
+
+
+def test_loading_the_library_keeps_the_floating_point_mode():
+    """-ffast-math is a compile flag only: linked in, its startup code would flush every
+    subnormal number of the whole process to zero."""
+    compiled_cpu.library()
+    assert np.float64(5e-324) > 0
+    assert np.finfo(np.float32).smallest_subnormal * np.float32(1) > 0
+
+
+def test_a_loop_that_does_not_compile_fails_loudly(monkeypatch, tmp_path):
+    broken = tmp_path / "kernels"
+    broken.mkdir()
+    for source in fused.kernels_dir().iterdir():
+        if source.is_file():
+            (broken / source.name).write_text(source.read_text())
+    (broken / "lstm_cpu.cpp").write_text("this is not C++;\n")
+    monkeypatch.setattr(fused, "kernels_dir", lambda: broken)
+    monkeypatch.setenv("RNNCORE_CACHE_DIR", str(tmp_path / "cache"))
+    compiled_cpu.reset()
+    try:
+        with pytest.raises(fused.FusedBuildError, match="cpu_loops"):
+            compiled_cpu.library()
+    finally:
+        monkeypatch.undo()
+        compiled_cpu.reset()
+    assert compiled_cpu.available()
