@@ -16,11 +16,11 @@ import numbers
 from dataclasses import dataclass
 
 from . import cells
+from .drivers import IMPLS  # the one list of implementations, beside the drivers
 from .init import INIT_STATES, INITS
 
 RESIDUALS = (None, "layers", "stack")
 DROPOUT_MODES = ("standard", "variational")
-from .drivers import IMPLS  # noqa: E402  the one list, beside the drivers
 DTYPES = ("float32", "float64")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently
