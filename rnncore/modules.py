@@ -355,15 +355,15 @@ class Recurrent:
         else:
             dstate_n = self._unpack("dhx", dhx, widths, batched, B)
         dx, dstate0, grads = stack_backward(self.spec, self.driver, self.params, cache, dout,
-                                            dstate_n, recorder)
+                                            dstate_n, recorder, self.input_grad)
         for name, g in grads.items():
             self.grads[name] += g
         if learned:
             for name, d in zip(self.cell.state, dstate0):
                 self.grads[name + "0"] += d.sum(axis=1, keepdims=True)
         if not batched:
-            dx, dstate0 = dx[:, 0], tuple(d[:, 0] for d in dstate0)
-        elif self.batch_first:
+            dx, dstate0 = None if dx is None else dx[:, 0], tuple(d[:, 0] for d in dstate0)
+        elif self.batch_first and dx is not None:
             dx = dx.transpose(1, 0, 2)
         return dx, self.pack_state(dstate0)
 

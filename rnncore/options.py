@@ -81,6 +81,7 @@ class Options:
     dtype: str = "float32"
     impl: str = "auto"
     check_finite: bool = False
+    input_grad: bool = True  # False: backward returns None for ∂x and skips its GEMMs
 
     def validated(self, hidden_size: int) -> Options:
         """These options checked (raises TypeError/ValueError naming the option)."""
@@ -92,7 +93,7 @@ class Options:
                             f"(it has no projection)")
         if self.proj_size >= hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size, got {self.proj_size}")
-        for name in ("bias", "batch_first", "bidirectional", "check_finite"):
+        for name in ("bias", "batch_first", "bidirectional", "check_finite", "input_grad"):
             check_flag(name, getattr(self, name))
         check_real("dropout", self.dropout, 0.0, 1.0, high_open=True)
         check_real("forget_bias", self.forget_bias)

@@ -143,11 +143,13 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
     return out, state_n, StackCache(x, valid, layers, masks)
 
 
-def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None):
+def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,
+                   input_grad=True):
     """Backward through depth and time.
 
     ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
-    Returns (∂x, ∂state_0 tuple, grads keyed by PyTorch names).
+    Returns (∂x, ∂state_0 tuple, grads keyed by PyTorch names); ∂x is None, and the work
+    that only it needs is skipped, when not ``input_grad``.
     ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step (dstate a
     tuple in the cell's state order) and on_input_grad(k, ∂u_k) for every layer: the
     gradient-flow instrumentation.
@@ -165,7 +167,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
         if spec.stack_residual_projected():
             grads["residual_weight"] = sum_outer(dout, x)
             grads["residual_bias"] = dout.sum(axis=(0, 1))
-            dx_skip = dout @ params["residual_weight"]
+            dx_skip = dout @ params["residual_weight"] if input_grad else None
     dstate0 = tuple(xp.empty_like(d) for d in dstate_n)
     dy = dout
     for k in range(spec.num_layers - 1, -1, -1):
@@ -180,6 +182,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
             if recorder is not None:
                 def record(t, ds, k=k, d=d):
                     recorder.on_state_grad(k, d, t, ds)
+            need_dx = input_grad or k > 0
             dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
                 layer_params(spec, params, k, d),
@@ -187,6 +190,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 dy[..., d * H : (d + 1) * H],
                 tuple(ds[idx] for ds in dstate_n),
                 record,
+                need_dx,
             )
             for total, part in zip(dstate0, dstate0_d):
                 total[idx] = part
@@ -195,9 +199,12 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 name = torch.get(key, "") + s
                 if value is not None and params.get(name) is not None:
                     grads[name] = value
-            du = dx_d if du is None else du + dx_d
-        if recorder is not None:
+            if need_dx:
+                du = dx_d if du is None else du + dx_d
+        if recorder is not None and du is not None:
             recorder.on_input_grad(k, du)
         dy = du
+    if not input_grad:
+        return None, dstate0, grads
     dx = dy if dx_skip is None else dy + dx_skip
     return dx, dstate0, grads

@@ -175,3 +175,23 @@ def test_the_closed_form_parameter_count_equals_the_parameters(cell, layers, bi,
 
     m = rnncore.Recurrent(cell, 5, 4, num_layers=layers, bidirectional=bi, residual=residual)
     assert parameter_count(m.spec) == sum(v.size for v in m.params.values())
+
+
+@pytest.mark.parametrize("impl", ["reference", "compiled"])
+@pytest.mark.parametrize("options", [dict(num_layers=2), dict(num_layers=2, residual="stack"),
+                                     dict(num_layers=2, residual="layers", bidirectional=True)],
+                         ids=str)
+def test_input_grad_false_skips_dx_and_changes_nothing_else(impl, options):
+    """Like torch's requires_grad=False on the input: no ∂x, every other gradient the same."""
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    results = []
+    for input_grad in (True, False):
+        m = rnncore.LSTM(4, 4, dtype="float64", seed=1, impl=impl, input_grad=input_grad,
+                         **options)
+        out, _ = m(x)
+        dx, (dh0, dc0) = m.backward(np.ones_like(out))
+        results.append((dx, dh0, dc0, m.grads))
+    (dx, dh0, dc0, grads), (no_dx, dh0_, dc0_, grads_) = results
+    assert dx is not None and no_dx is None
+    assert np.array_equal(dh0, dh0_) and np.array_equal(dc0, dc0_)
+    assert all(np.array_equal(grads[k], grads_[k]) for k in grads)

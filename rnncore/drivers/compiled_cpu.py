@@ -221,9 +221,9 @@ class CompiledCPU:
         return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
                                            state0_fm, valid_u8)
 
-    def backward(self, cell, p, cache, dout, dstate, record=None):
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
         if not isinstance(cache, CompiledCache):
-            return self.fallback.backward(cell, p, cache, dout, dstate, record)
+            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
         x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8 = cache
         loop = cell.cpu_loop_for(dims)
         T, B, I = x.shape
@@ -265,7 +265,7 @@ class CompiledCPU:
         x2 = x.reshape(T * B, I)
         out = {"w_ih": dxg @ x2, "b_ih": db, "w_hh": dhg @ h_prev.reshape(H, T * B).T,
                "b_hh": dhg.sum(axis=1) if loop.recurrent_bias else db}
-        dx = (dxg.T @ p["w_ih"]).reshape(T, B, I)
+        dx = (dxg.T @ p["w_ih"]).reshape(T, B, I) if need_dx else None
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 

@@ -85,8 +85,8 @@ class PythonLoop:
         out = saved["h"] if valid is None else saved["h"] * valid
         return out, state, LayerCache(x, inputs, reverse, state0, saved, dims)
 
-    def backward(self, cell, p, cache, dout, dstate, record=None):
-        """BPTT through one layer direction.
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
+        """BPTT through one layer direction (∂x is None when not ``need_dx``).
 
         ``dout`` is ∂L/∂out (T, B, H); ``dstate`` is ∂L/∂state_T, a tuple of arrays.
         Returns (∂x, ∂state_0, grads keyed w_ih, b_ih, w_hh, …). ``record``, when given,
@@ -123,7 +123,7 @@ class PythonLoop:
                                                                           reverse), db)
         out["w_ih"] = sum_outer(dxg, x)
         out["b_ih"] = db
-        dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1)
+        dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1) if need_dx else None
         return dx, (dh0,) + tuple(pair[0] for pair in rest), out
 
 
