@@ -31,10 +31,18 @@ its accuracy is measured against the float64 rnncore reference instead. ``--cell
 (or ``all``) benches those cells at the size of each selected row, so a newly registered
 cell is benched without editing this file.
 
-Threads (CPU): ``--threads N`` sets ``torch.set_num_threads(N)`` and limits NumPy's BLAS
-pool to N threads with ``threadpoolctl`` for the run (both are restored afterwards); the
-report gives the counts read back from torch and from every loaded BLAS library, not the
-ones asked for.
+Threads (CPU): ``--threads 1,2`` runs the whole table once per count (the default on the
+CPU: 1 and every core); each run sets ``torch.set_num_threads(N)`` and limits NumPy's BLAS
+pool to N threads with ``threadpoolctl`` (both restored afterwards); the report gives the
+counts read back from torch and from every loaded BLAS library, not the ones asked for.
+
+Roofline (CPU): each run first measures this machine's GEMM peak at its thread count (the
+median GFLOP/s of a 2048³ ``numpy.matmul`` in the row dtype, NumPy's BLAS), and each row's
+GEMM FLOPs (forward: the input and recurrent products of every layer direction,
+2·T·B·(I + H)·G·H each; backward: twice that, for ∂x, ∂h and the two weight gradients).
+The timing table then shows each implementation's GFLOP/s and its fraction of that peak;
+the element-wise work is not counted, so the fraction is the share of the time the GEMMs
+would need at peak.
 
 Examples::
 
@@ -220,7 +228,7 @@ def build_runners(row, weights, x, dout, device, dtype):
     """The implementations for ``device``: (runners, baseline name, skipped {name: why})."""
     runners, skipped = [], {}
     if device.kind == "cpu":
-        rnncore_impls = [("rnncore", "reference")]
+        rnncore_impls = [("rnncore", "auto")]  # the compiled CPU driver where it builds
     else:
         rnncore_impls = [("rnncore fused", "fused"), ("rnncore reference", "reference")]
     baseline = baseline_name(device)
@@ -350,6 +358,7 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
               if baseline in by_impl else {} for p, by_impl in median_ms.items()}
     return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
+            "gemm_flops": gemm_flops(row),
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
             "rel_error": errors, "median_ms": median_ms, "ratio": ratios,
@@ -376,6 +385,32 @@ def disable_tf32() -> None:
                    getattr(torch.backends.cuda, "matmul", None)):
         if holder is not None and hasattr(holder, "fp32_precision"):
             holder.fp32_precision = "ieee"
+
+
+def gemm_flops(row) -> dict:
+    """{pass: GEMM FLOPs} of one row: 2·T·B·(I_l + H)·G·H per layer direction forward,
+    twice that again backward (∂x and ∂h, and the weight gradients)."""
+    G = cells.get(row.cell).num_gates
+    forward = 0
+    for k in range(row.layers):
+        width = row.input_size if k == 0 else row.hidden
+        forward += 2 * row.steps * row.batch * (width + row.hidden) * G * row.hidden
+    return {"forward": forward, "forward+backward": 3 * forward}
+
+
+def gemm_peak(dtype, n=2048, repeats=5) -> float:
+    """This machine's GEMM GFLOP/s at the current BLAS thread count: the median of
+    ``repeats`` n³ products in ``dtype`` (after one warm-up)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def cpu_model() -> str:
@@ -468,16 +503,31 @@ def markdown_report(meta: dict, results: list) -> str:
     impls = list(dict.fromkeys(n for r in results for n in r["impls"]))
     baseline = results[0]["baseline"]
     others = [n for n in impls if n != baseline] if baseline in impls else []
-    lines += ["", f"Time per call in ms; ratio = {baseline} time / rnncore time "
-              "(> 1: rnncore faster):", ""]
-    header = ["row", "pass"] + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others]
+    peak = meta.get("gemm_peak_gflops")
+    intro = f"Time per call in ms; ratio = {baseline} time / rnncore time (> 1: rnncore faster)"
+    if peak:
+        intro += (f"; GEMM GFLOP/s of each, and in brackets its fraction of this machine's "
+                  f"measured GEMM peak, {peak:.1f} GFLOP/s at {meta['threads']} thread(s)")
+    lines += ["", intro + ":", ""]
+    header = ["row", "pass", "GEMM GFLOP"] + [f"{n} ms" for n in impls] \
+        + [f"{baseline}/{n}" for n in others]
+    if peak:
+        header += [f"{n} GFLOP/s (of peak)" for n in impls]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|---|---|" + "---:|" * (len(header) - 2))
     for r in results:
         for p in PASSES:
-            cells = [r["label"], p]
+            flops = r["gemm_flops"][p]
+            cells = [r["label"], p, f"{flops / 1e9:.2f}"]
             cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
             cells += [f"{r['ratio'][p][n]:.2f}" if n in r["ratio"][p] else "–" for n in others]
+            if peak:
+                for n in impls:
+                    if n not in r["impls"]:
+                        cells.append("–")
+                        continue
+                    rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
+                    cells.append(f"{rate:.1f} ({100 * rate / peak:.0f} %)")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -506,8 +556,9 @@ def parse_args(argv):
                         help="untimed rounds first (default 1 on cpu, 3 on cuda, 1 with "
                              "--quick; an explicit value wins over --quick)")
     parser.add_argument("--dtype", default="float32", choices=sorted(backend.DTYPES))
-    parser.add_argument("--threads", type=cli.at_least(1, 4096), default=None,
-                        help="CPU threads for torch and NumPy's BLAS (default: all cores)")
+    parser.add_argument("--threads", type=cli.int_list(1, 4096), default=None,
+                        help="CPU threads for torch and NumPy's BLAS, a comma list: the table "
+                             "is run once per count (default: 1 and all cores)")
     parser.add_argument("--quick", action="store_true",
                         help="toy sizes (H 16, B 4, T 6) of the selected rows and 2 repeats: "
                              "checks that the benchmark runs; --repeats/--warmup given "
@@ -526,7 +577,8 @@ def parse_args(argv):
     args.repeats = repeats if args.repeats is None else args.repeats
     args.warmup = warmup if args.warmup is None else args.warmup
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    args.threads = cores if args.threads is None else args.threads
+    if args.threads is None:
+        args.threads = sorted({1, cores}) if args.device.kind == "cpu" else [cores]
     if args.json is not None:
         cli.check_out_file(parser, "--json", args.json)
     if args.device.kind == "cuda":
@@ -552,15 +604,29 @@ def main(argv=None) -> list:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    results, runs = [], []
     try:
-        with threadpool_limits(limits=args.threads, user_api="blas"):
-            return run(args, argv)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            with threadpool_limits(limits=threads, user_api="blas"):
+                meta, rows = run(args, argv)
+            results += rows
+            runs.append({"meta": meta, "rows": rows})
     finally:
         torch.set_num_threads(torch_threads)
+    if args.json:
+        document = runs[0] if len(runs) == 1 else {"runs": runs}
+        try:
+            cli.write_text_atomic(args.json, json.dumps(document, indent=1))
+        except OSError as err:
+            print(f"python -m rnncore.bench: error: --json {args.json}: cannot write it "
+                  f"({err.strerror or err})", file=sys.stderr)
+            raise SystemExit(1) from None
+    return results
 
 
-def run(args, argv) -> list:
+def run(args, argv):
+    """One table at the current thread count: (meta, row results); prints the report."""
     import torch
 
     blas_threads = blas_thread_counts()
@@ -572,6 +638,8 @@ def run(args, argv) -> list:
     meta.update(device=str(args.device), dtype=args.dtype, repeats=args.repeats,
                 warmup=args.warmup, quick=args.quick,
                 command=shlex.join(["python", "-m", "rnncore.bench", *argv]))
+    if args.device.kind == "cpu":
+        meta["gemm_peak_gflops"] = gemm_peak(args.dtype, n=256 if args.quick else 2048)
     results = []
     for row in args.rows:
         print(f"[bench] {row.label} ...", file=sys.stderr, flush=True)
@@ -584,15 +652,7 @@ def run(args, argv) -> list:
     for label, name, tensor, err in bad:
         print(f"WARNING: {name} on {label}: {tensor} relative error {err:.1e} > {tolerance:g}",
               file=sys.stderr)
-    if args.json:
-        try:
-            cli.write_text_atomic(args.json, json.dumps({"meta": meta, "rows": results},
-                                                        indent=1))
-        except OSError as err:
-            print(f"python -m rnncore.bench: error: --json {args.json}: cannot write it "
-                  f"({err.strerror or err})", file=sys.stderr)
-            raise SystemExit(1) from None
-    return results
+    return meta, results
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
     json_file = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "rnncore.bench", "--quick", "--json", str(json_file)],
+        [sys.executable, "-m", "rnncore.bench", "--quick", "--threads", "1",
+         "--json", str(json_file)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
-    assert "| row | pass | rnncore ms | torch ms | torch/rnncore |" in table
+    assert ("| row | pass | GEMM GFLOP | rnncore ms | torch ms | torch/rnncore | "
+            "rnncore GFLOP/s (of peak) | torch GFLOP/s (of peak) |") in table
     timing_lines = [line for line in table.splitlines()
                     if line.startswith("| ") and "forward" in line]
     labels = {"LSTM 1×16 (B 4, T 6)", "LSTM 3×16 (B 4, T 6)", "GRU 3×16 (B 4, T 6)",
@@ -42,7 +44,22 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
             # the raw samples, and the table prints that number
             want = statistics.median(samples["torch"]) / statistics.median(samples["rnncore"])
             assert row["ratio"][p]["rnncore"] == pytest.approx(want, rel=1e-12)
-            assert line.strip("| ").split("|")[-1].strip() == f"{want:.2f}"
+            columns = [c.strip() for c in line.strip("| ").split("|")]
+            assert columns[5] == f"{want:.2f}"
+            # GFLOP/s and fraction of the measured peak, recomputed from the FLOP count
+            # (written out here: 2·T·B·(I + H)·G·H per layer forward, 3× for both passes)
+            config = row["config"]
+            G = 4 if config["cell"] == "lstm" else 3
+            forward = sum(2 * config["steps"] * config["batch"]
+                          * ((config["input"] or config["hidden"]) if k == 0 else config["hidden"])
+                          * G * config["hidden"] + 2 * config["steps"] * config["batch"]
+                          * config["hidden"] * G * config["hidden"]
+                          for k in range(config["layers"]))
+            flops = forward if p == "forward" else 3 * forward
+            assert row["gemm_flops"][p] == flops
+            rate = flops / (statistics.median(samples["rnncore"]) / 1e3) / 1e9
+            share = 100 * rate / data["meta"]["gemm_peak_gflops"]
+            assert columns[6] == f"{rate:.1f} ({share:.0f} %)"
         for errors in row["rel_error"].values():
             assert all(e < 1e-4 for e in errors.values()), errors
 
@@ -57,3 +74,15 @@ def test_a_cell_without_a_torch_twin_has_no_torch_column():
     assert "no torch.nn twin" in result["skipped"]["torch"]
     assert result["reference"] == "float64 rnncore reference"
     assert all(e < 1e-4 for e in result["rel_error"]["rnncore"].values())
+
+
+def test_one_table_per_thread_count(tmp_path, capsys):
+    from rnncore import bench
+
+    bench.main(["--quick", "--rows", "lstm-1x128", "--threads", "1,2",
+                "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert out.count("### rnncore vs torch.nn on cpu") == 2
+    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert [r["meta"]["threads"] for r in runs] == [1, 2]
+    assert all(r["meta"]["gemm_peak_gflops"] > 0 for r in runs)
