@@ -199,7 +199,8 @@ def draw_gru_cell(ax=None, backward=True):
     _arrow(ax, (n_box[0] - 0.45, n_box[1] - d), (mul_r[0] + 0.2, mul_r[1] - d), BACKWARD,
            shrink=0)
     _label(ax, (4.3, 2.15), r"$\partial r = \partial\mathrm{pre}_n \odot a^h_n$", fontsize=7)
-    _label(ax, (2.0, -0.85), r"$\partial a^x = [\partial a_r, \partial a_u, \partial\mathrm{pre}_n]$,"
+    _label(ax, (2.0, -0.85),
+           r"$\partial a^x = [\partial a_r, \partial a_u, \partial\mathrm{pre}_n]$,"
            r"  $\partial a^h = [\partial a_r, \partial a_u, r \odot \partial\mathrm{pre}_n]$,"
            r"  $\partial h_{t-1} += \partial a^h W_{hh}$", fontsize=7)
     _legend(ax, (10.4, 0.6))
