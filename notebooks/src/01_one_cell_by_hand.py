@@ -19,7 +19,6 @@
 import matplotlib.pyplot as plt
 import nbhelpers
 import numpy as np
-
 from course import diagrams
 
 import rnncore

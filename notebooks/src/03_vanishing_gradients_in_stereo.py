@@ -246,8 +246,9 @@ for res in ratios:
 #   \frac{\partial L}{\partial x} = (J_0 + I)^\top (J_1 + I)^\top \cdots
 #   (J_{L-1} + I)^\top\, \frac{\partial L}{\partial\,\text{out}}$$
 #
-# (the second form for a loss on the output only, without dropout). Without the residual this is $\prod_k J_k^\top$, a product that
-# shrinks geometrically when each layer shrinks; with it, the expanded product contains
+# (the second form for a loss on the output only, without dropout). Without the
+# residual this is $\prod_k J_k^\top$, a product that shrinks geometrically when each
+# layer shrinks; with it, the expanded product contains
 # the identity term, a path on which no layer can shrink the gradient. The loop order
 # matters: layer $k$'s BPTT needs $\partial L/\partial u_{k+1}$ at **every** step, which
 # is complete only after layer $k+1$'s time loop has finished, so the engine runs depth

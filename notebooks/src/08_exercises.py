@@ -1,5 +1,4 @@
 # Notebook 8 source: build with `python notebooks/build.py --execute 08`.
-# ruff: noqa: F841  (the exercise stubs unpack arguments the learner will use)
 
 # %% [markdown]
 # # 8. Exercises: write the backward passes yourself
@@ -67,7 +66,7 @@ plt.show()
 def lstm_step_backward(dh, dc, cache):
     gates, c_prev, tanh_c = cache
     H = tanh_c.shape[-1]
-    i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
     # your code: dz (B, 4H) and dc_prev (B, H)
     raise NotImplementedError
 
@@ -128,7 +127,6 @@ plt.show()
 # %%
 @exercise
 def lstm_layer_backward(dout, dstate_n, W_hh, caches, step_backward):
-    T = len(dout)
     dh, dc = dstate_n
     # your code: walk t = T-1, ..., 0
     raise NotImplementedError
@@ -157,8 +155,7 @@ plt.show()
 # %%
 @exercise
 def stack_backward(dout, dstates_n, layers, residual):
-    dstates_0 = [None] * len(layers)
-    # your code: walk k = L-1, ..., 0
+    # your code: walk k = L-1, ..., 0, filling a list dstates_0 (one per layer)
     raise NotImplementedError
 
 
