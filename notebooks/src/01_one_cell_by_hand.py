@@ -19,6 +19,7 @@
 import matplotlib.pyplot as plt
 import nbhelpers
 import numpy as np
+from course import diagrams
 
 import rnncore
 from rnncore.cells import gru, lstm
@@ -168,6 +169,16 @@ print("cache:", {name: value.shape for name, value in cache._asdict().items()})
 #
 # ## One step backward
 #
+# The picture shows the step just computed. Black arrows are the forward pass; the red
+# dashed arrows run the other way and carry the gradients the backward pass computes,
+# labelled with the factor each one picks up. (It is drawn by `notebooks/course/diagrams.py`
+# from the same equations, each time the notebook runs.)
+
+# %%
+diagrams.draw_lstm_cell()
+plt.show()
+
+# %% [markdown]
 # Say a loss $L$ depends on $h_t$ and $c_t$, and we are handed
 # $\partial L/\partial h_t$ and $\partial L/\partial c_t$ (written $\partial h$,
 # $\partial c$). The chain rule, backwards through the forward equations:
@@ -229,7 +240,35 @@ print(f"{'h0, c0':<14} max |hand − module| = "
 # backward pass walks the steps in reverse. At step $t$ the gradient reaching $h_t$
 # has two sources: the loss's own term for the output at $t$, and what step $t+1$ sent
 # back through $h_t W_{hh}^\top$ and $c_t$. The weights are shared by every step, so
-# their gradients are sums over $t$.
+# their gradients are sums over $t$. In the unrolled graph (one layer, five steps; the
+# highlighted state is $h_2$):
+
+# %%
+diagrams.draw_unrolled(layers=1, steps=5, focus=(2, 0))
+plt.show()
+
+# %% [markdown]
+# ### The whole gradient at $c_{t-1}$
+#
+# The step above handed back $\partial c_t \odot f_t$ as "$\partial c_{t-1}$". That is
+# one of **two** paths from $c_{t-1}$ to the loss. The other goes through the previous
+# output: $h_{t-1} = o_{t-1} \odot \tanh c_{t-1}$ reaches step $t$ through
+# $h_{t-1} W_{hh}^\top$ (all four gates) and reaches the loss's own term $\ell_{t-1}$ at
+# step $t-1$. Writing $\partial h_{t-1} = \partial \ell_{t-1}/\partial h_{t-1} +
+# \partial z_t\, W_{hh}$ for the total gradient at $h_{t-1}$,
+#
+# $$\frac{\partial L}{\partial c_{t-1}}
+#   = \underbrace{\frac{\partial L}{\partial c_t} \odot f_t}_{\text{the } f \text{ path}}
+#   + \underbrace{\Big(\frac{\partial \ell_{t-1}}{\partial h_{t-1}} + \partial z_t\,
+#     W_{hh}\Big) \odot o_{t-1} \odot (1 - \tanh^2 c_{t-1})}_{\text{the } h_{t-1}
+#     \text{ path, through } W_{hh}},$$
+#
+# where $\partial z_t$ itself depends on $\partial L/\partial c_t$ (blocks $i, f, g$) and
+# on $\partial L/\partial h_t$ (block $o$). The code never writes this sum in one place:
+# step $t$'s `pointwise_backward` returns the $f$ path, and at step $t-1$ its first line,
+# `dc = dc + dh * o * (1 - tanh_c * tanh_c)`, adds the $h$ path once $\partial h_{t-1}$ is
+# known. Only the $f$ path is free of weight matrices and of saturating derivatives,
+# which is why a forget gate near 1 lets gradients travel far (notebook 3 measures it).
 #
 # Below is a complete LSTM layer, forward and BPTT, built from the two pointwise
 # functions. Like rnncore's driver it hoists the input product out of the loop, and
@@ -329,16 +368,47 @@ plt.show()
 print(f"‖∂L/∂h_0‖ / ‖∂L/∂h_{T_long - 1}‖ = {dh_norms[0] / dh_norms[-1]:.1e}")
 
 # %% [markdown]
+# The two paths into $c_t$ on this run, measured in the same backward loop: the $f$ path
+# (what step $t+1$ handed back, $\partial L/\partial c_{t+1} \odot f_{t+1}$) and the $h$
+# path ($\partial h_t \odot o_t \odot (1 - \tanh^2 c_t)$, with $\partial h_t$ including
+# $\partial z_{t+1} W_{hh}$). Their sum is the whole $\partial L/\partial c_t$, which the
+# finite-difference check further down confirms for the loop as a whole.
+
+# %%
+dh_run, dc_run, paths = np.zeros((B, H)), np.zeros((B, H)), []
+for t in reversed(range(T_long)):
+    step_cache, _ = caches_long[t]
+    dh_run = dh_run + last_only[t]
+    o_t = step_cache.gates[:, 3 * H :]
+    h_path = dh_run * o_t * (1 - step_cache.tanh_c ** 2)
+    paths.append((t, np.linalg.norm(dc_run), np.linalg.norm(h_path)))  # dc_run: the f path
+    dz, _, dc_run = lstm.pointwise_backward(dh_run, dc_run, step_cache, None)
+    dh_run = dz @ W_hh
+print(f"{'t':>3} {'‖f path‖':>10} {'‖h path‖':>10}")
+for t, f_norm, h_norm in paths[:: T_long // 8]:
+    print(f"{t:>3} {f_norm:>10.2e} {h_norm:>10.2e}")
+
+# %% [markdown]
+# At the last step nothing has come back along $c$ yet, so all of $\partial L/\partial
+# c_{T-1}$ comes through $h$. From then on the $f$ path carries three to fifteen times
+# more than the $h$ path in this random cell: most of the gradient reaching a cell state
+# arrived along the memory line, multiplied only by forget gates.
+
+# %% [markdown]
 # ## The GRU step
 #
-# The GRU has no separate cell state and three gates, **r**eset, update **z** and the
-# candidate **n** (PyTorch's order r, z, n). With $x_\ast = x_t W_{i\ast}^\top +
-# b_{i\ast}$ and $h_\ast = h_{t-1} W_{h\ast}^\top + b_{h\ast}$ for each block:
+# The GRU has no separate cell state and three gates, **r**eset, **u**pdate and the
+# candidate **n** (PyTorch's order r, u, n). A word on names: PyTorch and rnncore's code
+# call the update gate `z`, but here $z$ is already the LSTM's pre-activation, so the
+# update gate is $u$; and $h_n$ is the final state a module returns, so the GRU's blocks
+# get their own letter. The input and recurrent products, each cut into blocks $r, u, n$:
 #
-# $$r = \sigma(x_r + h_r), \quad z = \sigma(x_z + h_z), \quad
-#   n = \tanh(x_n + r \odot h_n), \quad h_t = (1 - z) \odot n + z \odot h_{t-1}.$$
+# $$a^x = x_t W_{ih}^\top + b_{ih}, \qquad a^h = h_{t-1} W_{hh}^\top + b_{hh},$$
 #
-# The reset gate multiplies the recurrent block $h_n$ *including its bias*
+# $$r = \sigma(a^x_r + a^h_r), \quad u = \sigma(a^x_u + a^h_u), \quad
+#   n = \tanh(a^x_n + r \odot a^h_n), \quad h_t = (1 - u) \odot n + u \odot h_{t-1}.$$
+#
+# The reset gate multiplies the recurrent block $a^h_n$ *including its bias*
 # $b_{hn}$, which is why the input and recurrent biases cannot be merged into one as
 # they can for the LSTM. (This "reset-after" form is PyTorch's and cuDNN's; Cho et
 # al.'s original applies $r$ to $h_{t-1}$ before the product: `reset_after=False`,
@@ -348,10 +418,39 @@ print(f"‖∂L/∂h_0‖ / ‖∂L/∂h_{T_long - 1}‖ = {dh_norms[0] / dh_nor
 nbhelpers.show_source(gru.pointwise_forward)
 
 # %% [markdown]
-# `h = n + z * (h_prev - n)` is $(1-z)\,n + z\,h_{t-1}$ rearranged. The backward pass
-# returns two gate gradients, one for the input products and one for the recurrent
-# product; they differ only in the $n$ block, where $r$ sits between $h_n$ and the
-# tanh:
+# `h = n + z * (h_prev - n)` is $(1-u)\,n + u\,h_{t-1}$ rearranged (the code's `z` is
+# $u$, its `hn` is $a^h_n$).
+#
+# ### The GRU step backward
+#
+# Given $\partial h = \partial L/\partial h_t$, back through the four equations:
+#
+# 1. $h_t = (1-u) \odot n + u \odot h_{t-1}$ gives three terms:
+#    $\partial n = \partial h \odot (1-u)$, $\partial u = \partial h \odot (h_{t-1} - n)$,
+#    and a direct $\partial h \odot u$ for $h_{t-1}$.
+# 2. Through the tanh, with $p_n = a^x_n + r \odot a^h_n$ its argument:
+#    $\partial p_n = \partial n \odot (1 - n^2)$.
+# 3. $p_n$ is a sum and a product: $\partial a^x_n = \partial p_n$,
+#    $\partial a^h_n = \partial p_n \odot r$, $\partial r = \partial p_n \odot a^h_n$.
+# 4. Through the sigmoids: $\partial a_r = \partial r \odot r(1-r)$ and
+#    $\partial a_u = \partial u \odot u(1-u)$, and since $r$ and $u$ see the sum
+#    $a^x + a^h$, these blocks are the same in $\partial a^x$ and in $\partial a^h$.
+# 5. Collected: $\partial a^x = [\partial a_r, \partial a_u, \partial p_n]$,
+#    $\partial a^h = [\partial a_r, \partial a_u, r \odot \partial p_n]$, and
+#    $\partial h_{t-1} = \partial h \odot u + \partial a^h\, W_{hh}$;
+#    $\partial W_{ih} = \partial {a^x}^\top x_t$, $\partial W_{hh} = \partial {a^h}^\top
+#    h_{t-1}$, the biases the column sums.
+#
+# So the two gate gradients differ only in the $n$ block, where $r$ sits between $a^h_n$
+# and the tanh. In the picture:
+
+# %%
+diagrams.draw_gru_cell()
+plt.show()
+
+# %% [markdown]
+# rnncore's `pointwise_backward` is steps 1–4 (the code's `da_n` is $\partial p_n$; the
+# $W_{hh}$ term of step 5 is the driver's GEMM, as for the LSTM):
 
 # %%
 nbhelpers.show_source(gru.pointwise_backward)
@@ -364,21 +463,29 @@ gcell = rnncore.GRU(I, H, dtype="float64", seed=1)
 Wg_ih, Wg_hh = gcell.params["weight_ih_l0"], gcell.params["weight_hh_l0"]
 bg_ih, bg_hh = gcell.params["bias_ih_l0"], gcell.params["bias_hh_l0"]
 
-xr, xz, xn = np.split(x @ Wg_ih.T + bg_ih, 3, axis=1)
-hr, hz, hn = np.split(h_prev @ Wg_hh.T + bg_hh, 3, axis=1)
-r, zg = sigmoid(xr + hr), sigmoid(xz + hz)
-n = np.tanh(xn + r * hn)
-h_gru_hand = (1 - zg) * n + zg * h_prev
+ax_r, ax_u, ax_n = np.split(x @ Wg_ih.T + bg_ih, 3, axis=1)
+ah_r, ah_u, ah_n = np.split(h_prev @ Wg_hh.T + bg_hh, 3, axis=1)
+r, u = sigmoid(ax_r + ah_r), sigmoid(ax_u + ah_u)
+n = np.tanh(ax_n + r * ah_n)
+h_gru_hand = (1 - u) * n + u * h_prev
 
 gcell.zero_grad()
-out, h_n = gcell(x[None], h_prev[None])
-print("forward, max |hand − module|:", np.abs(h_n[0] - h_gru_hand).max())
+out, h_last = gcell(x[None], h_prev[None])
+print("forward, max |hand − module|:", np.abs(h_last[0] - h_gru_hand).max())
 
-dxg, dhg, dh_through_z = gru.pointwise_backward(
-    dh, h_prev, gru.GRUCache(r, zg, n, hn), None)
-gcell.backward(np.zeros((1, B, H)), dh[None])
-print("∂W_ih,  max |hand − module|:", np.abs(dxg.T @ x - gcell.grads["weight_ih_l0"]).max())
-print("∂W_hh,  max |hand − module|:", np.abs(dhg.T @ h_prev - gcell.grads["weight_hh_l0"]).max())
+# the derivation above, line by line
+dn, du, dp_n = dh * (1 - u), dh * (h_prev - n), dh * (1 - u) * (1 - n**2)
+da_r, da_u = dp_n * ah_n * r * (1 - r), du * u * (1 - u)
+da_x = np.concatenate([da_r, da_u, dp_n], axis=1)
+da_h = np.concatenate([da_r, da_u, r * dp_n], axis=1)
+dh_prev_gru = dh * u + da_h @ Wg_hh
+
+dxg, dhg, _ = gru.pointwise_backward(dh, h_prev, gru.GRUCache(r, u, n, ah_n), None)
+_, dh0_gru = gcell.backward(np.zeros((1, B, H)), dh[None])
+print("∂a^x, ∂a^h vs pointwise_backward:", np.abs(da_x - dxg).max(), np.abs(da_h - dhg).max())
+print("∂W_ih,  max |hand − module|:", np.abs(da_x.T @ x - gcell.grads["weight_ih_l0"]).max())
+print("∂W_hh,  max |hand − module|:", np.abs(da_h.T @ h_prev - gcell.grads["weight_hh_l0"]).max())
+print("∂h_t−1, max |hand − module|:", np.abs(dh_prev_gru - dh0_gru[0]).max())
 
 # %% [markdown]
 # ## Checking a gradient with finite differences
@@ -547,4 +654,6 @@ plt.show()
 #   wrong; a short one with a random state says *where*.
 #
 # Try it yourself: edit `broken_backward` to drop the factor `(1 - tanh_c * tanh_c)`,
-# or to return `dc` instead of `dc * f`, and rerun the last two cells.
+# or to return `dc` instead of `dc * f`, and rerun the last two cells. Notebook 8 turns
+# this into graded exercises: you write the LSTM and GRU step backward, the BPTT loop and
+# the depth loop, and a check like this one names the first wrong gate, step or layer.

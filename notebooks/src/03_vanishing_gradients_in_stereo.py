@@ -15,11 +15,14 @@
 import matplotlib.pyplot as plt
 import nbhelpers
 import numpy as np
+from course import diagrams
 
 import rnncore
 from rnncore import gradflow
 from rnncore.drivers import PythonLoop
 from rnncore.experiments.common import LMData, lm_layer_gradients, new_lm, train_lm
+from rnncore.experiments.vanishing import recurrence_ratios, scaled_orthogonal
+from rnncore.stack import stack_backward
 
 nbhelpers.setup()
 
@@ -88,6 +91,58 @@ for cell, p in probes.items():
 # (through depth) they lose much less, but they lose something at every layer, and the
 # LSTM loses the most: about a factor of five per layer here.
 #
+# ## Why: a product of Jacobians
+#
+# With the loss on the last step only, the chain rule through time is a product. For
+# the plain RNN, $h_s = \phi(a_s)$ with $a_s = W_{hh} h_{s-1} + W_{ih} x_s + b$ (column
+# vectors here), the Jacobian of one step is $\partial h_s / \partial h_{s-1} =
+# \operatorname{diag}(\phi'(a_s))\, W_{hh}$, so
+#
+# $$\frac{\partial L}{\partial h_t} = \Big(\prod_{s=t+1}^{T-1}
+#   \operatorname{diag}(\phi'(a_s))\, W_{hh}\Big)^{\!\top}
+#   \frac{\partial L}{\partial h_{T-1}}, \qquad
+#   \Big\lVert \frac{\partial L}{\partial h_t} \Big\rVert \le
+#   (\gamma\, s_{\max})^{T-1-t}\, \Big\lVert \frac{\partial L}{\partial h_{T-1}}
+#   \Big\rVert,$$
+#
+# with $s_{\max}$ the largest singular value of $W_{hh}$ and $\gamma \ge
+# |\phi'|$ ($\gamma = 1$ for tanh). This is Pascanu, Mikolov and Bengio's (2013)
+# argument: $s_{\max} < 1/\gamma$ is *sufficient* for the gradient to vanish
+# exponentially, and $s_{\max} > 1/\gamma$ is *necessary* (not sufficient) for it to
+# explode. For a **linear** RNN ($\phi(a) = a$) with $W_{hh} = c\,Q$, $Q$ orthogonal,
+# every factor is $c\,Q$ and $Q^\top$ keeps norms, so the ratio $r_k = \lVert \partial
+# L/\partial h_{T-1-k} \rVert / \lVert \partial L/\partial h_{T-1} \rVert$ is exactly
+# $c^k$. The engine's backward pass (its Elman cell with the identity in place of tanh,
+# `rnncore.experiments.vanishing`) against the law, and the tanh RNN against its bound:
+
+# %%
+fig, (a, b) = plt.subplots(1, 2, figsize=(9, 2.8))
+k = np.arange(T)
+for c in (0.8, 0.9, 1.0, 1.1):
+    r = recurrence_ratios(scaled_orthogonal(H, c, seed=0), "linear", T=T)
+    a.semilogy(k, r, marker=".", ms=3, label=f"c = {c}")
+    a.semilogy(k, c ** k, color="k", lw=0.6, ls=":")
+    print(f"linear, c = {c}: max over k of |r_k / c^k − 1| = {np.abs(r / c**k - 1).max():.1e}")
+for s_max in (0.9, 1.5, 3.0):
+    r = recurrence_ratios(scaled_orthogonal(H, s_max, seed=0), "tanh", T=T)
+    b.semilogy(k, r, marker=".", ms=3, label=f"$s_{{max}}$ = {s_max}")
+    print(f"tanh,   s = {s_max}: r_59 = {r[-1]:.1e}, bound s^59 = {s_max ** (T - 1):.1e}, "
+          f"per step {r[-1] ** (1 / (T - 1)):.2f}")
+a.set_title("linear RNN: measured (dots), $c^k$ (dotted)")
+b.set_title("tanh RNN: far inside the bound $s^k$")
+for ax in (a, b):
+    ax.set_xlabel("steps back k")
+    ax.set_ylabel("$r_k$")
+    ax.legend(fontsize=7, loc="lower left")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The $c^k$ law holds to rounding error, below, at and above $c = 1$. The tanh RNN
+# decays much faster than its bound, because $\tanh' < 1$ wherever the state is not
+# zero; even $s_{\max} = 1.5$ vanishes, and only a strongly expanding $W_{hh}$ (3) makes
+# the gradient grow, far more slowly than $3^k$.
+#
 # Why does the LSTM, famous for carrying gradients far back in time, fade as fast as
 # the plain RNN at initialisation? Along its memory path
 # $\partial L/\partial c_{t-1} = \partial L/\partial c_t \odot f$, so the gradient is
@@ -120,6 +175,29 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
+# The measured factor per step is larger than $\sigma(\text{bias})$, for three reasons.
+# $f_t = \sigma(b_f + \text{input and recurrent terms})$ varies around the bias from unit
+# to unit and step to step (and the mean of $\sigma$ lies a little below $\sigma$ of the
+# mean here); over many steps the norm of $\partial L/\partial c_t$ is dominated by the
+# units whose $f$ happens to stay largest, because a product of factors decays at the
+# rate of its slowest components, not at the average rate; and the $h$ path of notebook
+# 1 (through $W_{hh}$) adds gradient on top of the $f$ path. Measured on the same runs:
+# the mean of $f$, and the per-step factor of the $f$ path alone, the RMS over units of
+# $\prod_t f_t$:
+
+# %%
+print(f"{'bias':>5}{'σ(bias)':>9}{'mean f':>8}{'f path alone':>14}{'measured':>10}")
+for fb in (0.0, 1.0, 3.0):
+    lstm = rnncore.LSTM(H, H, num_layers=1, dtype="float64", seed=0, forget_bias=fb)
+    x = np.random.default_rng(1).standard_normal((T, B, H))
+    lstm(x)
+    f = lstm.last_cache.layers[0][0].saved["gates"][:, :, H : 2 * H]
+    f_path = np.sqrt(np.mean(np.prod(f[1:-1], axis=0) ** 2)) ** (1 / (T - 2))
+    c = memory_decay(fb)
+    print(f"{fb:>5g}{1 / (1 + np.exp(-fb)):>9.3f}{f.mean():>8.3f}{f_path:>14.3f}"
+          f"{(c[0] / c[-1]) ** (1 / (len(c) - 1)):>10.3f}")
+
+# %% [markdown]
 # ## Why people stop at three or four layers
 #
 # Now the depth axis alone. For LSTM stacks of 1 to 12 layers we compare the gradient
@@ -150,13 +228,53 @@ for res in ratios:
 # %% [markdown]
 # In the plain stack the bottom layer's gradient falls by roughly the same factor with
 # every layer added: an exponential in depth. With residual connections the ratio stays
-# near one at any depth. The same contrast as heatmaps, 8 layers:
+# near one at any depth.
+#
+# ### Backprop through depth, in the engine's loop order
+#
+# In the engine's indexing (`rnncore/stack.py`) layer $k$ reads the sequence $u_k$
+# ($u_0 = x$) and $u_{k+1} = m_k \odot (\text{RNN}_k(u_k) + u_k)$, with the residual
+# term only when `residual="layers"` and $m_k$ the dropout mask between layers (all ones
+# without dropout). Backward, the gradient arriving at $u_{k+1}$ goes through the mask
+# and then splits: into layer $k$'s own BPTT (which returns $\partial L/\partial u_k$
+# through the layer, $J_k^\top$ applied to it, $J_k$ the Jacobian of the whole layer
+# over all steps) and, unchanged, along the residual:
+#
+# $$\frac{\partial L}{\partial u_k} = J_k^\top\Big(m_k \odot \frac{\partial
+#   L}{\partial u_{k+1}}\Big) + m_k \odot \frac{\partial L}{\partial u_{k+1}},
+#   \qquad\text{so}\qquad
+#   \frac{\partial L}{\partial x} = (J_0 + I)^\top (J_1 + I)^\top \cdots
+#   (J_{L-1} + I)^\top\, \frac{\partial L}{\partial\,\text{out}}$$
+#
+# (the second form for a loss on the output only, without dropout). Without the
+# residual this is $\prod_k J_k^\top$, a product that shrinks geometrically when each
+# layer shrinks; with it, the expanded product contains
+# the identity term, a path on which no layer can shrink the gradient. The loop order
+# matters: layer $k$'s BPTT needs $\partial L/\partial u_{k+1}$ at **every** step, which
+# is complete only after layer $k+1$'s time loop has finished, so the engine runs depth
+# outside and time inside, top layer first. The same lines in `stack_backward` (`dy` is
+# $\partial L/\partial u_{k+1}$, `du` becomes $\partial L/\partial u_k$; `dx_d` is what
+# direction $d$ of layer $k$ returns):
+
+# %%
+nbhelpers.show_source(stack_backward, start="dy = dout", stop="dx = dy if")
+
+# %% [markdown]
+# The same contrast as heatmaps, 8 layers:
 
 # %%
 deep = {label: gradflow.run_config(gradflow.Config("lstm", 8, res, "pytorch", "zeros"),
                                    T, B, H, seed=0).h[:, 0, :]
         for label, res in (("plain, 8 layers", "none"), ("residual, 8 layers", "layers"))}
 plot_heatmaps(deep, "LSTM, loss on the last step")
+
+# %% [markdown]
+# In the unrolled graph the residual paths are the green arcs: each skips one layer at
+# one step, and the gradient runs back along them unchanged.
+
+# %%
+diagrams.draw_unrolled(layers=3, steps=4, residual=True)
+plt.show()
 
 # %% [markdown]
 # ## What it does to training

@@ -37,9 +37,12 @@ nbhelpers.show_source(stack_forward, start="if masks[k] is not None", stop="laye
 
 # %% [markdown]
 # Two kinds of mask. **Standard** draws a fresh mask at every time step. **Variational**
-# (Gal and Ghahramani 2016) draws one mask per sequence and reuses it at every step, so
-# a dropped unit stays dropped for the whole sequence. The module draws them from its
-# seeded generator, with the shapes below (time × units for one sequence):
+# draws one mask per sequence and reuses it at every step, so a dropped unit stays
+# dropped for the whole sequence. Both act here only between layers, on each layer's
+# output; the recurrent connection $h_{t-1} \to h_t$ is never masked. (The per-sequence
+# mask is Gal and Ghahramani's (2016) idea, but their point is to apply it to the
+# recurrent connections as well, which these masks do not.) The module draws them from
+# its seeded generator, with the shapes below (time × units for one sequence):
 
 # %%
 rng = Generator(seed=0)

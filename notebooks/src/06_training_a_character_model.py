@@ -16,6 +16,8 @@
 import json
 import math
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +28,8 @@ import numpy as np
 from rnncore import corpora, optim
 from rnncore.charlm import CharLM
 from rnncore.evaluation import evaluate
+from rnncore.experiments.clipping import one_run
+from rnncore.experiments.common import LMData
 from rnncore.sample import generate, load_model
 from rnncore.textdata import Streams, Vocab, split_text
 from rnncore.train import main as train_main
@@ -110,12 +114,17 @@ for step in range(steps):
         history["val_bpc"].append(evaluate(model, val, 40) / math.log(2))
 print(f"after {steps} steps: validation {history['val_bpc'][-1]:.3f} bits/char "
       f"(floor {corpus.floor_bpc:.3f})")
+over = sum(g > clip for g in history["grad_norm"])
+print(f"steps whose gradient norm exceeded the clip threshold {clip}: {over} of {steps} "
+      f"(largest norm {max(history['grad_norm']):.2f})")
 
 # %% [markdown]
 # `clip_grad_norm` rescales all gradients together when their global norm exceeds
-# `clip`, which protects against the occasional exploding step; `evaluate` runs the
-# validation streams in inference mode with the state carried across windows, as in
-# training. The curves:
+# `clip`. In this run it never acts: the count above is zero, and the right-hand panel
+# below stays under the threshold. An LSTM at this size, trained with Adam, has no
+# exploding steps here; clipping is insurance (the next section shows a run that needs
+# it). `evaluate` runs the validation streams in inference mode with the state carried
+# across windows, as in training. The curves:
 
 # %%
 fig, (a, b) = plt.subplots(1, 2, figsize=(9, 2.8))
@@ -150,6 +159,42 @@ print(f"state reset every window:     {fresh:.3f} bits/char")
 # %% [markdown]
 # Restarting costs bits: at the start of every window the model has to guess without
 # context, which is what the carried state provides.
+#
+# ## When a gradient does explode
+#
+# Notebook 3 showed that a recurrent matrix with singular values above 1 can make the
+# backward product grow. The clipping experiment (`python -m rnncore.experiments
+# clipping`, results in `docs/experiments.md`) builds exactly that: a one-layer tanh RNN
+# language model whose $W_{hh}$ is an orthogonal matrix times a **gain of 3**, trained
+# with plain SGD (learning rate 1). Here is one of its runs, 300 steps, once without
+# clipping and once clipped at 1, with the experiment's own function:
+
+# %%
+clip_data = LMData.make(200_000, 32, 50)
+exploding = {}
+for label, threshold in (("unclipped", None), ("clipped at 1", 1.0)):
+    val_bpc, share_over, peak, diverged, losses = one_run(clip_data, 3.0, 1.0, threshold,
+                                                          128, 300, 0)
+    exploding[label] = losses
+    print(f"{label:<13} validation {val_bpc:.2f} bits/char; gradient norm above 1 at "
+          f"{share_over:.0%} of steps, largest {peak:,.0f}")
+fig, ax = plt.subplots(figsize=(5.5, 2.6))
+for label, losses in exploding.items():
+    ax.plot(np.arange(1, len(losses) + 1), np.array(losses) / math.log(2), lw=0.8,
+            label=label)
+ax.axhline(clip_data.floor_bpc, color="k", ls=":", label="entropy floor")
+ax.set_xlabel("step")
+ax.set_ylabel("training bits / char")
+ax.set_title("tanh RNN, W_hh gain 3, SGD lr 1")
+ax.legend(fontsize=8, loc="upper right")
+plt.show()
+
+# %% [markdown]
+# The raw gradient norm passes ten thousand in both runs (the clipped run's
+# norm is measured before clipping). Unclipped, each such step throws the weights far
+# away and SGD never recovers; clipped, the same steps are cut to length 1 and the model
+# trains normally. Clipping does not stop gradients from exploding; it stops an
+# exploded gradient from wrecking the weights.
 #
 # ## Sampling, and temperature
 #
@@ -221,12 +266,17 @@ print("identical from the resume on:", all(straight[s] == resumed[s] for s in st
 
 # %% [markdown]
 # Finally, `rnncore.sample.load_model` rebuilds a model from a checkpoint (the
-# configuration and the vocabulary are stored in it), which is what
-# `python -m rnncore.sample --checkpoint runs/.../best.npz` does:
+# configuration and the vocabulary are stored in it), which is what the command
+# `python -m rnncore.sample runs/.../best.npz` does (the checkpoint is its one positional
+# argument; we run that command too, below):
 
 # %%
 loaded, chars, _, meta = load_model(workdir / "stopped" / "best.npz")
 print(f"checkpoint from step {meta['step']}, "
       f"best validation {meta['best_val'] / math.log(2):.3f} bits/char")
 print(repr(generate(loaded, chars, prime="", length=150, temperature=0.8, seed=2)))
+command = [sys.executable, "-m", "rnncore.sample", str(workdir / "stopped" / "best.npz"),
+           "--length", "80", "--temperature", "0.8", "--seed", "2"]
+print("$ python -m rnncore.sample …/best.npz --length 80 --temperature 0.8 --seed 2")
+print(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 shutil.rmtree(workdir)
