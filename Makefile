@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train notebooks lint bench gradcheck
+.PHONY: install test train notebooks lint bench gradcheck lab
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,3 +36,15 @@ bench: $(STAMP)
 
 gradcheck: $(STAMP)
 	$(BIN)/python -m rnncore.gradcheck
+
+# Jupyter Lab in notebooks/ with the notebooks extra installed (start with 08_exercises)
+LAB_STAMP := $(VENV)/.lab-installed
+
+$(LAB_STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[notebooks]'
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	cd notebooks && ../$(BIN)/jupyter lab
