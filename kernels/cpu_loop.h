@@ -2,14 +2,14 @@
 // kernels' device helpers (common.cuh: sigmoid, tanh_, sigmoid_grad, tanh_grad, relu…)
 // compile as plain inline C++, so the CPU loops use the very same helper functions.
 //
-// Layout: feature-major across time. A per-step quantity of width W over T steps and B
-// sequences is a (W, T, B) array: element (w, t, b) at w·T·B + t·B + b. Step t's slice is a
-// (W, B) matrix with leading dimension T·B, so
+// Layout: time-major, feature-major within a step. A per-step quantity of width W over T
+// steps and B sequences is a (T, W, B) array: step t is one contiguous (W, B) block, element
+// (w, b) at t·W·B + w·B + b. So
 //   * the recurrent product of a step is one row-major GEMM  hg (G·H × B) = W_hh · h_{t−1},
 //     the layout OpenBLAS runs fastest on this machine (about 1.5× the batch-major h·W_hhᵀ),
+//   * a step reads and writes whole contiguous blocks (strided rows across T ran 3× slower),
 //   * the element loops run over b innermost, contiguous, and vectorise (with -ffast-math
-//     glibc's vector expf/tanhf are used),
-//   * the hoisted GEMMs before and after the loop see (W, T·B) matrices.
+//     glibc's vector expf/tanhf are used).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -63,18 +63,18 @@ void gemm(const Blas& blas, bool trans_a, bool trans_b, long M, long N, long K, 
 // mirrors it). Each cell's loop documents what its saved[] and grads[] entries hold.
 template <typename T> struct Args {
     int64_t steps, batch, hidden, reverse;
-    const T* xg;            // (G·H, T, B) the hoisted input projection, without biases
+    const T* xg;            // (T, G·H, B) the hoisted input projection, without biases
     const T* w_hh;          // (G·H, H)
     const T* bias_x;        // (G·H) or null: added to the input part of each gate
     const T* bias_h;        // (G·H) or null: added to the recurrent part
     const T* state0[2];     // (H, B) each, in the cell's state order
     const uint8_t* valid;   // (T, B) or null: step t of sequence b is real
-    T* saved[8];            // (W, T, B) buffers the forward writes
+    T* saved[8];            // (T, W, B) buffers the forward writes
     T* scratch;             // (G·H, B)
-    T* dh;                  // (H, T, B): ∂L/∂h_t, accumulated; starts as the masked ∂L/∂out
+    T* dh;                  // (T, H, B): ∂L/∂h_t, accumulated; starts as the masked ∂L/∂out
     T* dh0;                 // (H, B): ∂L/∂h_0, starts at zero
     T* dstate[2];           // (H, B) each: the second state's gradient, in and out (LSTM)
-    T* grads[4];            // (W, T, B) buffers the backward writes
+    T* grads[4];            // (T, W, B) buffers the backward writes
 };
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).
@@ -84,16 +84,10 @@ struct Order {
     int64_t step(int64_t k) const { return reverse ? steps - 1 - k : k; }
 };
 
-// A (W, B) matrix of step t inside a (W, T, B) array, or a separate (W, B) one.
-template <typename T> struct Slice {
-    T* p;
-    int64_t ld;
-    T& at(int64_t w, int64_t b) const { return p[w * ld + b]; }
-};
-template <typename T> Slice<T> step_of(T* base, int64_t t, const Args<T>& a) {
-    return {base + t * a.batch, a.steps * a.batch};
+// Step t's (W, B) block of a (T, W, B) array.
+template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
+    return base + t * W * B;
 }
-template <typename T> Slice<T> alone(T* base, const Args<T>& a) { return {base, a.batch}; }
 
 }  // namespace cpu_loop
 

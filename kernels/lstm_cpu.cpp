@@ -1,45 +1,43 @@
 // The LSTM's time loop for the compiled CPU driver: the same step as kernels/lstm.cu
-// (lstm_forward / lstm_backward), written over a step's (H, B) slices, b innermost, with
+// (lstm_forward / lstm_backward), written over a step's (H, B) blocks, b innermost, with
 // the same helpers (sigmoid, tanh_, sigmoid_grad, tanh_grad from common.cuh). Layout and
-// arguments: cpu_loop.h. Twin of rnncore/cells/lstm.py's ``cpu_forward`` / ``cpu_backward``.
+// arguments: cpu_loop.h. Twin of rnncore/cells/lstm.py's declared ``cpu_loop``.
 //
-// saved: [0] h (H,T,B)  [1] c  [2] gates (4H,T,B) i,f,g,o  [3] tanh(c)
-// grads: [0] dz (4H,T,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
-//        [3] (H,T,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
+// saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c)
+// grads: [0] dz (T,4H,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
+//        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
 #include "cpu_loop.h"
 
 namespace cpu_loop {
 
 template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch, TB = a.steps * a.batch;
+    const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    T *h = a.saved[0], *c = a.saved[1], *gates = a.saved[2], *tanh_c = a.saved[3];
     for (int64_t k = 0; k < a.steps; ++k) {
-        const int64_t t = order.step(k);
-        const Slice<const T> hp = k == 0 ? Slice<const T>{a.state0[0], B}
-                                         : Slice<const T>{h + order.step(k - 1) * B, TB};
-        const Slice<const T> cp = k == 0 ? Slice<const T>{a.state0[1], B}
-                                         : Slice<const T>{c + order.step(k - 1) * B, TB};
-        gemm<T>(blas, false, false, 4 * H, B, H, a.w_hh, H, hp.p, hp.ld, T(0), a.scratch, B);
+        const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+        const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+        gemm<T>(blas, false, false, 4 * H, B, H, a.w_hh, H, hp, B, T(0), a.scratch, B);
+        const T* xt = block<const T>(a.xg, t, 4 * H, B);
+        T* gt = block<T>(a.saved[2], t, 4 * H, B);
+        T* ht = block<T>(a.saved[0], t, H, B);
+        T* ct = block<T>(a.saved[1], t, H, B);
+        T* tct = block<T>(a.saved[3], t, H, B);
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
         for (int64_t j = 0; j < H; ++j) {
-            const T* x[4];
-            const T* r[4];
+            const T *x[4], *r[4];
             T* g_out[4];
             T bias[4];
             for (int q = 0; q < 4; ++q) {
                 const int64_t row = q * H + j;
-                x[q] = a.xg + row * TB + t * B;
+                x[q] = xt + row * B;
                 r[q] = a.scratch + row * B;
-                g_out[q] = gates + row * TB + t * B;
+                g_out[q] = gt + row * B;
                 bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
             }
-            const T* hpj = hp.p + j * hp.ld;
-            const T* cpj = cp.p + j * cp.ld;
-            T* hj = h + j * TB + t * B;
-            T* cj = c + j * TB + t * B;
-            T* tcj = tanh_c + j * TB + t * B;
+            const T *hpj = hp + j * B, *cpj = cp + j * B;
+            T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct + j * B;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
                 const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
@@ -62,35 +60,29 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
 }
 
 template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch, TB = a.steps * a.batch;
+    const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    const T *c = a.saved[1], *gates = a.saved[2], *tanh_c = a.saved[3];
-    T* dz = a.grads[0];
     T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
     T* dc_prev = a.dstate[1];
     for (int64_t k = a.steps - 1; k >= 0; --k) {
-        const int64_t t = order.step(k);
-        const Slice<const T> cp = k == 0 ? Slice<const T>{a.state0[1], B}
-                                         : Slice<const T>{c + order.step(k - 1) * B, TB};
-        const Slice<T> dhp = k == 0 ? Slice<T>{a.dh0, B}
-                                    : Slice<T>{a.dh + order.step(k - 1) * B, TB};
+        const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+        T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
+        const T* gt = block<T>(a.saved[2], t, 4 * H, B);
+        const T* tct = block<T>(a.saved[3], t, H, B);
+        const T* dht = block<T>(a.dh, t, H, B);
+        T* dzt = block<T>(a.grads[0], t, 4 * H, B);
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
-        if (a.grads[3] != nullptr)
-            for (int64_t j = 0; j < H; ++j)
-                std::memcpy(a.grads[3] + j * TB + t * B, dc + j * B, sizeof(T) * B);
+        if (a.grads[3] != nullptr) std::memcpy(block<T>(a.grads[3], t, H, B), dc, sizeof(T) * H * B);
         for (int64_t j = 0; j < H; ++j) {
             const T* gq[4];
             T* dzq[4];
             for (int q = 0; q < 4; ++q) {
-                gq[q] = gates + (q * H + j) * TB + t * B;
-                dzq[q] = dz + (q * H + j) * TB + t * B;
+                gq[q] = gt + (q * H + j) * B;
+                dzq[q] = dzt + (q * H + j) * B;
             }
-            const T* dhj = a.dh + j * TB + t * B;
-            const T* tcj = tanh_c + j * TB + t * B;
-            const T* cpj = cp.p + j * cp.ld;
-            const T* dcj = dc + j * B;
-            T* dcpj = dc_prev + j * B;
-            T* dhpj = dhp.p + j * dhp.ld;
+            const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B, *dcj = dc + j * B;
+            T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
                 const bool keep = valid == nullptr || valid[b];
@@ -108,7 +100,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
             }
         }
         // ∂h_{t−1} += W_hhᵀ ∂z_t
-        gemm<T>(blas, true, false, H, B, 4 * H, a.w_hh, H, dz + t * B, TB, T(1), dhp.p, dhp.ld);
+        gemm<T>(blas, true, false, H, B, 4 * H, a.w_hh, H, dzt, B, T(1), dhp, B);
         T* swap = dc;
         dc = dc_prev;
         dc_prev = swap;

@@ -5,19 +5,22 @@ forward and backward each are one call into a library built from those files and
 ``kernels/cpu_loop.h`` with the host compiler (``-O3 -march=native -ffast-math``: the
 element loops vectorise, with glibc's vector expf/tanhf), which
 
-- lays every per-step buffer out feature-major across time, (width, T, B), so that the
-  recurrent product of a step is the row-major GEMM  W_hh · h_{t−1}  into a (G·H, B)
-  buffer: on this machine's OpenBLAS about 1.5× faster than the batch-major h_{t−1} W_hhᵀ
-  (measured: 94 against 64 GFLOP/s at B 64, H 512; 87 against 53 at B 32, H 128);
+- lays every per-step buffer out time-major and feature-major within a step, (T, width,
+  B), so that the recurrent product of a step is the row-major GEMM  W_hh · h_{t−1}  into
+  a (G·H, B) buffer: on this machine's OpenBLAS about 1.5× faster than the batch-major
+  h_{t−1} W_hhᵀ (measured: 94 against 64 GFLOP/s at B 64, H 512; 87 against 53 at B 32,
+  H 128), and each step reads and writes contiguous blocks;
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
   kernels (common.cuh), so no NumPy temporaries and no Python per step;
 - calls NumPy's own OpenBLAS (its ``cblas_?gemm`` found in the loaded library), so one BLAS
   thread pool serves every GEMM and ``threadpoolctl`` limits it.
 
-Before and after the loop, the hoisted GEMMs are NumPy's, on (width, T·B) matrices:
+Before and after the loop, the hoisted GEMMs are NumPy's:
 
-    X_g = W_ih Xᵀ                      ∂X = ∂X_gᵀ W_ih
-    ∂W_ih = ∂X_g X     ∂W_hh = ∂H_g H_prevᵀ     ∂b = Σ_columns
+    X_g[t] = W_ih X[t]ᵀ  (one batched matmul)     ∂X = ∂X_gᵀ W_ih
+    ∂W_ih = ∂X_g X     ∂W_hh = ∂H_g H_prev        ∂b = Σ_columns
+
+with ∂X_g and ∂H_g rearranged once into (G·H, T·B) matrices and X, H_prev as (T·B, ·).
 
 Results equal the reference driver's to rounding (the GEMM shapes and -ffast-math change
 the order of additions), not bit for bit; the tests hold it to 1e-12 in float64. A cell
@@ -190,12 +193,12 @@ class CompiledCPU:
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], x.dtype
-        xg = np.empty((GH, T * B), dt)
-        np.matmul(p["w_ih"], x.reshape(T * B, I).T, out=xg)
+        xg = np.empty((T, GH, B), dt)
+        np.matmul(p["w_ih"], x.transpose(0, 2, 1), out=xg)
         state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
-        fm = {name: np.empty((width * H, T, B), dt) for name, width in loop.saved}
+        fm = {name: np.empty((T, width * H, B), dt) for name, width in loop.saved}
         if loop.recurrent_bias:
             bias_x, bias_h = p.get("b_ih"), p.get("b_hh")
         else:
@@ -213,11 +216,11 @@ class CompiledCPU:
         args.scratch = _ptr(scratch)
         self._call(loop, "forward", dt, args)
         last = 0 if reverse else T - 1
-        state_T = tuple(np.ascontiguousarray(fm[name][:, last, :].T) for name in cell.state)
-        out = np.ascontiguousarray(fm["h"].transpose(1, 2, 0))
-        if valid is not None:
-            out *= valid
-        saved = {name: a.transpose(1, 2, 0) for name, a in fm.items()}
+        state_T = tuple(np.ascontiguousarray(fm[name][last].T) for name in cell.state)
+        h = np.ascontiguousarray(fm["h"].transpose(0, 2, 1))  # (T, B, H): kept for ∂W_hh
+        out = h if valid is None else h * valid
+        saved = {name: a.transpose(0, 2, 1) for name, a in fm.items()}
+        saved["h"] = h
         return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
                                            state0_fm, valid_u8)
 
@@ -229,14 +232,14 @@ class CompiledCPU:
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
         valid = inputs.get("valid")
-        dh = np.ascontiguousarray((dout if valid is None else dout * valid).transpose(2, 0, 1))
+        dh = np.ascontiguousarray((dout if valid is None else dout * valid).transpose(0, 2, 1))
         last = 0 if reverse else T - 1
-        dh[:, last, :] += dstate[0].T
+        dh[last] += dstate[0].T
         dh0 = np.zeros((H, B), dt)
         rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
         scratch = [np.empty((H, B), dt) for _ in rest]
-        grads = {name: np.empty((width * H, T, B), dt) for name, width in loop.grads}
-        history = np.empty((H, T, B), dt) if record is not None and loop.history else None
+        grads = {name: np.empty((T, width * H, B), dt) for name, width in loop.grads}
+        history = np.empty((T, H, B), dt) if record is not None and loop.history else None
         w_hh = np.ascontiguousarray(p["w_hh"])
         args = _ARGS[dt.name](steps=T, batch=B, hidden=H, reverse=int(bool(reverse)),
                               w_hh=_ptr(w_hh), valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0))
@@ -252,18 +255,19 @@ class CompiledCPU:
         self._call(loop, "backward", dt, args)
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
-                extra = () if history is None else (history[:, t, :].T,)
-                record(t, (dh[:, t, :].T,) + extra)
-        dxg = grads["dxg"].reshape(GH, T * B)
-        dhg = grads["dhg"].reshape(GH, T * B) if "dhg" in grads else dxg
+                extra = () if history is None else (history[t].T,)
+                record(t, (dh[t].T,) + extra)
+
+        def by_feature(a):  # (T, G·H, B) -> (G·H, T·B)
+            return np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(GH, T * B)
+
+        dxg = by_feature(grads["dxg"])
+        dhg = by_feature(grads["dhg"]) if "dhg" in grads else dxg
         db = dxg.sum(axis=1)
-        h_prev = np.empty((H, T, B), dt)
-        if reverse:
-            h_prev[:, :-1], h_prev[:, -1] = fm["h"][:, 1:], state0_fm[0]
-        else:
-            h_prev[:, 1:], h_prev[:, 0] = fm["h"][:, :-1], state0_fm[0]
-        x2 = x.reshape(T * B, I)
-        out = {"w_ih": dxg @ x2, "b_ih": db, "w_hh": dhg @ h_prev.reshape(H, T * B).T,
+        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
+        h_prev = np.concatenate([h[1:], h0[None]] if reverse else [h0[None], h[:-1]])
+        out = {"w_ih": dxg @ x.reshape(T * B, I), "b_ih": db,
+               "w_hh": dhg @ h_prev.reshape(T * B, H),
                "b_hh": dhg.sum(axis=1) if loop.recurrent_bias else db}
         dx = (dxg.T @ p["w_ih"]).reshape(T, B, I) if need_dx else None
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
