@@ -78,8 +78,11 @@ def cooperative_kernels(dtype) -> set:
 
 
 def sources() -> tuple:
-    """Every kernel source file, in name order (a new cell's .cu joins automatically)."""
-    return tuple(sorted(p.name for p in kernels_dir().glob("*.cu")))
+    """Every pointwise kernel source file, in name order (a new cell's .cu joins
+    automatically). ``persistent_*.cu`` (whole-sequence cooperative kernels, which need the
+    cooperative-groups headers) are built apart, by ``rnncore.persistent_kernels``."""
+    return tuple(sorted(p.name for p in kernels_dir().glob("*.cu")
+                        if not p.name.startswith("persistent_")))
 
 
 def kernels_dir() -> Path:
@@ -191,8 +194,11 @@ def _verified(target: Path, digest_file: Path) -> bool:
         return False
 
 
-def build_host_library(cxx=None) -> Path:
+def build_host_library(cxx=None, source=None) -> Path:
     """Compile the host translation unit (once per source, compiler and flags); its path.
+
+    ``source`` is the translation unit's text (default ``host_source()``, the pointwise
+    kernels; ``rnncore.persistent_kernels`` passes its own).
 
     The library is cached in a folder private to this user, beside a record of its content
     hash; a cached file that fails those checks is rebuilt, never loaded.
@@ -202,7 +208,7 @@ def build_host_library(cxx=None) -> Path:
         raise FusedUnavailableError(
             "impl='fused' on the CPU needs a C++ compiler (g++, c++ or clang++ on PATH, "
             "or $CXX); none was found. Use impl='reference' or install one.")
-    source = host_source()
+    source = host_source() if source is None else source
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([source, cxx, version, *HOST_FLAGS]).encode()).hexdigest()
     folder = _trusted_folder()
