@@ -20,7 +20,7 @@ from .init import INIT_STATES, INITS
 
 RESIDUALS = (None, "layers", "stack")
 DROPOUT_MODES = ("standard", "variational")
-IMPLS = ("auto", "reference", "fused")
+IMPLS = ("auto", "reference", "fused", "graph", "persistent")
 DTYPES = ("float32", "float64")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently
