@@ -29,7 +29,7 @@ graphs); the modules call it when the parameters are replaced or moved.
 
 from .. import backend
 from .auto import BySize, by_size_enabled
-from .python_loop import LayerCache, PythonLoop
+from .python_loop import LayerCache, PythonLoop, StepOps
 
 IMPLS = ("auto", "reference", "fused", "graph", "persistent")
 
@@ -86,4 +86,4 @@ def invalidate(driver) -> None:
         hook()
 
 
-__all__ = ["IMPLS", "BySize", "LayerCache", "PythonLoop", "invalidate", "select"]
+__all__ = ["IMPLS", "BySize", "LayerCache", "PythonLoop", "StepOps", "invalidate", "select"]
