@@ -151,19 +151,22 @@ def nvrtc_options(arch=None) -> tuple:
 
 # ----------------------------------------------------------------------------- builds
 class _CupyCooperative:
-    """A CuPy kernel function launched cooperatively (every block resident at once)."""
+    """A kernel of a ``cupy.RawModule`` launched cooperatively (every block resident at
+    once). The module is compiled without CuPy's ``enable_cooperative_groups`` (which adds
+    -rdc and links libcudadevrt from a CUDA toolkit); the launch goes through the
+    ``cupy.cuda.function.Function`` underneath the RawKernel, whose last argument asks for
+    ``cuLaunchCooperativeKernel``."""
 
-    def __init__(self, function):
-        self.function = function
+    def __init__(self, raw_kernel):
+        self.raw = raw_kernel
         self._shared_set = 0
 
     def __call__(self, grid, block, args, shared_mem=0):
         if shared_mem > 48 * 1024 and shared_mem > self._shared_set:
             # above 48 KiB of dynamic shared memory a kernel must opt in
-            self.function.max_dynamic_shared_size_bytes = shared_mem
+            self.raw.max_dynamic_shared_size_bytes = shared_mem
             self._shared_set = shared_mem
-        self.function(tuple(grid), tuple(block), args, shared_mem=shared_mem,
-                      enable_cooperative_groups=True)
+        self.raw.kernel(tuple(grid), tuple(block), tuple(args), shared_mem, None, True)
 
 
 def _cupy_kernels(device, dtype) -> dict:

@@ -15,9 +15,10 @@ What is captured and what is not:
                graph:   ``backward_steps``: T × (pointwise launch + GEMM into ∂h_{t−1})
                outside: ∂W = Σ ∂zᵀ h, ∂W_ih, ∂b, ∂X (one GEMM each, CuPy)
 
-The step functions are the reference driver's own (``python_loop.forward_steps`` and
-``backward_steps``), so the graph runs exactly the reference's step sequence; only the
-hoisted GEMMs and the copies around it are this module's. The big GEMMs stay outside the
+``forward_steps`` and ``backward_steps`` below are the reference driver's loops
+(``PythonLoop.forward`` / ``backward``, which the notebooks quote in place) with the setup
+and the hoisted GEMMs taken out; tests/test_cuda_graph.py checks that they issue the same
+GEMMs and pointwise calls, in the same order, with the same shapes, and give the same bits. The big GEMMs stay outside the
 graph: they are few, not launch-bound, and CuPy's cuBLAS calls cannot be captured.
 
 Entries. A graph reads and writes fixed addresses, so each entry owns every buffer its
@@ -53,11 +54,35 @@ from .. import backend
 from ..backend import filled, gemm, xp_of
 from ..cells.base import Dims
 from ..cublas import pointer
-from .python_loop import (LayerCache, StepOps, _states_before_each_step, backward_steps,
-                          forward_steps, time_order)
+from .python_loop import LayerCache, StepOps, _at, _states_before_each_step, time_order
 
 GRAPH_CACHE_SIZE = 64  # entries (layer direction × shape × lengths pattern); an entry holds
 # about the memory of one forward's saved buffers, like the reference driver's caches.
+
+
+def forward_steps(cell, ops, p, xg, state0, inputs, saved, reverse):
+    """``PythonLoop.forward``'s time loop alone: every step of ``cell`` from ``state0`` into
+    the preallocated ``saved`` buffers. Nothing here allocates or reads data on the host."""
+    state = state0
+    for t in time_order(xg.shape[0], reverse):
+        state = cell.forward_step(ops, p, xg[t], state, _at(inputs, t), _at(saved, t))
+    return state
+
+
+def backward_steps(cell, ops, p, state0, inputs, saved, grads, dh, dh0, rest, reverse):
+    """``PythonLoop.backward``'s time loop alone. ``dh`` (T, B, H) holds ∂L/∂out (+ ∂L/∂h_T
+    at the last step) and accumulates; ``dh0`` receives ∂L/∂h_0 (added to); ``rest`` holds
+    a [current, next] pair of buffers per other state gradient, swapped after every step."""
+    order = time_order(dh.shape[0], reverse)
+    for k in range(len(order) - 1, -1, -1):
+        t = order[k]
+        state_prev = state0 if k == 0 else cell.state_at(saved, order[k - 1])
+        dstate_t = (dh[t],) + tuple(pair[0] for pair in rest)
+        dstate_prev = (dh0 if k == 0 else dh[order[k - 1]],) + tuple(pair[1] for pair in rest)
+        cell.backward_step(ops, p, dstate_t, state_prev, _at(inputs, t), _at(saved, t),
+                           _at(grads, t), dstate_prev)
+        for pair in rest:
+            pair.reverse()
 
 
 def graph_key(cell, p, x, state0, inputs, reverse):

@@ -77,7 +77,10 @@ class PythonLoop:
         saved = {name: filled(xp, prefill[name], (T, B, width), x.dtype)
                  if name in prefill else xp.empty((T, B, width), x.dtype)
                  for name, width in cell.saved_widths(dims, p).items()}
-        state = forward_steps(cell, self.ops(cell), p, xg, state0, inputs, saved, reverse)
+        ops = self.ops(cell)
+        state = state0
+        for t in time_order(T, reverse):
+            state = cell.forward_step(ops, p, xg[t], state, _at(inputs, t), _at(saved, t))
         valid = inputs.get("valid")
         out = saved["h"] if valid is None else saved["h"] * valid
         return out, state, LayerCache(x, inputs, reverse, state0, saved, dims)
@@ -102,8 +105,18 @@ class PythonLoop:
         rest = [[d.copy(), xp.empty_like(d)] for d in dstate[1:]]
         grads = {name: xp.empty((T, B, width), dout.dtype)
                  for name, width in cell.grad_widths(dims, p).items()}
-        backward_steps(cell, self.ops(cell), p, state0, inputs, saved, grads, dh, dh0, rest,
-                       reverse, record)
+        ops = self.ops(cell)
+        for k in range(T - 1, -1, -1):
+            t = order[k]
+            state_prev = state0 if k == 0 else cell.state_at(saved, order[k - 1])
+            dstate_t = (dh[t],) + tuple(pair[0] for pair in rest)
+            if record is not None:
+                record(t, dstate_t)
+            dstate_prev = (dh0 if k == 0 else dh[order[k - 1]],) + tuple(pair[1] for pair in rest)
+            cell.backward_step(ops, p, dstate_t, state_prev, _at(inputs, t), _at(saved, t),
+                               _at(grads, t), dstate_prev)
+            for pair in rest:
+                pair.reverse()
         dxg = grads["dxg"]
         db = dxg.sum(axis=(0, 1))
         out = cell.weight_grads(p, saved, grads, _states_before_each_step(saved["h"], state0,
@@ -112,36 +125,6 @@ class PythonLoop:
         out["b_ih"] = db
         dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1)
         return dx, (dh0,) + tuple(pair[0] for pair in rest), out
-
-
-def forward_steps(cell, ops, p, xg, state0, inputs, saved, reverse):
-    """The forward time loop alone: every step of ``cell`` from ``state0`` into the
-    preallocated ``saved`` buffers; returns state_T (views of ``saved``). Nothing here
-    allocates or reads data on the host, so a CUDA graph can capture it (cuda_graph.py)."""
-    state = state0
-    for t in time_order(xg.shape[0], reverse):
-        state = cell.forward_step(ops, p, xg[t], state, _at(inputs, t), _at(saved, t))
-    return state
-
-
-def backward_steps(cell, ops, p, state0, inputs, saved, grads, dh, dh0, rest, reverse,
-                   record=None):
-    """The backward time loop alone. ``dh`` (T, B, H) holds ∂L/∂out (+ ∂L/∂h_T at the last
-    step) and accumulates; ``dh0`` receives ∂L/∂h_0 (added to); ``rest`` holds a [current,
-    next] pair of buffers per other state gradient, swapped after every step, so that
-    pair[0] holds ∂L/∂state_0 at the end. Writes the step slices of ``grads``."""
-    order = time_order(dh.shape[0], reverse)
-    for k in range(len(order) - 1, -1, -1):
-        t = order[k]
-        state_prev = state0 if k == 0 else cell.state_at(saved, order[k - 1])
-        dstate_t = (dh[t],) + tuple(pair[0] for pair in rest)
-        if record is not None:
-            record(t, dstate_t)
-        dstate_prev = (dh0 if k == 0 else dh[order[k - 1]],) + tuple(pair[1] for pair in rest)
-        cell.backward_step(ops, p, dstate_t, state_prev, _at(inputs, t), _at(saved, t),
-                           _at(grads, t), dstate_prev)
-        for pair in rest:
-            pair.reverse()
 
 
 def _proj(p):
