@@ -18,8 +18,9 @@ What is captured and what is not:
 ``forward_steps`` and ``backward_steps`` below are the reference driver's loops
 (``PythonLoop.forward`` / ``backward``, which the notebooks quote in place) with the setup
 and the hoisted GEMMs taken out; tests/test_cuda_graph.py checks that they issue the same
-GEMMs and pointwise calls, in the same order, with the same shapes, and give the same bits. The big GEMMs stay outside the
-graph: they are few, not launch-bound, and CuPy's cuBLAS calls cannot be captured.
+GEMMs and pointwise calls, in the same order, with the same shapes, and give the same bits.
+The big GEMMs stay outside the graph: they are few, not launch-bound, and CuPy's cuBLAS
+calls cannot be captured.
 
 Entries. A graph reads and writes fixed addresses, so each entry owns every buffer its
 graph touches (static inputs, saved buffers, gradient buffers, scratch, a private memory
@@ -51,7 +52,7 @@ from collections import OrderedDict
 from types import SimpleNamespace
 
 from .. import backend
-from ..backend import filled, gemm, xp_of
+from ..backend import gemm, xp_of
 from ..cells.base import Dims
 from ..cublas import pointer
 from .python_loop import LayerCache, StepOps, _at, _states_before_each_step, time_order
