@@ -49,7 +49,7 @@ Examples::
     python -m rnncore.bench                                  # CPU table, all cores
     python -m rnncore.bench --rows lstm-3x512,gru-3x512 --repeats 9 --json cpu.json
     python -m rnncore.bench --rows lstm-3x512 --cells all    # every registered cell
-    python -m rnncore.bench --device cuda --json gpu.json    # fused, reference, cuDNN
+    python -m rnncore.bench --device cuda --json gpu.json    # each driver, cuDNN
     python -m rnncore.bench --quick                          # tiny sizes: a smoke test
 """
 
@@ -230,7 +230,8 @@ def build_runners(row, weights, x, dout, device, dtype):
     if device.kind == "cpu":
         rnncore_impls = [("rnncore", "auto")]  # the compiled CPU driver where it builds
     else:
-        rnncore_impls = [("rnncore fused", "fused"), ("rnncore reference", "reference")]
+        rnncore_impls = [("rnncore fused", "fused"), ("rnncore graph", "graph"),
+                         ("rnncore persistent", "persistent"), ("rnncore reference", "reference")]
     baseline = baseline_name(device)
     for name, impl in rnncore_impls:
         try:

@@ -78,8 +78,11 @@ def cooperative_kernels(dtype) -> set:
 
 
 def sources() -> tuple:
-    """Every kernel source file, in name order (a new cell's .cu joins automatically)."""
-    return tuple(sorted(p.name for p in kernels_dir().glob("*.cu")))
+    """Every pointwise kernel source file, in name order (a new cell's .cu joins
+    automatically). ``persistent_*.cu`` (whole-sequence cooperative kernels, which need the
+    cooperative-groups headers) are built apart, by ``rnncore.persistent_kernels``."""
+    return tuple(sorted(p.name for p in kernels_dir().glob("*.cu")
+                        if not p.name.startswith("persistent_")))
 
 
 def kernels_dir() -> Path:
@@ -191,9 +194,15 @@ def _verified(target: Path, digest_file: Path) -> bool:
         return False
 
 
-def build_host_library(cxx=None) -> Path:
-    """Compile the kernels' host translation unit (the emulation); its cached path."""
-    return build_library("fused", host_source(), HOST_FLAGS, cxx=cxx)
+def build_host_library(cxx=None, source=None) -> Path:
+    """Compile a kernels' host translation unit (the emulation); its cached path.
+
+    ``source`` is the translation unit's text (default ``host_source()``, the pointwise
+    kernels; ``rnncore.persistent_kernels`` passes its own).
+    """
+    stem = "fused" if source is None else "kernels"
+    source = host_source() if source is None else source
+    return build_library(stem, source, HOST_FLAGS, cxx=cxx)
 
 
 def build_library(stem, source, flags, link_flags=("-shared",), cxx=None,

@@ -126,7 +126,8 @@ class Recurrent:
 
     @property
     def impl_in_use(self) -> str:
-        """``"reference"`` or ``"fused"``: what ``impl`` resolved to on this device."""
+        """What ``impl`` resolved to on this device: ``"reference"``, ``"fused"``,
+        ``"graph"``, ``"persistent"`` or ``"auto"`` (the by-size choice, per layer)."""
         return self.driver.name
 
     # ----------------------------------------------------------------- parameters
@@ -167,6 +168,7 @@ class Recurrent:
                 raise TypeError(f"state_dict[{name!r}] must hold floats, got {array.dtype}")
             loaded[name] = backend.to_device(array.astype(self.dtype, copy=True), self.device)
         self.params.update(loaded)
+        drivers.invalidate(self.driver)  # captured graphs read the replaced arrays
         self._last = None
 
     def drop_cache(self):
@@ -190,6 +192,7 @@ class Recurrent:
         params = {k: backend.to_device(v, target) for k, v in self.params.items()}
         grads = {k: backend.to_device(v, target) for k, v in self.grads.items()}
         driver = drivers.select(self.impl, target, self.dtype, self.cell, self.spec.dims(0))
+        drivers.invalidate(self.driver)  # its graphs hold the old device's buffers
         self.device, self.xp, self.params, self.grads = target, xp, params, grads
         self.driver = driver
         self._last = None

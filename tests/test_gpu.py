@@ -104,7 +104,11 @@ def test_cuda_module_matches_numpy(kind, options, impl, dtype):
 
 
 def test_auto_means_fused_on_cuda():
-    assert rnncore.LSTM(3, 4, device="cuda").impl_in_use == "fused"
+    """Until the by-size crossovers are measured (rnncore/drivers/auto.py)."""
+    from rnncore.drivers import auto
+
+    want = "auto" if auto.by_size_enabled() else "fused"
+    assert rnncore.LSTM(3, 4, device="cuda").impl_in_use == want
 
 
 

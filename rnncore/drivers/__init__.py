@@ -20,12 +20,21 @@ Drivers:
   reference every other driver is tested against.
 - ``CompiledCPU`` (``compiled_cpu.py``): the whole loop of a layer direction in C++,
   feature-major, calling NumPy's BLAS; for cells that declare a CPU loop.
+- ``CudaGraph`` (``cuda_graph.py``): the same steps captured once into a CUDA graph per
+  shape and lengths pattern, replayed afterwards (on the CPU: a stand-in that reruns them).
+- ``Persistent`` (``persistent.py``): one cooperative kernel launch runs all T steps
+  (the LSTM; on the CPU through the kernel emulation).
+- ``BySize`` (``auto.py``): ``impl="auto"``'s choice among them by size.
+
+``invalidate(driver)`` drops whatever a driver holds for the current parameters (captured
+graphs); the modules call it when the parameters are replaced or moved.
 """
 
 from .. import backend
-from .python_loop import LayerCache, PythonLoop
+from .auto import BySize, by_size_enabled
+from .python_loop import LayerCache, PythonLoop, StepOps
 
-IMPLS = ("auto", "reference", "fused", "compiled")
+IMPLS = ("auto", "reference", "fused", "compiled", "graph", "persistent")
 
 
 def select(impl, device, dtype, cell=None, dims=None):
@@ -36,7 +45,10 @@ def select(impl, device, dtype, cell=None, dims=None):
     OpenBLAS; cells without a CPU loop then run on the reference inside it), else the
     reference. ``fused`` on the CPU runs the kernels' emulation (it exists to test the
     kernel source and launch code), ``reference`` the NumPy loop, ``compiled`` insists on
-    the compiled CPU driver.
+    the compiled CPU driver. With the by-size rule on (``auto.py``; not yet, on CUDA, until
+    it is measured) ``auto`` on a GPU picks persistent, graph or fused per layer direction.
+    ``graph`` and ``persistent`` fall back to the fused loop (GPU) or the reference (CPU)
+    for what they do not run; on the CPU they run their stand-in and the kernel emulation.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -65,9 +77,34 @@ def select(impl, device, dtype, cell=None, dims=None):
         return PythonLoop("reference")
     from .. import fused
 
+    if impl in ("graph", "persistent"):
+        # the fallback: the fused per-step loop on a GPU, the reference loop on the CPU
+        fallback = PythonLoop("fused", fused.launcher_for(device, dtype)) \
+            if device.kind == "cuda" else PythonLoop("reference")
+        if impl == "graph":
+            from .cuda_graph import for_device
+
+            return for_device(device, dtype, fallback)
+        from .persistent import Persistent
+
+        return Persistent(device, dtype, fallback)
     if impl == "fused" or (device.kind == "cuda" and fused.available(device)):
-        return PythonLoop("fused", fused.launcher_for(device, dtype))
+        per_step = PythonLoop("fused", fused.launcher_for(device, dtype))
+        if impl == "auto" and device.kind == "cuda" and by_size_enabled():
+            from .cuda_graph import for_device
+            from .persistent import Persistent
+
+            return BySize(Persistent(device, dtype, per_step),
+                          for_device(device, dtype, per_step), per_step)
+        return per_step
     return PythonLoop("reference")
 
 
-__all__ = ["IMPLS", "LayerCache", "PythonLoop", "select"]
+def invalidate(driver) -> None:
+    """Drop what ``driver`` keeps for the current parameters (graphs and their buffers)."""
+    hook = getattr(driver, "invalidate", None)
+    if hook is not None:
+        hook()
+
+
+__all__ = ["IMPLS", "BySize", "LayerCache", "PythonLoop", "StepOps", "invalidate", "select"]
