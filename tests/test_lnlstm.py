@@ -201,7 +201,7 @@ def test_appears_in_the_gradient_flow_sweep(tmp_path, capsys):
 def test_appears_in_the_benchmark(tmp_path, capsys):
     from rnncore import bench
 
-    bench.main(["--quick", "--rows", "lstm-1x128", "--cells", "lnlstm",
+    bench.main(["--quick", "--rows", "lstm-1x128", "--cells", "lnlstm", "--threads", "1",
                 "--json", str(tmp_path / "bench.json")])
     out = capsys.readouterr().out
     assert "LNLSTM" in out.upper() and "no torch.nn twin" in out
