@@ -148,3 +148,35 @@ def test_results_do_not_depend_on_the_number_of_worker_processes(name, tmp_path)
     one = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=1)
     two = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=2)
     assert one.rows == two.rows
+
+
+# ------------------------------------------------------------------ verdicts from statistics
+def test_welch_equals_scipy_and_decides_three_ways():
+    from scipy import stats as sps
+
+    from rnncore.experiments import stats
+
+    a, b = [0.565, 0.566, 0.564], [3.987, 3.9874, 3.9866]
+    c = stats.welch("a lower", "a", a, "b", b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    assert c.t == pytest.approx(ref.statistic) and c.p == pytest.approx(ref.pvalue)
+    assert c.verdict() == "supported"
+    assert stats.welch("b lower", "b", b, "a", a).verdict() == "not supported"
+    assert stats.welch("a lower", "a", [1.0, 1.2, 0.9], "b", [1.1, 0.95, 1.05]).verdict() \
+        == "undecided at 3 seeds"
+    assert stats.welch("higher", "b", b, "a", a, better="higher").verdict() == "supported"
+    same = stats.welch_from_stats("x", "a", 1.0, 0.0, 3, "b", 1.0, 0.0, 3)
+    assert same.verdict() == "undecided at 3 seeds"
+    # the test from a "mean ± sd" table is the same test
+    ms = stats.welch_from_stats("a lower", "a", np.mean(a), np.std(a, ddof=1), 3,
+                                "b", np.mean(b), np.std(b, ddof=1), 3)
+    assert ms.p == pytest.approx(c.p)
+
+
+@pytest.mark.parametrize("name", ["bidirectional", "dropout"])
+def test_a_run_prints_its_verdict_with_statistics(name, tmp_path):
+    report = experiments.run(name, quick=True, out=str(tmp_path))
+    assert report.verdicts and report.verdicts[0].startswith("verdict: ")
+    assert "Welch t =" in str(report) and "p =" in str(report)
+    one = experiments.run(name, quick=True, seeds=(0,), out=str(tmp_path))
+    assert one.verdicts == [one.verdicts[0]] and "one seed" in one.verdicts[0]

@@ -22,7 +22,9 @@ from .common import (
     parallel_map,
     pyplot,
     save_figure,
+    verdicts,
 )
+from .stats import welch
 
 SHIFT = 3
 
@@ -58,10 +60,10 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
         else (20, 8, 32, 400, 32, 1e-2)
     runs = parallel_map(one_run, [(bidirectional, T, K, hidden, steps, batch, lr, seed)
                                   for bidirectional in (False, True) for seed in seeds], jobs)
-    rows, curves, final = [], {}, {}
+    rows, curves, final, per_seed = [], {}, {}, {}
     for i, name in enumerate(("unidirectional", "bidirectional")):
         curves[name] = runs[i * len(seeds):(i + 1) * len(seeds)]
-        accs = [evals[-1][1] for evals in curves[name]]
+        accs = per_seed[name] = [evals[-1][1] for evals in curves[name]]
         final[name] = float(np.mean(accs))
         rows.append([name, mean_sd(accs), f"{1 / K:.3f}"])
     # Stable at quick size (120 steps): over seeds 0–7 the unidirectional stack ends at
@@ -70,10 +72,15 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     checks = [(f"unidirectional stays near chance ({uni:.3f}, chance {1 / K:.3f})",
                uni < 1 / K + 0.1),
               (f"bidirectional ({bi:.3f}) beats unidirectional ({uni:.3f})", bi > uni + 0.02)]
+    verdict = verdicts(
+        "a tag that needs the future: bidirectional far above unidirectional", seeds,
+        lambda: [welch("bidirectional beats unidirectional", "bidirectional",
+                       per_seed["bidirectional"], "unidirectional", per_seed["unidirectional"],
+                       better="higher")])
     table = format_table(["LSTM, 1 layer", "test accuracy (t < T−3)", "chance"], rows)
     head = f"T={T} K={K} hidden={hidden} per direction, steps={steps} batch={batch} Adam lr={lr}"
     return Report("bidirectional", f"{head}\n{table}", [_plot(curves, out, K)], list(seeds),
-                  rows, checks)
+                  rows, checks, verdict)
 
 
 def _plot(curves, out, K):

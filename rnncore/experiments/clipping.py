@@ -27,7 +27,9 @@ from .common import (
     pyplot,
     save_figure,
     train_lm,
+    verdicts,
 )
+from .stats import welch
 
 THRESHOLD = 1.0  # the clipping threshold
 
@@ -53,9 +55,11 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     grid = list(itertools.product(gains, lrs, (None, THRESHOLD)))
     runs = parallel_map(one_run, [(data, gain, lr, clip, hidden, steps, seed)
                                   for gain, lr, clip in grid for seed in seeds], jobs)
-    rows, curves, peaks = [], {}, []
+    rows, curves, peaks, per_seed = [], {}, [], {}
     for i, (gain, lr, clip) in enumerate(grid):
         vals, over, peak, diverged, losses = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        # a diverged run (NaN) counts as the worst bpc any run reached, not as missing
+        per_seed[(gain, lr, clip)] = vals
         for seed, curve in zip(seeds, losses):
             curves[(gain, lr, clip, seed)] = curve
         if gain > 1:
@@ -71,13 +75,23 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     checks = [(f"with W_hh gain > 1 the raw gradient norm exceeds the threshold {THRESHOLD:g} "
                f"in every run (smallest peak {min(peaks):.3g})" if peaks else
                "no run with W_hh gain > 1", bool(peaks) and min(peaks) > THRESHOLD)]
+    def comparisons():
+        worst = max(v for vals in per_seed.values() for v in vals if math.isfinite(v))
+        clean = {k: [v if math.isfinite(v) else worst for v in vals]
+                 for k, vals in per_seed.items()}
+        return [welch(f"clipping helps at gain {g:g}, lr {lr:g}", "clipped",
+                      clean[(g, lr, THRESHOLD)], "unclipped", clean[(g, lr, None)])
+                for g in gains if g > 1 for lr in lrs]
+
+    verdict = verdicts("clipping gives a better model when gradients explode (gain > 1)",
+                       seeds, comparisons)
     table = format_table(["W_hh gain", "SGD lr", "clip", "val bpc", "diverged",
                           "steps ‖g‖>1", "max ‖g‖"], rows)
     head = (f"char-LM on 'words' ({chars} chars, floor {data.floor_bpc:.3f} bpc), tanh RNN "
             f"H={hidden}, W_hh = gain·orthogonal, plain SGD, {steps} steps, "
             f"batch {batch}×{seq}, float32")
     return Report("clipping", f"{head}\n{table}", [_plot(curves, lrs, out)], list(seeds), rows,
-                  checks)
+                  checks, verdict)
 
 
 def _plot(curves, lrs, out):

@@ -47,11 +47,15 @@ class Report:
     # mode wherever it is stable over seeds at that size (``rnncore.experiments.run``
     # raises ClaimFailed when one does not hold)
     checks: list = field(default_factory=list)
+    # the verdict on the claim, computed from a test across seeds (rnncore.experiments.stats:
+    # Welch's t-test), and one line per comparison with its statistics
+    verdicts: list = field(default_factory=list)
 
     def __str__(self):
         files = ", ".join(self.pngs)
         lines = [self.table]
         lines += [f"{'✓' if ok else '✗'} {claim}" for claim, ok in self.checks]
+        lines += self.verdicts
         return "\n".join(lines + [f"seeds: {self.seeds}", f"wrote {files}"])
 
 
@@ -71,6 +75,16 @@ def mean_sd(values, fmt="{:.3f}") -> str:
     if len(values) == 1:
         return fmt.format(values[0])
     return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+
+
+def verdicts(claim, seeds, comparisons) -> list[str]:
+    """The verdict lines for ``claim``: ``comparisons()`` returns the Welch tests
+    (rnncore.experiments.stats); one seed gives no test, and says so."""
+    from . import stats
+
+    if len(seeds) < 2:
+        return [f"verdict: no test with one seed — {claim}"]
+    return stats.verdict_lines(claim, comparisons())
 
 
 def pyplot():

@@ -27,7 +27,9 @@ from .common import (
     pyplot,
     save_figure,
     train_lm,
+    verdicts,
 )
+from .stats import welch
 
 
 def init_depth_ratio(data, depth, residual, hidden, seed):
@@ -56,10 +58,11 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     grid = [(residual, depth) for residual in (None, "layers") for depth in depths]
     runs = parallel_map(one_run, [(data, depth, residual, hidden, steps, lr, seed)
                                   for residual, depth in grid for seed in seeds], jobs)
-    rows, results = [], {}
+    rows, results, per_seed = [], {}, {}
     for i, (residual, depth) in enumerate(grid):
         ratios, vals = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
         name = residual or "plain"
+        per_seed[(name, depth)] = vals
         results[(name, depth)] = (np.mean(vals), np.std(vals), np.mean(ratios))
         rows.append([name, str(depth), mean_sd(vals), mean_sd(ratios, "{:.3g}")])
     table = format_table(["stack", "layers", "val bpc", "G_top/G_bottom at init"], rows)
@@ -70,10 +73,18 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     plain, residual = results[("plain", deepest)][2], results[("layers", deepest)][2]
     checks = [(f"at {deepest} layers the residual stack's G_top/G_bottom ({residual:.3g}) is "
                f"far below the plain stack's ({plain:.3g})", bool(residual < plain / 10))]
+    deep = [d for d in depths if d >= 4]
+    verdict = verdicts(
+        "plain LSTM stacks get worse beyond a few layers; residual connections fix it",
+        seeds, lambda: [welch(f"plain {d} layers worse than plain 1", "plain 1",
+                              per_seed[("plain", 1)], f"plain {d}", per_seed[("plain", d)])
+                        for d in deep] +
+        [welch(f"residual beats plain at {d} layers", f"residual {d}",
+               per_seed[("layers", d)], f"plain {d}", per_seed[("plain", d)]) for d in deep])
     head = (f"char-LM on 'words' ({chars} chars, floor {data.floor_bpc:.3f} bpc), LSTM "
             f"H=E={hidden}, {steps} steps, batch {batch}×{seq}, Adam lr={lr}, clip 1.0, float32")
     return Report("depth", f"{head}\n{table}", [_plot(results, depths, data.floor_bpc, out)],
-                  list(seeds), rows, checks)
+                  list(seeds), rows, checks, verdict)
 
 
 def _plot(results, depths, floor, out):

@@ -30,7 +30,9 @@ from .common import (
     pyplot,
     save_figure,
     train_lm,
+    verdicts,
 )
+from .stats import welch
 
 STATES = ("zeros", "normal", "learned")
 WEIGHTS = ("pytorch", "xavier", "orthogonal")
@@ -63,9 +65,10 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     data = LMData.make(chars, batch, seq)
     runs = parallel_map(one_run, [(data, *setting, hidden, steps, lr, seed)
                                   for setting in chosen for seed in seeds], jobs)
-    rows, curves, finals = [], {}, {}
+    rows, curves, finals, per_seed = [], {}, {}, {}
     for i, (state, weights, fb) in enumerate(chosen):
         sat, evals, final = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])
+        per_seed[(state, weights, fb)] = final
         finals[(state, weights, fb)] = float(np.mean(final))
         early = [e[1][1] for e in evals]
         curves[(state, weights, fb)] = list(evals)
@@ -78,6 +81,22 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     checks = [] if base is None or fb1 is None else [
         (f"forget-gate bias +1 learns faster: val bpc {fb1:.3f} < {base:.3f} (PyTorch init)",
          fb1 < base)]
+    def vs(claim, a, b):  # a better (lower final val bpc) than b
+        if a not in per_seed or b not in per_seed:
+            return []
+        return [welch(claim, "/".join(map(str, a)), per_seed[a], "/".join(map(str, b)),
+                      per_seed[b])]
+
+    ref = ("zeros", "pytorch", 0.0)
+    verdict = verdicts("a learned initial state beats zeros", seeds, lambda: vs(
+        "learned h0/c0 beats zeros", ("learned", "pytorch", 0.0), ref))
+    if ("zeros", "orthogonal", 0.0) in per_seed:
+        verdict += verdicts("orthogonal recurrent weights beat PyTorch's default", seeds,
+                            lambda: vs("orthogonal beats pytorch", ("zeros", "orthogonal", 0.0),
+                                       ref))
+    verdict += verdicts("a forget-gate bias of +1 helps", seeds, lambda: [
+        c for w in WEIGHTS for c in vs(f"forget bias +1 beats 0 ({w})", ("zeros", w, 1.0),
+                                       ("zeros", w, 0.0))])
     quarter = max(1, steps // 8) * 2
     table = format_table(["h0/c0", "weights", "forget bias +", f"val bpc @{quarter}",
                           f"val bpc @{steps}", "saturated gates at init"], rows)
@@ -85,7 +104,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
             f"{data.floor_bpc:.3f} bpc), every window of {seq} starts from h0/c0, batch "
             f"{batch}, Adam lr={lr}, clip 1.0, float32")
     return Report("init", f"{head}\n{table}", [_plot(curves, data.floor_bpc, out)],
-                  list(seeds), rows, checks)
+                  list(seeds), rows, checks, verdict)
 
 
 def _plot(curves, floor, out):
