@@ -8,9 +8,12 @@ clipping and evaluation (``rnncore.train.evaluate``'s protocol: validation strea
 fresh state, mean nats/char) — only the model is ``nn.Embedding → torch.nn.<family> →
 nn.Linear`` and autograd computes the gradients. The recurrent layer is the cell's torch.nn
 twin, read from its registry declaration (``cell.family``, ``cell.torch_options``); a cell
-with no twin is refused. It trains until ``--time`` seconds (or ``--steps``) and prints
-one JSON line with the final validation loss, for putting beside an ``rnncore.train`` run
-with the same flags. The learning-rate schedule's horizon is ``--schedule-steps`` (0:
+with no twin is refused. It trains until ``--time`` seconds (or ``--steps``), prints a JSON
+line with the validation loss every ``--eval-every`` steps (``elapsed``: wall seconds from
+the start of training to that step, earlier evaluations included, as ``rnncore.train``'s
+metrics count them) and
+one with the final validation loss, for putting beside an ``rnncore.train`` run with the
+same flags. The learning-rate schedule's horizon is ``--schedule-steps`` (0:
 ``--steps``), as in ``rnncore.train``.
 
 Flags the torch twin does not implement are refused with a one-line error rather than
@@ -172,6 +175,11 @@ def main(argv=None) -> int:
             losses.append(loss.item())
             print(f"step {step}  loss {losses[-1]:.4f}  {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
+        if step % cfg["eval_every"] == 0:
+            at = time.perf_counter() - start  # at the step, before the evaluation
+            record = {"kind": "eval", "step": step,
+                      "val_loss": evaluate(torch, model, val, eval_windows), "elapsed": at}
+            print(json.dumps(record), flush=True)
         if cfg["time"] and time.perf_counter() - start >= cfg["time"]:
             break
     elapsed = time.perf_counter() - start

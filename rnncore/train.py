@@ -232,7 +232,7 @@ class Reporter:
         bpc = val_loss / LN2
         ppl = math.exp(val_loss) if val_loss < EXP_MAX else None  # None: beyond a float
         entry = {"kind": "eval", "step": step, "val_loss": val_loss, "val_bpc": bpc,
-                 "val_ppl": ppl}
+                 "val_ppl": ppl, "elapsed": self.run.elapsed}  # at the step, before the eval
         text = (f"eval step {step}: val loss {val_loss:.4f} nats  {bpc:.4f} bits/char  "
                 f"ppl {'> 1e307' if ppl is None else f'{ppl:.3f}'}")
         if floor is not None:
