@@ -15,16 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline __attribute__((always_inline))
-#define __restrict__ __restrict
-
-struct dim3 {
-    unsigned x = 1, y = 1, z = 1;
-};
-static dim3 threadIdx, blockIdx, blockDim, gridDim;  // for common.cuh's element_index (unused)
+#include "cuda_on_host.h"
 
 #include "common.cuh"
 

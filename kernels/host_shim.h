@@ -21,17 +21,7 @@
 #include <tuple>
 #include <utility>
 
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline __attribute__((always_inline))
-#define __restrict__ __restrict
-
-struct dim3 {
-    unsigned x = 1, y = 1, z = 1;
-};
-
-static dim3 threadIdx, blockIdx, blockDim, gridDim;
+#include "cuda_on_host.h"
 
 namespace rnncore_host {
 

@@ -11,6 +11,7 @@ Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (device 0) or ``"cuda:
 from __future__ import annotations
 
 import numbers
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -131,6 +132,21 @@ def resolve_dtype(dtype) -> np.dtype:
     if resolved not in (np.float32, np.float64):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
+
+
+def memory_bound(env: str, fraction: float) -> int:
+    """Bytes something may ask for: ``$env`` (a number of bytes) if set, else ``fraction``
+    of the machine's physical memory (16 GiB where that cannot be read)."""
+    text = os.environ.get(env)
+    if text:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise ValueError(f"{env} must be a number of bytes, got {text!r:.40}") from None
+    try:
+        return int(fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
 
 
 def sigmoid(xp, x, out=None):

@@ -14,8 +14,6 @@ caller's layout.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import backend, cells, drivers
@@ -28,17 +26,7 @@ __all__ = ["DROPOUT_MODES", "GRU", "IMPLS", "LSTM", "RESIDUALS", "RNN", "Recurre
 def max_param_bytes() -> int:
     """Bytes a module may ask for its parameters, gradients and optimizer moments before it
     is refused up front: ``RNNCORE_MAX_PARAM_BYTES`` if set, else half the machine's RAM."""
-    text = os.environ.get("RNNCORE_MAX_PARAM_BYTES")
-    if text:
-        try:
-            return int(float(text))
-        except ValueError:
-            raise ValueError(f"RNNCORE_MAX_PARAM_BYTES must be a number of bytes, "
-                             f"got {text!r:.40}") from None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+    return backend.memory_bound("RNNCORE_MAX_PARAM_BYTES", 0.5)
 
 
 class Recurrent:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import codecs
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -248,17 +247,10 @@ def from_saved(config) -> dict:
 # ---------------------------------------------------------------------------- memory
 def memory_limit() -> int:
     """Bytes a run may ask for: ``RNNCORE_MEMORY_LIMIT`` if set, else the machine's RAM."""
-    text = os.environ.get("RNNCORE_MEMORY_LIMIT")
-    if text:
-        try:
-            return int(float(text))
-        except ValueError:
-            raise ConfigError(f"RNNCORE_MEMORY_LIMIT must be a number of bytes, "
-                              f"got {text!r:.40}") from None
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
+        return backend.memory_bound("RNNCORE_MEMORY_LIMIT", 1.0)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def parameter_count(cfg: dict, vocab_size: int) -> int:

@@ -10,7 +10,6 @@ and compared with NumPy. The same sources compile with NVRTC.
 """
 
 import ctypes
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from test_kernels_compile import NVRTC, _check
 
 from rnncore import fused
 from rnncore.cells import REFERENCE
+from rnncore.persistent_kernels import cuda_include_dirs
 
 TEST_KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -286,35 +286,6 @@ def _toolkit_major(include):
         return None
     match = re.search(r"#define\s+CUDA_VERSION\s+(\d+)", text)
     return int(match.group(1)) // 1000 if match else None
-
-
-def cuda_include_dirs():
-    """Where grid_sync.cuh's <cooperative_groups.h> and the CCCL headers it includes
-    (<nv/target>, <cuda/std/...>) are: $RNNCORE_CUDA_INCLUDE (folders, os.pathsep-separated)
-    as given; else the nvidia-cuda-runtime-cu12 and nvidia-cuda-cccl-cu12 wheels; else a
-    CUDA toolkit of NVRTC's major version ($CUDA_PATH, $CUDA_HOME, /usr/local/cuda: include/,
-    and include/cccl/ where CUDA 13 keeps CCCL; other versions' headers do not compile).
-    [] when none is found."""
-    given = [p for p in os.environ.get("RNNCORE_CUDA_INCLUDE", "").split(os.pathsep) if p]
-    if given:
-        return given
-
-    def first(relative, *files):
-        return next((os.path.join(base, relative) for base in sys.path
-                     if all(os.path.isfile(os.path.join(base, relative, f)) for f in files)),
-                    None)
-
-    runtime = first(os.path.join("nvidia", "cuda_runtime", "include"), "cooperative_groups.h")
-    cccl = first(os.path.join("nvidia", "cuda_cccl", "include"), os.path.join("nv", "target"))
-    if runtime and cccl:
-        return [runtime, cccl]
-    roots = [os.environ.get(v) for v in ("CUDA_PATH", "CUDA_HOME")] + ["/usr/local/cuda"]
-    for root in filter(None, roots):
-        include = os.path.join(root, "include")
-        if os.path.isfile(os.path.join(include, "cooperative_groups.h")) \
-                and _toolkit_major(include) == _nvrtc_major():
-            return [include] + [d for d in [os.path.join(include, "cccl")] if os.path.isdir(d)]
-    return []
 
 
 NVRTC_KERNELS = {
