@@ -10,6 +10,7 @@ import textwrap
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 
@@ -73,6 +74,18 @@ def show_file(path, start=None, stop=None, language="cuda"):
                    + "\n".join(lines).rstrip() + "\n```")
 
 
+def integer_ticks(ax, axis="x"):
+    """Whole-number ticks on a time (or step, or layer) axis: no "2.5" time steps."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(matplotlib.ticker.MaxNLocator(nbins="auto", integer=True))
+
+
+def legend_beside(ax, **kwargs):
+    """The legend to the right of the axes, outside them, where it cannot cover data."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                     **{"fontsize": 8, **kwargs})
+
+
 def heatmap(ax, data, title="", xlabel="", ylabel="", log=True, colorbar=True, **kwargs):
     """Image of a 2-D array, rows top to bottom, optionally on a log10 colour scale."""
     values = np.log10(np.maximum(data, 1e-30)) if log else data
@@ -80,6 +93,7 @@ def heatmap(ax, data, title="", xlabel="", ylabel="", log=True, colorbar=True, *
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    integer_ticks(ax, "x")
     if colorbar:
         plt.colorbar(image, ax=ax, label="log10" if log else None, fraction=0.05, pad=0.02)
     return image

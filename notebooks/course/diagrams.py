@@ -17,9 +17,10 @@ RESIDUAL = {"color": "tab:green", "lw": 1.4}
 GATE_COLOURS = {"σ": "#f6d8a8", "tanh": "#b9d7f0"}
 
 
-def _axes(ax, size, xlim, ylim):
+def _axes(ax, size, xlim, ylim, title):
     if ax is None:
         _, ax = plt.subplots(figsize=size)
+    ax.set_title(title)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_aspect("equal")
@@ -64,13 +65,15 @@ def _legend(ax, xy, extra=()):
         ax.text(x + 0.75, y - 0.35 * k, text, va="center", fontsize=7.5)
 
 
-def draw_lstm_cell(ax=None, backward=True):
+def draw_lstm_cell(ax=None, backward=True, title=None):
     """One LSTM step: the c path on top, the four gates below, h out to the right.
 
     Backward arrows carry ∂c_t back along the c path (×f), ∂h_t into o and tanh(c_t),
     and ∂z (all four gates) back to h_{t−1} and x_t through the two products.
     """
-    ax = _axes(ax, (8.2, 4.6), (-0.6, 12.6), (-1.6, 7.4))
+    if title is None:
+        title = "one LSTM step" + (": forward (black), backward (red)" if backward else "")
+    ax = _axes(ax, (8.2, 4.6), (-0.6, 12.6), (-1.6, 7.4), title)
     c_in, mul_f, add, c_out = (0.4, 6), (3, 6), (5.6, 6), (11.6, 6)
     mul_ig, tanh_c, mul_o, h_out = (5.6, 4.4), (8.6, 4.4), (8.6, 2.6), (11.6, 2.6)
     gates = {"f": (3, 1.6, "σ"), "i": (4.6, 1.6, "σ"), "g": (6.2, 1.6, "tanh"),
@@ -139,12 +142,15 @@ def draw_lstm_cell(ax=None, backward=True):
     return ax
 
 
-def draw_gru_cell(ax=None, backward=True):
+def draw_gru_cell(ax=None, backward=True, title=None):
     """One GRU step (reset-after form): h on top, gates r and u, candidate n below.
 
     a^x and a^h are the input and recurrent products, cut into blocks r, u, n.
     """
-    ax = _axes(ax, (8.2, 4.6), (-0.6, 12.6), (-1.6, 7.4))
+    if title is None:
+        title = "one GRU step (reset-after form)" + (
+            ": forward (black), backward (red)" if backward else "")
+    ax = _axes(ax, (8.2, 4.6), (-0.6, 12.6), (-1.6, 7.4), title)
     h_in, mul_u, add, h_out = (0.4, 6), (4.4, 6), (8.6, 6), (11.6, 6)
     mul_r, one_minus, mul_n = (5.2, 1.6), (7.0, 4.4), (8.6, 4.4)
     gates = {"r": (2.4, 1.6, "σ"), "u": (3.6, 3.2, "σ")}
@@ -207,7 +213,7 @@ def draw_gru_cell(ax=None, backward=True):
     return ax
 
 
-def draw_unrolled(ax=None, layers=3, steps=4, residual=False, focus=(2, None)):
+def draw_unrolled(ax=None, layers=3, steps=4, residual=False, focus=(2, None), title=None):
     """The stack unrolled through time and depth.
 
     Node (k, t) is layer k's state at step t. Every node's ∂L/∂h has two sources: from
@@ -217,9 +223,14 @@ def draw_unrolled(ax=None, layers=3, steps=4, residual=False, focus=(2, None)):
     layer's input u_k to its output (u_{k+1} = layer_k(u_k) + u_k), forward (solid) and
     backward (dashed): the gradient skips the layer along them unchanged.
     """
-    dx, dy, w, h = 2.4, 1.7, 1.0, 0.62
-    ax = _axes(ax, (1.7 * steps + 3.4, 1.05 * layers + 2.0),
-               (-1.7, dx * steps + 2.2), (-1.5, dy * layers + 0.9))
+    # Wider columns with residual arcs, so the labels by the focus node clear them.
+    dx, dy, w, h = (3.2 if residual else 2.4), 1.7, 1.0, 0.62
+    if title is None:
+        title = (f"{layers} layers unrolled over {steps} steps" if layers > 1 else
+                 f"one layer unrolled over {steps} steps")
+        title += ", with residual connections" if residual else ""
+    ax = _axes(ax, (0.7 * dx * steps + 3.4, 1.05 * layers + 2.0),
+               (-1.7, dx * steps + 2.2), (-1.5, dy * layers + 0.9), title)
     t_focus, k_focus = focus
     k_focus = layers - 1 if k_focus is None else k_focus
     green_back = {**RESIDUAL, "ls": (0, (4, 2))}

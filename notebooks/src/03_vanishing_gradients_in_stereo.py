@@ -72,10 +72,11 @@ def plot_heatmaps(named_grids, title):
                                                            g.shape[0] + 0.5))
         ax.set_title(name)
         ax.set_xlabel("time step t")
+        nbhelpers.integer_ticks(ax)
         ax.set_yticks(range(1, g.shape[0] + 1) if g.shape[0] <= 8 else [1, g.shape[0]])
     np.atleast_1d(axes)[0].set_ylabel("layer (1 = bottom)")
     fig.colorbar(image, ax=axes, label=r"$\log_{10}\|\partial L/\partial h_t\|$", shrink=0.9)
-    fig.suptitle(title)
+    fig.suptitle(f"{title} (one colour scale shared by the panels)")
     plt.show()
 
 
@@ -132,6 +133,7 @@ a.set_title("linear RNN: measured (dots), $c^k$ (dotted)")
 b.set_title("tanh RNN: far inside the bound $s^k$")
 for ax in (a, b):
     ax.set_xlabel("steps back k")
+    nbhelpers.integer_ticks(ax)
     ax.set_ylabel("$r_k$")
     ax.legend(fontsize=7, loc="lower left")
 plt.tight_layout()
@@ -169,6 +171,7 @@ for fb in (0.0, 1.0, 3.0):
     print(f"forget bias +{fb:g}: ‖∂L/∂c_0‖/‖∂L/∂c_T−2‖ = {c[0] / c[-1]:.1e}, "
           f"a factor {per_step:.2f} per step (σ(bias) = {1 / (1 + np.exp(-fb)):.2f})")
 ax.set_xlabel("time step t")
+nbhelpers.integer_ticks(ax)
 ax.set_ylabel(r"$\|\partial L/\partial c_t\|$ (relative)")
 ax.set_title("one LSTM layer: the memory path at initialisation")
 ax.legend(fontsize=8)
@@ -220,7 +223,7 @@ for res, label in (("none", "plain"), ("layers", "residual")):
 ax.set_xlabel("layers")
 ax.set_ylabel(r"$G_{top} / G_{bottom}$")
 ax.set_title("how much weaker the gradient is at the bottom")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left")  # above the residual line, left of the plain one
 plt.show()
 for res in ratios:
     print(f"{res:<7}", "  ".join(f"L={d}: {r:.2g}" for d, r in zip(depths, ratios[res])))
@@ -312,7 +315,7 @@ ax.axhline(data.floor_bpc, color="k", ls=":", label="entropy floor")
 ax.set_xlabel("layers")
 ax.set_ylabel("validation bits / char")
 ax.set_title("char-LM after 200 steps")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left")  # above both curves at 1-2 layers
 plt.show()
 
 # %% [markdown]

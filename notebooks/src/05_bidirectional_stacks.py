@@ -77,7 +77,7 @@ ax.set_xlabel("training step")
 ax.set_ylabel("test accuracy (t < T−3)")
 ax.set_ylim(0, 1.02)
 ax.set_title("tagging with the input 3 steps ahead")
-ax.legend(fontsize=8, loc="center right")  # between the two curves, clear of both
+nbhelpers.legend_beside(ax)
 plt.show()
 
 # %% [markdown]
@@ -136,6 +136,7 @@ fig, ax = plt.subplots(figsize=(5.5, 2.4))
 ax.bar(np.arange(T), per_step)
 ax.axvline(T - SHIFT - 0.5, color="k", ls=":")
 ax.set_xlabel("time step t")
+nbhelpers.integer_ticks(ax)
 ax.set_ylabel("accuracy")
 ax.set_title("bidirectional LSTM, per step (right of the line: the 'end' tag)")
 plt.show()

@@ -142,8 +142,9 @@ b.semilogy(history["step"], history["grad_norm"], lw=0.8)
 b.axhline(clip, color="k", ls=":", label="clip threshold")
 b.set_xlabel("step")
 b.set_ylabel("global gradient norm (before clipping)")
+b.set_ylim(top=3 * clip)  # room above the threshold for the legend
 b.set_title("gradient norm: never clipped here")
-b.legend(fontsize=8)
+b.legend(fontsize=8, loc="upper right")
 plt.tight_layout()
 plt.show()
 
@@ -188,7 +189,7 @@ ax.axhline(clip_data.floor_bpc, color="k", ls=":", label="entropy floor")
 ax.set_xlabel("step")
 ax.set_ylabel("training bits / char")
 ax.set_title("tanh RNN, W_hh gain 3, SGD lr 1")
-ax.legend(fontsize=8, loc="upper right")
+nbhelpers.legend_beside(ax)
 plt.show()
 
 # %% [markdown]

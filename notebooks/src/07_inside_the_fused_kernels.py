@@ -207,7 +207,7 @@ def plot_pointwise(rows, title, ax):
     ax.set_xlabel("hidden units H (batch 64)")
     ax.set_ylabel("ms per step (fwd + bwd)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    nbhelpers.legend_beside(ax)
 
 
 def print_modules(rows):

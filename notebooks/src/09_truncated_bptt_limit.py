@@ -111,7 +111,7 @@ ax.set_xlabel("characters back to the matching opener")
 ax.set_ylabel("closer kind right")
 ax.set_ylim(0.2, 1.02)
 ax.set_title("what truncated BPTT can teach: brackets, by window length")
-ax.legend(fontsize=8, loc="lower left")
+nbhelpers.legend_beside(ax)
 plt.show()
 
 # %% [markdown]
