@@ -152,7 +152,8 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
     that only it needs is skipped, when not ``input_grad``.
     ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step (dstate a
     tuple in the cell's state order) and on_input_grad(k, ∂u_k) for every layer: the
-    gradient-flow instrumentation.
+    gradient-flow instrumentation; a recorder with on_output_grad(k, ∂y_k) also gets the
+    gradient at each layer's output (``rnncore.attribution``).
     """
     x, valid, layers, masks = cache
     xp = xp_of(dout)
@@ -176,6 +177,8 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
         if spec.layer_residual(k) and valid is not None:
             dy = dy * valid
         du = dy if spec.layer_residual(k) else None
+        if recorder is not None and hasattr(recorder, "on_output_grad"):
+            recorder.on_output_grad(k, dy)  # ∂L/∂y_k as the layer's cells receive it
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
             record = None
