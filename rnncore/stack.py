@@ -144,7 +144,7 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
 
 
 def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,
-                   input_grad=True):
+                   input_grad=True, interventions=None):
     """Backward through depth and time.
 
     ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
@@ -186,6 +186,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 def record(t, ds, k=k, d=d):
                     recorder.on_state_grad(k, d, t, ds)
             need_dx = input_grad or k > 0
+            extra = {} if interventions is None else {"interventions": interventions}
             dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
                 layer_params(spec, params, k, d),
@@ -194,6 +195,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 tuple(ds[idx] for ds in dstate_n),
                 record,
                 need_dx,
+                **extra,
             )
             for total, part in zip(dstate0, dstate0_d):
                 total[idx] = part
