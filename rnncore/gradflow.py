@@ -326,6 +326,10 @@ def sweep_bytes(configs, T, batch, hidden) -> int:
 
 
 def parse_args(argv):
+    if list(argv or [])[:1] == ["probe"]:  # the temporal Jacobian probe's own parser
+        from . import jacobian
+
+        return jacobian.parse_args(list(argv)[1:])
     from . import cli
     from .init import INIT_STATES, INITS
 
