@@ -211,7 +211,16 @@ def main(argv=None):
                         help=f"comma-separated subset of {', '.join(choices)}")
     parser.add_argument("--impl", default="reference", choices=("reference", "fused"),
                         help="the pointwise functions to check (fused: the kernels)")
+    parser.add_argument("--localise", action="store_true",
+                        help="run the fused kernels (CPU emulation), the reference and "
+                             "finite differences on one module and report the first "
+                             "(layer, direction, step, gate, unit) where they disagree "
+                             "(rnncore.localise); --cells picks the cell (first given)")
+    parser.add_argument("--T", type=int, default=6, help="--localise: steps")
+    parser.add_argument("--layers", type=int, default=2, help="--localise: layers")
     args = parser.parse_args(argv)
+    if args.localise:
+        return _localise_main(args, parser)
     cells = tuple(args.cells.split(","))
     unknown = [c for c in cells if c not in choices]
     if unknown:
@@ -224,6 +233,24 @@ def main(argv=None):
         print(f"{case.label():<48} {report.max_error:>14.2e}  {report.worst()}")
     print(f"\nworst over the matrix: {worst:.2e} ({'PASS' if worst < 1e-6 else 'FAIL'} at 1e-6)")
     return 0 if worst < 1e-6 else 1
+
+
+def _localise_main(args, parser):
+    from . import cells as registry
+    from .localise import localise
+    from .modules import Recurrent
+
+    name = args.cells.split(",")[0] if args.cells != ",".join(matrix_cells()) else "lstm"
+    if name not in registry.names() or not registry.get(name).kernels:
+        parser.error(f"--localise needs a cell with fused kernels, got {name!r}")
+    module = Recurrent(name, 3, 4, num_layers=args.layers, bidirectional=True,
+                       dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((args.T, 2, 3))
+    report = localise(module, x)
+    print(f"localise: {name}, {args.layers} layers, bidirectional, T={args.T}, B=2, H=4 "
+          "(float64; fused = the kernels' CPU emulation off a GPU)")
+    print(report)
+    return 0 if report.divergence is None else 1
 
 
 if __name__ == "__main__":

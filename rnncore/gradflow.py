@@ -25,6 +25,8 @@ What this module adds around that hook:
 - ``probe``: one forward and backward with a fixed random linear loss
   L = Σ_t ⟨g_t, y_t⟩ (g_t ~ N(0, 1/(B·width)) at the last step only, or at every step),
   returning all of the above.
+- ``python -m rnncore.gradflow probe …``: the temporal Jacobian probe
+  (``rnncore.jacobian``): σ_max(∂h_T/∂h_k), the LSTM's ∂c_T/∂c_k, effective memory.
 - ``python -m rnncore.gradflow``: a sweep over the registered cells, depths, residual
   paths, initialisers and initial states; prints a table and writes two PNGs (layer ×
   time heatmaps of log₁₀‖∂L/∂h_t‖, and the gradient reaching layer 1 against depth).
@@ -324,6 +326,10 @@ def sweep_bytes(configs, T, batch, hidden) -> int:
 
 
 def parse_args(argv):
+    if list(argv or [])[:1] == ["probe"]:  # the temporal Jacobian probe's own parser
+        from . import jacobian
+
+        return jacobian.parse_args(list(argv)[1:])
     from . import cli
     from .init import INIT_STATES, INITS
 
@@ -374,6 +380,13 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["probe"]:  # the temporal Jacobian probe (rnncore.jacobian)
+        from . import jacobian
+
+        return jacobian.main(argv[1:])
     args = parse_args(argv)
     results = sweep(args.configs, args.T, args.batch, args.hidden, args.seed, args.loss)
     print(f"gradient flow at initialisation: T={args.T} B={args.batch} H={args.hidden} "

@@ -62,8 +62,10 @@ class Recurrent:
                               self.num_directions, self.proj_size, self.residual, self.bias)
         self._check_size()
         shapes = parameter_shapes(self.spec)
-        self.driver = drivers.select(self.impl, self.device, self.dtype, self.cell,
-                                     self.spec.dims(0))
+        from .interventions import Interventions
+
+        self.interventions = Interventions.from_options(options, self.rng.numpy)
+        self.driver = self._select_driver(self.device)
         values = init_parameters(shapes, self.init, self.hidden_size, self.cell.num_gates,
                                  self.rng.numpy, self.forget_bias, self.cell.forget_gate,
                                  self._forget_bias_names())
@@ -75,6 +77,13 @@ class Recurrent:
         self.grads = {}
         self.zero_grad()
         self._last = None
+
+    def _select_driver(self, device):
+        """The driver for ``impl``; the reference loop when an intervention inside
+        backward is on (only it implements them; ``rnncore.interventions``)."""
+        if self.interventions.active:
+            return drivers.PythonLoop("reference")
+        return drivers.select(self.impl, device, self.dtype, self.cell, self.spec.dims(0))
 
     def _check_size(self):
         """Refuse, before allocating, a model whose parameters cannot fit in memory."""
@@ -179,7 +188,7 @@ class Recurrent:
         xp = backend.array_module(target)
         params = {k: backend.to_device(v, target) for k, v in self.params.items()}
         grads = {k: backend.to_device(v, target) for k, v in self.grads.items()}
-        driver = drivers.select(self.impl, target, self.dtype, self.cell, self.spec.dims(0))
+        driver = self._select_driver(target)
         drivers.invalidate(self.driver)  # its graphs hold the old device's buffers
         self.device, self.xp, self.params, self.grads = target, xp, params, grads
         self.driver = driver
@@ -346,7 +355,9 @@ class Recurrent:
         else:
             dstate_n = self._unpack("dhx", dhx, widths, batched, B)
         dx, dstate0, grads = stack_backward(self.spec, self.driver, self.params, cache, dout,
-                                            dstate_n, recorder, self.input_grad)
+                                            dstate_n, recorder, self.input_grad,
+                                            self.interventions if self.interventions.active
+                                            else None)
         for name, g in grads.items():
             self.grads[name] += g
         if learned:

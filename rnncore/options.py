@@ -82,6 +82,11 @@ class Options:
     impl: str = "auto"
     check_finite: bool = False
     input_grad: bool = True  # False: backward returns None for ∂x and skips its GEMMs
+    # interventions inside backward (rnncore.interventions): modified gradients, off at 0
+    gate_clip: float = 0.0
+    h_detach: float = 0.0
+    truncate: int = 0
+    grad_noise: float = 0.0
 
     def validated(self, hidden_size: int) -> Options:
         """These options checked (raises TypeError/ValueError naming the option)."""
@@ -107,10 +112,21 @@ class Options:
         check_choice("init_state", self.init_state, INIT_STATES)
         check_choice("dropout_mode", self.dropout_mode, DROPOUT_MODES)
         check_choice("impl", self.impl, IMPLS)
+        check_real("gate_clip", self.gate_clip, 0.0)
+        check_real("h_detach", self.h_detach, 0.0, 1.0)
+        check_int("truncate", self.truncate, 0)
+        check_real("grad_noise", self.grad_noise, 0.0)
+        from .interventions import Interventions
+
+        Interventions.from_options(self, None).check(cell)
         return dataclasses.replace(self, dropout=float(self.dropout),
                                    forget_bias=float(self.forget_bias),
                                    num_layers=int(self.num_layers),
-                                   proj_size=int(self.proj_size))
+                                   proj_size=int(self.proj_size),
+                                   gate_clip=float(self.gate_clip),
+                                   h_detach=float(self.h_detach),
+                                   truncate=int(self.truncate),
+                                   grad_noise=float(self.grad_noise))
 
     @classmethod
     def field_names(cls) -> tuple:

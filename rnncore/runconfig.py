@@ -114,6 +114,19 @@ OPTIONS = (
       "(refused: a language model cannot see the future)"),
     O("dtype", "float32", str, "model", choices=("float32", "float64")),
     O("impl", "auto", str, "model", "pointwise kernels", choices=IMPLS),
+    O("gate_clip", 0.0, float, "model",
+      "clip every step's gate pre-activation gradient element-wise to [-c, c] inside "
+      "backward (Graves 2013; a modified gradient; 0 = off)", rule=at_least(0)),
+    O("h_detach", 0.0, float, "model",
+      "LSTM: drop the gradient through h_{t-1} into step t's gates with this probability "
+      "per step, keeping the cell path (Kanuparthi et al. 2019; a modified gradient)",
+      rule=in_range(0, 1)),
+    O("truncate", 0, int, "model",
+      "cut the state gradient every k2 steps inside each window (a modified gradient; "
+      "0 = off)", rule=at_least(0)),
+    O("grad_noise", 0.0, float, "model",
+      "add N(0, s^2) to every step's gate gradient inside backward (a modified gradient)",
+      rule=at_least(0)),
 
     O("optimizer", "adam", str, "optimization", choices=optim.OPTIMIZERS),
     O("lr", 4e-3, float, "optimization", rule=positive),
@@ -160,6 +173,9 @@ OPTIONS = (
     O("overwrite", False, bool, "run",
       "replace the checkpoints and metrics an --out directory already holds"),
     O("plot", True, bool, "run"),
+    O("gradflow_every", 0, int, "run",
+      "every N steps record the layer x time gradient norms and gate saturation of that "
+      "step's backward and write gradflow.png/gradflow.npz (0 = off)", rule=at_least(0)),
     O("quiet", False, bool, "run", "no progress bar or samples"),
 )
 BY_KEY = {o.key: o for o in OPTIONS}

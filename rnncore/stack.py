@@ -144,7 +144,7 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
 
 
 def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,
-                   input_grad=True):
+                   input_grad=True, interventions=None):
     """Backward through depth and time.
 
     ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
@@ -152,7 +152,8 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
     that only it needs is skipped, when not ``input_grad``.
     ``recorder`` (optional) receives on_state_grad(k, d, t, dstate) for every step (dstate a
     tuple in the cell's state order) and on_input_grad(k, ∂u_k) for every layer: the
-    gradient-flow instrumentation.
+    gradient-flow instrumentation; a recorder with on_output_grad(k, ∂y_k) also gets the
+    gradient at each layer's output (``rnncore.attribution``).
     """
     x, valid, layers, masks = cache
     xp = xp_of(dout)
@@ -176,6 +177,8 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
         if spec.layer_residual(k) and valid is not None:
             dy = dy * valid
         du = dy if spec.layer_residual(k) else None
+        if recorder is not None and hasattr(recorder, "on_output_grad"):
+            recorder.on_output_grad(k, dy)  # ∂L/∂y_k as the layer's cells receive it
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
             record = None
@@ -183,6 +186,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 def record(t, ds, k=k, d=d):
                     recorder.on_state_grad(k, d, t, ds)
             need_dx = input_grad or k > 0
+            extra = {} if interventions is None else {"interventions": interventions}
             dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
                 layer_params(spec, params, k, d),
@@ -191,6 +195,7 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                 tuple(ds[idx] for ds in dstate_n),
                 record,
                 need_dx,
+                **extra,
             )
             for total, part in zip(dstate0, dstate0_d):
                 total[idx] = part

@@ -304,6 +304,11 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
     start_elapsed = run.elapsed
     t0 = time.perf_counter()
     chars_per_step = cfg["batch_size"] * cfg["seq_len"]
+    ledger = None
+    if cfg.get("gradflow_every"):  # rnncore.ledger: free when off
+        from .ledger import Ledger
+
+        ledger = run.ledger = Ledger(cfg["gradflow_every"])
     while run.step < cfg["steps"]:
         w = run.step % run.train.windows
         if w == 0:
@@ -312,7 +317,10 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
         model.zero_grad()
         grads = model.grads
         loss, run.state = model.loss(x, y, run.state)
-        model.backward()
+        rec = ledger.recorder(run.step) if ledger is not None else None
+        model.backward(recorder=rec)
+        if rec is not None:
+            ledger.add(run.step, rec, model.rnn)
         grad_norm = optim.clip_grad_norm(grads, cfg["clip"])
         lr = run.schedule(run.step)
         run.optimizer.step(params, grads, lr)
@@ -366,6 +374,8 @@ def evaluate_and_save(run: Run, reporter: Reporter):
     if improved:
         run.save("best")
     reporter.plot()
+    if getattr(run, "ledger", None) is not None:
+        run.ledger.save(run.out)
 
 
 # ============================================================================ set-up

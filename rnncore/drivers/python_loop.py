@@ -85,13 +85,16 @@ class PythonLoop:
         out = saved["h"] if valid is None else saved["h"] * valid
         return out, state, LayerCache(x, inputs, reverse, state0, saved, dims)
 
-    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
+                 interventions=None):
         """BPTT through one layer direction (∂x is None when not ``need_dx``).
 
         ``dout`` is ∂L/∂out (T, B, H); ``dstate`` is ∂L/∂state_T, a tuple of arrays.
         Returns (∂x, ∂state_0, grads keyed w_ih, b_ih, w_hh, …). ``record``, when given,
         is called as record(t, dstate_t) with the whole gradient reaching step t's state
-        (the gradient-flow instrumentation); free when None.
+        (the gradient-flow instrumentation); free when None. ``interventions``, when
+        given (``rnncore.interventions``), modifies each step's gradients: a modified
+        gradient, not the gradient.
         """
         x, inputs, reverse, state0, saved, dims = cache
         T, B, _ = x.shape
@@ -113,8 +116,16 @@ class PythonLoop:
             if record is not None:
                 record(t, dstate_t)
             dstate_prev = (dh0 if k == 0 else dh[order[k - 1]],) + tuple(pair[1] for pair in rest)
-            cell.backward_step(ops, p, dstate_t, state_prev, _at(inputs, t), _at(saved, t),
-                               _at(grads, t), dstate_prev)
+            if interventions is None:
+                cell.backward_step(ops, p, dstate_t, state_prev, _at(inputs, t),
+                                   _at(saved, t), _at(grads, t), dstate_prev)
+            else:
+                before = interventions.before_step(k, T, dstate_prev)
+                step_inputs, step_grads = _at(inputs, t), _at(grads, t)
+                cell.backward_step(ops, p, dstate_t, state_prev, step_inputs, _at(saved, t),
+                                   step_grads, dstate_prev)
+                interventions.after_step(p, dstate_t, step_grads, dstate_prev, before,
+                                         step_inputs.get("valid"))
             for pair in rest:
                 pair.reverse()
         dxg = grads["dxg"]
