@@ -76,7 +76,7 @@ def state_jacobians(cell, p, cache, max_bytes=64 << 20) -> np.ndarray:
         rows = list(range(start, min(S, start + chunk)))
         R = len(rows)
 
-        def tile(a):
+        def tile(a, R=R):
             return None if a is None else np.tile(a, (R,) + (1,) * (a.ndim - 1))
 
         # ds[i] (R·B, width_i): row r·B + b is the gradient of s_T[rows[r]] of example b

@@ -1,7 +1,6 @@
 """--gradflow-every: the ledger records without changing training."""
 
 import numpy as np
-
 from test_train import TINY, run_train, train_records
 
 
