@@ -107,7 +107,7 @@ def test_fit_stops_on_a_non_finite_loss():
 
 # adding, dropout and hdetach: their claims are not stable over seeds at quick size (see the
 # comments in their run functions), so their quick modes are only smoke tests
-CHECKED_AT_QUICK = {"depth", "vanishing", "clipping", "bidirectional", "init"}
+CHECKED_AT_QUICK = {"depth", "vanishing", "clipping", "bidirectional", "init", "memory"}
 
 
 def test_a_quick_run_against_its_claim_fails_in_one_line(monkeypatch, tmp_path, capsys):

@@ -12,12 +12,13 @@ it is stable over seeds at quick size (``Report.checks``), does not hold.
 import importlib
 
 EXPERIMENTS = ("depth", "vanishing", "clipping", "adding", "bidirectional", "dropout", "init",
-               "hdetach")
+               "hdetach", "memory")
 # module names: "init" would shadow nothing here, but reads better as what it studies
 MODULES = {"init": "initialisation"}
 DEFAULT_SEEDS = {"vanishing": (0,), "bidirectional": (0, 1, 2), "adding": (0, 1, 2),
                  "depth": (0, 1, 2), "clipping": (0, 1, 2), "dropout": (0, 1, 2),
-                 "init": (0, 1, 2), "hdetach": (0, 1, 2)}
+                 "init": (0, 1, 2), "hdetach": (0, 1, 2),
+                 "memory": (0, 1, 2, 3, 4)}
 
 
 class ClaimFailed(AssertionError):
