@@ -148,3 +148,18 @@ def test_results_do_not_depend_on_the_number_of_worker_processes(name, tmp_path)
     one = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=1)
     two = experiments.run(name, quick=True, seeds=(0, 1), out=str(tmp_path), jobs=2)
     assert one.rows == two.rows
+
+
+def test_regularise_reads_a_text_given_with_data(tmp_path, capsys):
+    text = tmp_path / "play.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 120)
+    report = main(["regularise", "--quick", "--seeds", "0", "--data", str(text),
+                   "--out", str(tmp_path)])
+    assert f"file {text}" in report.table and len(report.rows) == 6
+    capsys.readouterr()
+    for argv in (["depth", "--data", str(text)], ["regularise", "--data",
+                                                   str(tmp_path / "missing.txt")]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--quick", "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and "--data" in err[-1]

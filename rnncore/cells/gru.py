@@ -23,8 +23,8 @@ GEMM, ``gates_backward``); each half is one kernel of kernels/gru.cu.
 from typing import NamedTuple
 
 from ..backend import sigmoid, sum_outer, xp_of
-from .base import Cell
 from . import regularise
+from .base import Cell
 from .masking import carry, split_grad, store
 from .registry import register
 

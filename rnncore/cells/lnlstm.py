@@ -34,8 +34,8 @@ batch row (the three normalisations need the row's mean and variance).
 from typing import NamedTuple
 
 from ..backend import sigmoid, sum_outer, xp_of
-from .base import W_HH, W_IH, Cell, KernelSpec, ParamSpec
 from . import regularise
+from .base import W_HH, W_IH, Cell, KernelSpec, ParamSpec
 from .masking import carry, split_grad, store
 from .registry import register
 

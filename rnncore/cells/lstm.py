@@ -21,8 +21,8 @@ and the optional projection around the pointwise step.
 from typing import NamedTuple
 
 from ..backend import bias_sum, sigmoid, sum_outer, xp_of
-from .base import TORCH_PARAMS, Cell, ParamSpec
 from . import regularise
+from .base import TORCH_PARAMS, Cell, ParamSpec
 from .masking import carry, split_grad, store
 from .registry import register
 

@@ -7,8 +7,8 @@ Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², 
 
 
 from ..backend import bias_sum, sum_outer, xp_of
-from .base import Cell
 from . import regularise
+from .base import Cell
 from .masking import carry, split_grad, store
 from .registry import register
 
