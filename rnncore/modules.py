@@ -53,7 +53,9 @@ class Recurrent:
 
     Keyword options are the fields of ``rnncore.options.Options``; the state is a tuple in
     the cell's state order when the cell has more than one state tensor (the LSTM's
-    (h, c)), else the single array, as in torch.nn.
+    (h, c)), else the single array, as in torch.nn. With ``return_states="all"`` the
+    returned state holds every step's, (L·D, T, B, width) (batch_first: (L·D, B, T, width)),
+    and ``backward`` takes its gradient in that shape.
     """
 
     def __init__(self, cell, input_size, hidden_size, *, device="cpu", seed=None,
@@ -125,8 +127,9 @@ class Recurrent:
 
         Read-only instruments look inside it: ``last_cache.layers[k][d]`` is layer k,
         direction d's ``LayerCache``, whose ``saved`` holds the cell's per-step buffers by
-        name (gates, states; the cell's ``gate_views`` reads them), and
-        ``last_cache.masks`` the dropout masks.
+        name (gates, states; the cell's ``gate_views`` reads them), ``last_cache.masks``
+        the dropout masks, ``last_cache.step_masks`` / ``weight_masks`` the recurrent
+        regularisers' masks per layer direction.
         """
         return None if self._last is None else self._last[0]
 

@@ -5,7 +5,7 @@ the command line: which cell, how deep, which regularisers and initialisers.
 
 Every choice is checked here, against the cell's declaration where it depends on the
 cell (``proj_size`` needs a cell with a projection, ``forget_bias`` one with a forget
-gate), so the constructor, ``CharLM`` and the training CLI give the same one-line errors.
+gate, each recurrent regulariser a cell that declares it: ``Cell.regularisers``), so the constructor, ``CharLM`` and the training CLI give the same one-line errors.
 """
 
 from __future__ import annotations
