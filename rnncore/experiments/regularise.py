@@ -54,6 +54,10 @@ SETTINGS = {
     "weight-drop 0.3": ("lstm", {"weight_drop": 0.3}),
     "LayerNorm LSTM": ("lnlstm", {}),
 }
+SHORT = {"dropout 0.3 (between layers)": "dropout 0.3\n(between layers)",
+         "recurrent dropout 0.25": "recurrent\ndropout 0.25",
+         "zoneout c 0.5, h 0.05": "zoneout\nc 0.5, h 0.05", "weight-drop 0.3": "weight-drop\n0.3",
+         "LayerNorm LSTM": "LayerNorm\nLSTM"}  # the figure's tick labels
 FULL = dict(hidden=256, embed=64, steps=350, batch=32, seq=50, train_chars=120_000,
             val_chars=30_000, lr=3e-3)
 QUICK = dict(hidden=16, embed=8, steps=4, batch=4, seq=16, train_chars=3_000,
@@ -131,7 +135,7 @@ def _plot(results, out):
         ax.scatter(np.full(len(vals), i), vals, color="C0", s=14, zorder=3)
         ax.errorbar(i + 0.15, np.nanmean(vals), yerr=np.nanstd(vals, ddof=1) if len(vals) > 1
                     else 0, fmt="o", color="k", capsize=3)
-    ax.set_xticks(range(len(labels)), [lb.replace(" (", "\n(") for lb in labels], fontsize=7)
+    ax.set_xticks(range(len(labels)), [SHORT.get(lb, lb) for lb in labels], fontsize=7)
     ax.set_ylabel("validation bits / char")
     ax.set_title("recurrent regularisers on a 2×256 char-LSTM (dots: seeds; black: mean ± sd)",
                  fontsize=8)
