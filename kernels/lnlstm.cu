@@ -8,6 +8,8 @@
 //     a = g_ih LN(x_g) + g_hh LN(h_g) + b            (4H; LN over all 4H values)
 //     i, f, o = sigmoid(a_i, a_f, a_o)   g = tanh(a_g)   c = f c_prev + i g
 //     h = o tanh(y),   y = g_c LN(c) + s_c            (LN over H)
+//     zoneout (zh, zc; null when off; kernels/zoneout.cuh): c = c~ + zc (c_prev - c~),
+//     h = h~ + zh (h_prev - h~), after h~ = o tanh(y) is formed from the new c~
 //     padded row (valid[b] false): h = h_prev, c = c_prev exactly
 // Saved: gates, x^ = LN(x_g), h^ = LN(h_g), c^ = LN(c), tanh(y), and r for the three rows.
 // Backward, with LN'(dv^) = r (dv^ - mean(dv^) - v^ mean(dv^ v^)):
@@ -15,27 +17,11 @@
 //     da = [dc g sigmoid_grad(i), dc c_prev sigmoid_grad(f), dc i tanh_grad(g),
 //           dh tanh_y sigmoid_grad(o)]
 //     dx_g = LN'(da g_ih)   dh_g = LN'(da g_hh)   dc_prev = dc f (+ carried dc)
+//     zoneout: dh, dc first scaled by (1 - zh), (1 - zc); the rest reaches h_prev, c_prev
 #include "common.cuh"
 #include "cooperate.cuh"
-
-template <typename T> __device__ __forceinline__ T sqrt_(T x);
-template <> __device__ __forceinline__ float sqrt_<float>(float x) { return sqrtf(x); }
-template <> __device__ __forceinline__ double sqrt_<double>(double x) { return sqrt(x); }
-
-// mean and r = 1 / sqrt(var + eps) of the n values v[0..n), computed by the whole block.
-template <typename T>
-__device__ void row_moments(const T* v, int n, T eps, T* scratch, T& mean, T& r) {
-    const int first = (int)block_thread_rank(), stride = (int)block_size();
-    T s = T(0);
-    for (int k = first; k < n; k += stride) s += v[k];
-    mean = block_sum<T>(s, scratch) / T(n);
-    T q = T(0);
-    for (int k = first; k < n; k += stride) {
-        const T d = v[k] - mean;
-        q += d * d;
-    }
-    r = T(1) / sqrt_<T>(block_sum<T>(q, scratch) / T(n) + eps);
-}
+#include "layernorm.cuh"
+#include "zoneout.cuh"
 
 template <typename T>
 __global__ void lnlstm_forward(int B, int H,
@@ -47,6 +33,8 @@ __global__ void lnlstm_forward(int B, int H,
                                const T* __restrict__ bias,  // null without biases
                                const T* __restrict__ g_c, const T* __restrict__ s_c, T eps,
                                const bool* __restrict__ valid,
+                               const T* __restrict__ zh, int ld_zh,
+                               const T* __restrict__ zc, int ld_zc,
                                T* __restrict__ h, T* __restrict__ c, T* __restrict__ gates,
                                T* __restrict__ xhat, T* __restrict__ hhat,
                                T* __restrict__ chat, T* __restrict__ tanh_y,
@@ -95,8 +83,9 @@ __global__ void lnlstm_forward(int B, int H,
         const T ty = tanh_<T>(g_c[j] * cn + s_c[j]);
         chat[s + j] = cn;
         tanh_y[s + j] = ty;
-        h[s + j] = keep ? gates[q + j + 3 * H] * ty : h_prev[at(b, j, ld_h_prev)];
-        c[s + j] = keep ? c_new : c_prev[at(b, j, ld_c_prev)];
+        const T hp = h_prev[at(b, j, ld_h_prev)], cp = c_prev[at(b, j, ld_c_prev)];
+        h[s + j] = keep ? zone_out<T>(zh, ld_zh, b, j, gates[q + j + 3 * H] * ty, hp) : hp;
+        c[s + j] = keep ? zone_out<T>(zc, ld_zc, b, j, c_new, cp) : cp;
     }
     if (first == 0) {
         rstd[3 * b] = r_x;
@@ -117,9 +106,11 @@ __global__ void lnlstm_backward(int B, int H,
                                 const T* __restrict__ g_ih, const T* __restrict__ g_hh,
                                 const T* __restrict__ g_c,
                                 const bool* __restrict__ valid,
+                                const T* __restrict__ zh, int ld_zh,
+                                const T* __restrict__ zc, int ld_zc,
                                 T* __restrict__ dxg, T* __restrict__ dhg, T* __restrict__ da,
                                 T* __restrict__ dy,
-                                T* __restrict__ dh_carried,  // null when valid is null
+                                T* __restrict__ dh_carried,  // null when valid and zh are null
                                 T* __restrict__ dc_prev) {
     T* scratch = dynamic_shared<T>();
     const int b = (int)blockIdx.x;
@@ -130,7 +121,8 @@ __global__ void lnlstm_backward(int B, int H,
     // 1. dy, and the row sums LN' of the cell normalisation needs
     T sum_d = T(0), sum_dc = T(0);
     for (int j = first; j < H; j += stride) {
-        const T d_h = keep ? dh[at(b, j, ld_dh)] : T(0);
+        const T d_v = keep ? dh[at(b, j, ld_dh)] : T(0);
+        const T d_h = zh != nullptr ? d_v - zone_through<T>(zh, ld_zh, b, j, d_v) : d_v;
         const T ty = tanh_y[s + j];
         const T d_y = d_h * gates[q + j + 3 * H] * tanh_grad<T>(ty);
         dy[s + j] = d_y;
@@ -145,7 +137,11 @@ __global__ void lnlstm_backward(int B, int H,
     T sx = T(0), sxx = T(0), sh = T(0), shh = T(0);
     for (int j = first; j < H; j += stride) {
         const T dh_in = dh[at(b, j, ld_dh)], dc_in = dc[at(b, j, ld_dc)];
-        const T d_h = keep ? dh_in : T(0), d_c = keep ? dc_in : T(0);
+        const T dh_v = keep ? dh_in : T(0), dc_v = keep ? dc_in : T(0);
+        const T dh_through = zone_through<T>(zh, ld_zh, b, j, dh_v);
+        const T dc_through = zone_through<T>(zc, ld_zc, b, j, dc_v);
+        const T d_h = zh != nullptr ? dh_v - dh_through : dh_v;
+        const T d_c = zc != nullptr ? dc_v - dc_through : dc_v;
         const T d_n = dy[s + j] * g_c[j];
         const T dcell = d_c + r_c * (d_n - mean_d - chat[s + j] * mean_dc);
         const T i = gates[q + j], f = gates[q + j + H], g = gates[q + j + 2 * H];
@@ -164,8 +160,12 @@ __global__ void lnlstm_backward(int B, int H,
             sh += dh_n;
             shh += dh_n * hhat[q + m];
         }
-        dc_prev[s + j] = dcell * f + (keep ? T(0) : dc_in);
-        if (dh_carried != nullptr) dh_carried[s + j] = keep ? T(0) : dh_in;
+        const T carried_c = keep ? T(0) : dc_in, carried_h = keep ? T(0) : dh_in;
+        dc_prev[s + j] = dcell * f + (zc == nullptr ? carried_c
+                                      : (valid == nullptr ? dc_through : carried_c + dc_through));
+        if (dh_carried != nullptr)
+            dh_carried[s + j] = zh == nullptr ? carried_h
+                                : (valid == nullptr ? dh_through : carried_h + dh_through);
     }
     const T n4 = T(4 * H);
     const T mean_x = block_sum<T>(sx, scratch) / n4, mean_xx = block_sum<T>(sxx, scratch) / n4;

@@ -266,6 +266,10 @@ class Generator:
         keep = self._rng.random(size=shape) >= p
         return to_device((keep / (1.0 - p)).astype(dtype), device)
 
+    def bernoulli(self, p, shape, dtype, device="cpu"):
+        """A mask of 1 with probability p, else 0 (zoneout: 1 keeps the previous state)."""
+        return to_device((self._rng.random(size=shape) < p).astype(dtype), device)
+
     def get_state(self) -> dict:
         return self._rng.bit_generator.state
 

@@ -99,7 +99,7 @@ class CharLM:
 
     MODEL_KEYS = ("cell", "embed", "hidden", "layers", "proj_size", "residual", "dropout",
                   "dropout_mode", "init", "init_state", "forget_bias", "nonlinearity", "dtype",
-                  "impl", "seed")
+                  "impl", "seed", "zoneout_h", "zoneout_c", "recurrent_dropout", "weight_drop")
 
     @classmethod
     def from_config(cls, config: dict, vocab_size: int, device="cpu"):

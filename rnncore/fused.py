@@ -344,6 +344,10 @@ class Launcher:
         """An optional matrix argument left out: a null pointer and leading dimension 0."""
         return None, np.int32(0)
 
+    def optional(self, name, a, rows, cols):
+        """``matrix`` for an input that may be None (then ``absent``): a regulariser's mask."""
+        return self.absent() if a is None else self.matrix(name, a, rows, cols)
+
     def dense(self, name, a, rows, cols):
         """A C-contiguous (rows, cols) input (the kernels' own saved outputs always are)."""
         return self.xp.ascontiguousarray(self.matrix(name, a, rows, cols)[0])

@@ -160,19 +160,37 @@ class MatrixCase:
     bidirectional: bool
     residual: str | None
     dropout_mode: str = "standard"
+    regularised: bool = False  # every recurrent regulariser the cell takes, on
+    return_states: str = "last"
 
     def label(self) -> str:
+        extra = " +regularisers" if self.regularised else ""
+        extra += " states=all" if self.return_states == "all" else ""
         return (f"{self.cell} L{self.num_layers} {'bi' if self.bidirectional else 'uni'} "
-                f"res={self.residual} drop={self.dropout_mode}")
+                f"res={self.residual} drop={self.dropout_mode}{extra}")
 
 
-def matrix_cases(quick=False, cells=None):
-    """Cell × layers 1–3 × uni/bi × residual none/layers/stack (dropout, lengths, learned h0)."""
+REGULARISER_RATE = 0.3
+
+
+def matrix_cases(quick=False, cells=None, regularised=False, return_states="last"):
+    """Cell × layers 1–3 × uni/bi × residual none/layers/stack (dropout, lengths, learned h0);
+    ``regularised``: with every recurrent regulariser the cell takes on (rate 0.3, masks
+    frozen); ``return_states="all"``: every step's state returned and given a gradient."""
     cells = tuple(matrix_cells()) if cells is None else cells
     layers = (1, 3) if quick else (1, 2, 3)
     for cell, L, bi, res in itertools.product(cells, layers, (False, True),
                                               (None, "layers", "stack")):
-        yield MatrixCase(cell, L, bi, res, "variational" if (L + bi) % 2 else "standard")
+        yield MatrixCase(cell, L, bi, res, "variational" if (L + bi) % 2 else "standard",
+                         regularised, return_states)
+
+
+def regulariser_options(cell_name, options=None) -> dict:
+    """{option: rate} of every recurrent regulariser the registered cell takes."""
+    from . import cells
+
+    proj = (options or {}).get("proj_size", 0)
+    return {name: REGULARISER_RATE for name in cells.get(cell_name).regularisers(proj)}
 
 
 def build_case(case: MatrixCase, hidden=3, input_size=3, seed=0, impl="reference"):
@@ -180,6 +198,10 @@ def build_case(case: MatrixCase, hidden=3, input_size=3, seed=0, impl="reference
     from .modules import Recurrent
 
     name, options = matrix_cells()[case.cell]
+    if case.regularised:
+        options = {**options, **regulariser_options(name, options)}
+    if case.return_states != "last":
+        options = {**options, "return_states": case.return_states}
     module = Recurrent(name, input_size, hidden, num_layers=case.num_layers,
                        bidirectional=case.bidirectional, dropout=0.3, residual=case.residual,
                        dropout_mode=case.dropout_mode, init_state="learned", dtype="float64",

@@ -19,7 +19,14 @@ import numpy as np
 from . import backend, cells, drivers
 from .init import INIT_STATE_STD, init_parameters
 from .options import DROPOUT_MODES, IMPLS, RESIDUALS, Options, check_int
-from .stack import StackSpec, parameter_count, parameter_shapes, stack_backward, stack_forward
+from .stack import (
+    StackSpec,
+    all_states,
+    parameter_count,
+    parameter_shapes,
+    stack_backward,
+    stack_forward,
+)
 
 __all__ = ["DROPOUT_MODES", "GRU", "IMPLS", "LSTM", "RESIDUALS", "RNN", "Recurrent"]
 
@@ -34,7 +41,9 @@ class Recurrent:
 
     Keyword options are the fields of ``rnncore.options.Options``; the state is a tuple in
     the cell's state order when the cell has more than one state tensor (the LSTM's
-    (h, c)), else the single array, as in torch.nn.
+    (h, c)), else the single array, as in torch.nn. With ``return_states="all"`` the
+    returned state holds every step's, (L·D, T, B, width) (batch_first: (L·D, B, T, width)),
+    and ``backward`` takes its gradient in that shape.
     """
 
     def __init__(self, cell, input_size, hidden_size, *, device="cpu", seed=None,
@@ -116,8 +125,9 @@ class Recurrent:
 
         Read-only instruments look inside it: ``last_cache.layers[k][d]`` is layer k,
         direction d's ``LayerCache``, whose ``saved`` holds the cell's per-step buffers by
-        name (gates, states; the cell's ``gate_views`` reads them), and
-        ``last_cache.masks`` the dropout masks.
+        name (gates, states; the cell's ``gate_views`` reads them), ``last_cache.masks``
+        the dropout masks, ``last_cache.step_masks`` / ``weight_masks`` the recurrent
+        regularisers' masks per layer direction.
         """
         return None if self._last is None else self._last[0]
 
@@ -278,11 +288,21 @@ class Recurrent:
         valid = self._valid_mask(lengths, T, B)
         state0, learned = self._initial_state(hx, batched, B)
         masks = self._dropout_masks(T, B)
+        step_masks, weight_masks = self._regulariser_masks(T, B)
         out, state_n, cache = stack_forward(self.spec, self.driver, self.params, x, state0,
-                                            valid, masks)
+                                            valid, masks, step_masks, weight_masks)
         self._last = (cache, batched, learned)
+        if self.return_states == "all":  # (L·D, T, B, ·): every step's state, every layer
+            state_n = all_states(self.spec, cache)
+            if not batched:
+                state_n = tuple(s[:, :, 0] for s in state_n)
+            elif self.batch_first:
+                state_n = tuple(s.transpose(0, 2, 1, 3) for s in state_n)
+            state_n = tuple(self.xp.array(s, order="C", copy=True) for s in state_n)
+        elif not batched:
+            state_n = tuple(s[:, 0] for s in state_n)
         if not batched:
-            out, state_n = out[:, 0], tuple(s[:, 0] for s in state_n)
+            out = out[:, 0]
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
         out = self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
@@ -305,6 +325,27 @@ class Recurrent:
         return tuple(self._check_state(n, a, w, batched, B)
                      for n, a, w in zip(names, given, widths))
 
+    def _unpack_all(self, dhx, widths, batched, T, B):
+        """``dhx`` under return_states="all": ∂L/∂(every step's state), checked, as a tuple
+        of time-major (L·D, T, B, width) arrays."""
+        names = [f"d{s}_all" for s in self.cell.state]
+        given = dhx if len(widths) > 1 else (dhx,)
+        if len(widths) > 1 and (not isinstance(dhx, (tuple, list)) or len(dhx) != len(widths)):
+            raise TypeError(f"dhx for the {self.cell.name} cell must be a tuple "
+                            f"({', '.join(names)})")
+        LD, out = self.num_layers * self.num_directions, []
+        for name, a, w in zip(names, given, widths):
+            self._check_array(name, a)
+            lead = (B, T) if self.batch_first else (T, B)
+            want = (LD,) + (lead if batched else (T,)) + (w,)
+            if tuple(a.shape) != want:
+                raise ValueError(f"{name} must have the returned states' shape {want}, "
+                                 f"got {tuple(a.shape)}")
+            a = a[:, :, None] if not batched else a.transpose(0, 2, 1, 3) \
+                if self.batch_first else a
+            out.append(a)
+        return tuple(out)
+
     def _initial_state(self, hx, batched, B):
         """(state0 tuple, learned?) time-major and batched; an explicit hx always wins."""
         LD, xp = self.num_layers * self.num_directions, self.xp
@@ -326,6 +367,42 @@ class Recurrent:
         steps = 1 if self.dropout_mode == "variational" else T
         return [self.rng.keep_mask(self.dropout, (steps, B, width), self.dtype, self.device)
                 for _ in range(self.num_layers - 1)] + [None]
+
+    def _regulariser_masks(self, T, B):
+        """The recurrent regularisers' masks, drawn from the module's generator:
+        ([k·D + d] {step input: (T, B, W)}, [k·D + d] {parameter key: mask}), or Nones.
+
+        zoneout: 1 (keep the previous state) with probability p per unit and step in
+        training, the constant p at evaluation; recurrent dropout: one inverted mask per
+        sequence, broadcast over the steps, none at evaluation; weight-drop: one inverted
+        mask per recurrent weight per forward pass, none at evaluation.
+        """
+        if not self.options.regularised:
+            return None, None
+        xp, dtype, dev, rng = self.xp, self.dtype, self.device, self.rng
+        steps, weights = [], []
+        for k in range(self.num_layers):
+            dims = self.spec.dims(k)
+            widths = dict(zip(self.cell.state, self.cell.state_widths(dims)))
+            shapes = self.cell.param_shapes(dims, self.bias)
+            for _ in range(self.num_directions):
+                step, weight = {}, {}
+                for state in self.cell.zoneout:
+                    p = getattr(self, f"zoneout_{state}")
+                    if not p:
+                        continue
+                    shape = (T, B, widths[state])
+                    step[f"zoneout_{state}"] = rng.bernoulli(p, shape, dtype, dev) \
+                        if self.training else xp.broadcast_to(xp.full(shape[-1:], p, dtype), shape)
+                if self.recurrent_dropout and self.training:
+                    m = rng.keep_mask(self.recurrent_dropout, (B, widths["h"]), dtype, dev)
+                    step["recurrent_dropout"] = xp.broadcast_to(m, (T, B, widths["h"]))
+                if self.weight_drop and self.training:
+                    for key in self.cell.weight_drop:
+                        weight[key] = rng.keep_mask(self.weight_drop, shapes[key], dtype, dev)
+                steps.append(step)
+                weights.append(weight)
+        return steps, weights
 
     # ----------------------------------------------------------------- backward
     def backward(self, dout, dhx=None, recorder=None):
@@ -350,6 +427,10 @@ class Recurrent:
             dout = dout.transpose(1, 0, 2)
         LD, xp = self.num_layers * self.num_directions, self.xp
         widths = self.spec.state_widths()
+        dstates_all = None
+        if self.return_states == "all" and dhx is not None:
+            dstates_all = self._unpack_all(dhx, widths, batched, T, B)
+            dhx = None
         if dhx is None:
             dstate_n = tuple(xp.zeros((LD, B, w), dtype=self.dtype) for w in widths)
         else:
@@ -357,7 +438,7 @@ class Recurrent:
         dx, dstate0, grads = stack_backward(self.spec, self.driver, self.params, cache, dout,
                                             dstate_n, recorder, self.input_grad,
                                             self.interventions if self.interventions.active
-                                            else None)
+                                            else None, dstates_all)
         for name, g in grads.items():
             self.grads[name] += g
         if learned:

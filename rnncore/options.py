@@ -5,7 +5,8 @@ the command line: which cell, how deep, which regularisers and initialisers.
 
 Every choice is checked here, against the cell's declaration where it depends on the
 cell (``proj_size`` needs a cell with a projection, ``forget_bias`` one with a forget
-gate), so the constructor, ``CharLM`` and the training CLI give the same one-line errors.
+gate, each recurrent regulariser a cell that declares it: ``Cell.regularisers``), so the
+constructor, ``CharLM`` and the training CLI give the same one-line errors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from .init import INIT_STATES, INITS
 RESIDUALS = (None, "layers", "stack")
 DROPOUT_MODES = ("standard", "variational")
 DTYPES = ("float32", "float64")
+RETURN_STATES = ("last", "all")
+# the recurrent regularisers: each a rate in [0, 1), each taken only by cells that declare it
+# (``Cell.regularisers``): zoneout on h and on c (Krueger et al. 2016), dropout on h_{t−1}
+# inside the recurrence (Gal & Ghahramani 2016), DropConnect on W_hh (Merity et al. 2017)
+REGULARISERS = ("zoneout_h", "zoneout_c", "recurrent_dropout", "weight_drop")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently
 CONFIG_NAMES = {"layers": "num_layers"}
@@ -87,6 +93,16 @@ class Options:
     h_detach: float = 0.0
     truncate: int = 0
     grad_noise: float = 0.0
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_drop: float = 0.0
+    return_states: str = "last"
+
+    @property
+    def regularised(self) -> bool:
+        """Whether any recurrent regulariser is on."""
+        return any(getattr(self, name) for name in REGULARISERS)
 
     def validated(self, hidden_size: int) -> Options:
         """These options checked (raises TypeError/ValueError naming the option)."""
@@ -119,7 +135,17 @@ class Options:
         from .interventions import Interventions
 
         Interventions.from_options(self, None).check(cell)
-        return dataclasses.replace(self, dropout=float(self.dropout),
+        check_choice("return_states", self.return_states, RETURN_STATES)
+        rates = {name: check_real(name, getattr(self, name), 0.0, 1.0, high_open=True)
+                 for name in REGULARISERS}
+        taken = cell.regularisers(self.proj_size)
+        for name, rate in rates.items():
+            if rate and name not in taken:
+                what = ", ".join(taken) if taken else "no recurrent regulariser"
+                with_proj = " with proj_size" if self.proj_size else ""
+                raise TypeError(f"{name}: the {cell.name} cell{with_proj} does not take it "
+                                f"(it takes {what})")
+        return dataclasses.replace(self, **rates, dropout=float(self.dropout),
                                    forget_bias=float(self.forget_bias),
                                    num_layers=int(self.num_layers),
                                    proj_size=int(self.proj_size),

@@ -7,6 +7,13 @@ For layer k with input u_k (u_0 = x) and directions d ∈ {forward, reverse}:
     u_{k+1} = m_k ⊙ y_k   dropout mask m_k (inverted, 1/(1−p) or 0) for k < L−1, training
     out = y_{L−1} (+ x, or + x W_resᵀ + b_res when widths differ, for residual="stack")
 
+The recurrent regularisers arrive as masks the module drew, one dict per layer direction:
+``step_masks[k·D + d]`` {input name: (T, B, W)} joins the per-step ``inputs`` the driver
+hands the cell (zoneout, recurrent dropout: ``rnncore.cells.regularise``), and
+``weight_masks[k·D + d]`` {parameter key: mask} multiplies those parameters for the whole
+pass (weight-drop, DropConnect on W_hh): forward and backward use W ⊙ M, and
+∂L/∂W = M ⊙ ∂L/∂(W ⊙ M). Nothing here names a cell or a regulariser.
+
 Padded steps (``valid`` false) give zeros at every layer's output, residual included.
 Backward runs the same path in reverse: the residual adds its gradient to the layer's
 input gradient, the mask multiplies the gradient, and the directions' input gradients add.
@@ -103,22 +110,43 @@ class StackCache(NamedTuple):
     valid: object
     layers: list  # [k][d] LayerCache (rnncore.drivers)
     masks: list  # [k] dropout mask or None
+    step_masks: list | None = None  # [k·D + d] {step input name: (T, B, W) mask}
+    weight_masks: list | None = None  # [k·D + d] {parameter key: mask}
 
 
-def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=None):
+def masked_params(spec: StackSpec, params: dict, k: int, d: int, weight_masks) -> dict:
+    """``layer_params`` with the weight-drop masks of layer k, direction d applied."""
+    p = layer_params(spec, params, k, d)
+    if weight_masks is not None:
+        for key, mask in weight_masks[k * spec.num_directions + d].items():
+            p[key] = p[key] * mask
+    return p
+
+
+def all_states(spec: StackSpec, cache: StackCache) -> tuple:
+    """Every layer direction's state after every step, a tuple in the cell's state order,
+    each (L·D, T, B, width): what ``return_states="all"`` returns."""
+    xp = xp_of(cache.x)
+    return tuple(xp.stack([layer.saved[name] for caches in cache.layers for layer in caches])
+                 for name in spec.cell.state)
+
+
+def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=None,
+                  step_masks=None, weight_masks=None):
     """x (T, B, I); state0 a tuple in the cell's state order, each (L·D, B, width);
-    valid (T, B, 1) or None. Returns (out (T, B, D·H_out), state_n tuple, cache).
+    valid (T, B, 1) or None; the regularisers' masks as in the module docstring.
+    Returns (out (T, B, D·H_out), state_n tuple, cache).
     """
     xp = xp_of(x)
     masks = masks or [None] * spec.num_layers
-    inputs = {"valid": valid}
     u = x
     layers, finals = [], []
     for k in range(spec.num_layers):
         outs, caches, states = [], [], []
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
-            p = layer_params(spec, params, k, d)
+            p = masked_params(spec, params, k, d, weight_masks)
+            inputs = {"valid": valid, **(step_masks[idx] if step_masks else {})}
             out_d, state_d, cache_d = driver.forward(
                 spec.cell, p, u, tuple(s[idx] for s in state0), inputs, reverse=d == 1
             )
@@ -140,11 +168,11 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
             skip = x @ params["residual_weight"].T + params["residual_bias"]
         out = out + skip if valid is None else (out + skip) * valid
     state_n = tuple(xp.stack([s[i] for s in finals]) for i in range(len(spec.cell.state)))
-    return out, state_n, StackCache(x, valid, layers, masks)
+    return out, state_n, StackCache(x, valid, layers, masks, step_masks, weight_masks)
 
 
 def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,
-                   input_grad=True, interventions=None):
+                   input_grad=True, interventions=None, dstates_all=None):
     """Backward through depth and time.
 
     ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
@@ -154,8 +182,10 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
     tuple in the cell's state order) and on_input_grad(k, ∂u_k) for every layer: the
     gradient-flow instrumentation; a recorder with on_output_grad(k, ∂y_k) also gets the
     gradient at each layer's output (``rnncore.attribution``).
+    gradient-flow instrumentation. ``dstates_all`` (optional) is the gradient reaching
+    every step's state, a tuple like the state, each (L·D, T, B, width) (``all_states``).
     """
-    x, valid, layers, masks = cache
+    x, valid, layers, masks, _, weight_masks = cache
     xp = xp_of(dout)
     grads = {}
     torch = {p.key: p.torch for p in spec.cell.params}
@@ -187,16 +217,23 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                     recorder.on_state_grad(k, d, t, ds)
             need_dx = input_grad or k > 0
             extra = {} if interventions is None else {"interventions": interventions}
+            backward_options = {}
+            if dstates_all is not None:
+                backward_options["dstates_all"] = tuple(ds[idx] for ds in dstates_all)
             dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
-                layer_params(spec, params, k, d),
+                masked_params(spec, params, k, d, weight_masks),
                 layers[k][d],
                 dy[..., d * H : (d + 1) * H],
                 tuple(ds[idx] for ds in dstate_n),
                 record,
                 need_dx,
                 **extra,
+                **backward_options,
             )
+            if weight_masks is not None:
+                for key, mask in weight_masks[idx].items():
+                    g[key] = g[key] * mask
             for total, part in zip(dstate0, dstate0_d):
                 total[idx] = part
             s = spec.suffix(k, d)

@@ -191,3 +191,18 @@ def test_a_run_prints_its_verdict_with_statistics(name, tmp_path):
     assert "Welch t =" in str(report) and "p =" in str(report)
     one = experiments.run(name, quick=True, seeds=(0,), out=str(tmp_path))
     assert one.verdicts == [one.verdicts[0]] and "one seed" in one.verdicts[0]
+
+
+def test_regularise_reads_a_text_given_with_data(tmp_path, capsys):
+    text = tmp_path / "play.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 120)
+    report = main(["regularise", "--quick", "--seeds", "0", "--data", str(text),
+                   "--out", str(tmp_path)])
+    assert f"file {text}" in report.table and len(report.rows) == 6
+    capsys.readouterr()
+    for argv in (["depth", "--data", str(text)], ["regularise", "--data",
+                                                   str(tmp_path / "missing.txt")]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--quick", "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and "--data" in err[-1]

@@ -14,7 +14,7 @@ from . import base, registry
 from .base import Cell, Dims, ParamSpec
 from .registry import cells, get, names, register
 
-_MECHANICS = {"base", "registry", "masking"}
+_MECHANICS = {"base", "registry", "masking", "regularise"}
 # Every other module of this package is a cell file that registers itself on import, so a
 # new cell is its file (and its kernel): nothing else lists the cells.
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):

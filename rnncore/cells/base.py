@@ -7,7 +7,11 @@ A cell is one object that *declares* everything the engine needs to know about i
 - ``gates``: its gate layout along the G·H axis of the pre-activations.
 - ``params``: its parameters (torch name, shape rule, initialiser rule), as ``ParamSpec``s.
 - ``step_inputs``: the per-step inputs it takes beyond the gate pre-activations
-  (``"valid"``, the lengths mask, today).
+  (``"valid"``, the lengths mask; the regularisers' masks ``"zoneout_h"``,
+  ``"zoneout_c"``, ``"recurrent_dropout"`` where it takes them).
+- ``zoneout`` / ``recurrent_dropout`` / ``weight_drop``: which recurrent regularisers it
+  takes (``regularisers``): the states a zoneout rate applies to, whether its recurrent
+  GEMM takes a dropout mask on h_{t−1}, the recurrent weights DropConnect may mask.
 - ``saved_widths`` / ``grad_widths``: the per-step buffers its forward saves for backward
   and its backward writes, as widths of (T, B, width) arrays. The driver allocates them
   once per layer direction, so nothing is allocated per step.
@@ -122,6 +126,21 @@ class Cell:
     projection: bool = False  # accepts proj_size (LSTMP)
     kernels: dict = {}  # kernel name stem → C++ template ("{T}" the scalar type) or KernelSpec
     cpu_loop: CpuLoop | None = None  # its compiled CPU time loop, if it has one
+    # the recurrent regularisers it takes (``rnncore.options`` refuses the others):
+    zoneout: tuple = ()  # states a zoneout rate applies to: "h" → zoneout_h, "c" → zoneout_c
+    zoneout_with_projection: tuple = ()  # the same, with proj_size > 0 (LSTMP)
+    recurrent_dropout: bool = False  # a dropout mask on h_{t−1} where it enters the GEMM
+    weight_drop: tuple = ()  # parameter keys DropConnect masks (once per forward pass)
+
+    def regularisers(self, proj: int = 0) -> tuple:
+        """The regulariser options this cell takes (with a projection of size ``proj``)."""
+        states = self.zoneout_with_projection if proj else self.zoneout
+        taken = tuple(f"zoneout_{s}" for s in states)
+        if self.recurrent_dropout:
+            taken += ("recurrent_dropout",)
+        if self.weight_drop:
+            taken += ("weight_drop",)
+        return taken
 
     @property
     def num_gates(self) -> int:

@@ -20,10 +20,10 @@ The original form needs the second recurrent GEMM between two pointwise halves, 
 GEMM, ``gates_backward``); each half is one kernel of kernels/gru.cu.
 """
 
-from types import SimpleNamespace
 from typing import NamedTuple
 
 from ..backend import sigmoid, sum_outer, xp_of
+from . import regularise
 from .base import Cell, CpuLoop
 from .masking import carry, split_grad, store
 from .registry import register
@@ -38,10 +38,11 @@ class GRUCache(NamedTuple):
     hn: object
 
 
-def pointwise_forward(xg, hg, h_prev, valid, out=None):
+def pointwise_forward(xg, hg, h_prev, valid, out=None, zh=None):
     """Reset-after gate math: xg, hg are (B, 3H) with biases in; returns (h_t, cache).
 
-    ``out`` = (h, r, z, n) preallocated (B, H) arrays, or None.
+    ``out`` = (h, r, z, n) preallocated (B, H) arrays, or None; ``zh`` zoneout's weight of
+    h_{t−1} (``cells.regularise``) or None.
     """
     xp = xp_of(xg)
     H = h_prev.shape[-1]
@@ -51,10 +52,20 @@ def pointwise_forward(xg, hg, h_prev, valid, out=None):
     hn = hg[:, 2 * H :]
     n = xp.tanh(xg[:, 2 * H :] + r * hn, out=n)
     h = xp.add(n, z * (h_prev - n), out=h)
+    if zh is not None:
+        h += zh * (h_prev - h)
     return carry(valid, h, h_prev), GRUCache(r, z, n, hn)
 
 
-def pointwise_backward(dh, h_prev, cache, valid, out=None):
+def _zone_grad(dh, dh_carried, zh):
+    """(∂h̃, the ∂h reaching h_{t−1} directly) under zoneout (``cells.regularise``)."""
+    if zh is None:
+        return dh, dh_carried
+    through = dh * zh
+    return dh - through, through if dh_carried is None else dh_carried + through
+
+
+def pointwise_backward(dh, h_prev, cache, valid, out=None, zh=None):
     """Returns (∂xg (B, 3H), ∂hg (B, 3H), ∂h_{t−1} through z and the carry).
 
     ``out`` = (dxg, dhg, dh_prev) preallocated arrays, or None.
@@ -63,7 +74,7 @@ def pointwise_backward(dh, h_prev, cache, valid, out=None):
     H = dh.shape[-1]
     r, z, n, hn = cache
     dxg, dhg, dh_prev = out or (None, None, None)
-    dh, dh_carried = split_grad(valid, dh)
+    dh, dh_carried = _zone_grad(*split_grad(valid, dh), zh)
     da_n = dh * (1 - z) * (1 - n * n)
     if dxg is None:
         dxg = xp.empty(dh.shape[:-1] + (3 * H,), dtype=dh.dtype)
@@ -92,7 +103,7 @@ def gates_forward(xg_rz, hg_rz, h_prev, out=None):
     return r, z, rh
 
 
-def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None):
+def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None, zh=None):
     """Original-GRU second half: n = tanh(x_n + (r⊙h) W_hnᵀ + b_hn), h = (1−z) n + z h.
 
     ``out`` = (h, n) or None.
@@ -101,16 +112,18 @@ def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None):
     h, n = out or (None, None)
     n = xp.tanh(xg_n + rhg_n, out=n)
     h = xp.add(n, z * (h_prev - n), out=h)
+    if zh is not None:
+        h += zh * (h_prev - h)
     return carry(valid, h, h_prev), n
 
 
-def candidate_backward(dh, z, n, valid, out=None):
+def candidate_backward(dh, z, n, valid, out=None, zh=None):
     """Original-GRU backward, first half: ∂a_n = ∂h (1 − z)(1 − n²). ``out`` = ∂a_n or None."""
-    dh, _ = split_grad(valid, dh)
+    dh, _ = _zone_grad(*split_grad(valid, dh), zh)
     return store(out, dh * (1 - z) * (1 - n * n))
 
 
-def gates_backward(dh, drh, h_prev, r, z, n, valid, out):
+def gates_backward(dh, drh, h_prev, r, z, n, valid, out, zh=None):
     """Original-GRU backward, second half, given ∂(r⊙h) = ∂a_n W_hn:
 
         ∂a_r = ∂(r⊙h) h_{t−1} r(1 − r)     ∂a_z = ∂h (h_{t−1} − n) z(1 − z)
@@ -120,7 +133,7 @@ def gates_backward(dh, drh, h_prev, r, z, n, valid, out):
     """
     H = dh.shape[-1]
     dxg_rz, dh_prev = out
-    dh, dh_carried = split_grad(valid, dh)
+    dh, dh_carried = _zone_grad(*split_grad(valid, dh), zh)
     dxg_rz[:, :H] = drh * h_prev * r * (1 - r)
     dxg_rz[:, H:] = dh * (h_prev - n) * z * (1 - z)
     dh_prev += dh * z + drh * r
@@ -130,22 +143,24 @@ def gates_backward(dh, drh, h_prev, r, z, n, valid, out):
 
 
 # ----------------------------------------------------------------------------- fused twins
-def fused_forward(k, xg, hg, h_prev, valid, out=None):
+def fused_forward(k, xg, hg, h_prev, valid, out=None, zh=None):
     B, H = h_prev.shape
     h, r, z, n = k.outputs(out, B, H, H, H, H)
     k.launch("gru_forward", B, H, *k.matrix("xg", xg, B, 3 * H), *k.matrix("hg", hg, B, 3 * H),
-             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B), h, r, z, n)
+             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B), *k.optional("zh", zh, B, H),
+             h, r, z, n)
     return h, GRUCache(r, z, n, hg[:, 2 * H:])
 
 
-def fused_backward(k, dh, h_prev, cache, valid, out=None):
+def fused_backward(k, dh, h_prev, cache, valid, out=None, zh=None):
     r, z, n, hn = cache
     B, H = r.shape
     dxg, dhg, dh_prev = k.outputs(out, B, 3 * H, 3 * H, H)
     k.launch("gru_backward", B, H, *k.matrix("dh", dh, B, H),
              *k.matrix("h_prev", h_prev, B, H),
              *(k.dense(name, v, B, H) for name, v in (("r", r), ("z", z), ("n", n))),
-             *k.matrix("hn", hn, B, H), k.valid(valid, B), dxg, dhg, dh_prev)
+             *k.matrix("hn", hn, B, H), k.valid(valid, B), *k.optional("zh", zh, B, H),
+             dxg, dhg, dh_prev)
     return dxg, dhg, dh_prev
 
 
@@ -157,35 +172,37 @@ def fused_gates_forward(k, xg_rz, hg_rz, h_prev, out=None):
     return r, z, rh
 
 
-def fused_candidate_forward(k, xg_n, rhg_n, z, h_prev, valid, out=None):
+def fused_candidate_forward(k, xg_n, rhg_n, z, h_prev, valid, out=None, zh=None):
     B, H = h_prev.shape
     h, n = k.outputs(out, B, H, H)
     k.launch("gru_candidate_forward", B, H, *k.matrix("xg_n", xg_n, B, H),
              *k.matrix("rhg_n", rhg_n, B, H), *k.matrix("z", z, B, H),
-             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B), h, n)
+             *k.matrix("h_prev", h_prev, B, H), k.valid(valid, B),
+             *k.optional("zh", zh, B, H), h, n)
     return h, n
 
 
-def fused_candidate_backward(k, dh, z, n, valid, out=None):
+def fused_candidate_backward(k, dh, z, n, valid, out=None, zh=None):
     B, H = z.shape
     da_n = k.strided_output(out, B, H)
     k.launch("gru_candidate_backward", B, H, *k.matrix("dh", dh, B, H),
-             *k.matrix("z", z, B, H), *k.matrix("n", n, B, H), k.valid(valid, B), *da_n)
+             *k.matrix("z", z, B, H), *k.matrix("n", n, B, H), k.valid(valid, B),
+             *k.optional("zh", zh, B, H), *da_n)
     return da_n[0]
 
 
-def fused_gates_backward(k, dh, drh, h_prev, r, z, n, valid, out):
+def fused_gates_backward(k, dh, drh, h_prev, r, z, n, valid, out, zh=None):
     B, H = r.shape
     dxg_rz, dh_prev = out
     k.launch("gru_gates_backward", B, H, *k.matrix("dh", dh, B, H),
              *k.matrix("drh", drh, B, H), *k.matrix("h_prev", h_prev, B, H),
              *k.matrix("r", r, B, H), *k.matrix("z", z, B, H), *k.matrix("n", n, B, H),
-             k.valid(valid, B), *k.strided_output(dxg_rz, B, 2 * H),
+             k.valid(valid, B), *k.optional("zh", zh, B, H), *k.strided_output(dxg_rz, B, 2 * H),
              *k.strided_output(dh_prev, B, H))
     return dxg_rz, dh_prev
 
 
-REFERENCE = SimpleNamespace(
+REFERENCE = regularise.reference(
     gru_forward=pointwise_forward, gru_backward=pointwise_backward,
     gru_gates_forward=gates_forward, gru_candidate_forward=candidate_forward,
     gru_candidate_backward=candidate_backward, gru_gates_backward=gates_backward)
@@ -194,6 +211,8 @@ FUSED = dict(
     gru_gates_forward=fused_gates_forward, gru_candidate_forward=fused_candidate_forward,
     gru_candidate_backward=fused_candidate_backward, gru_gates_backward=fused_gates_backward)
 KERNELS = {name: name + "<{T}>" for name in FUSED}
+FUSED.update(regularise.FUSED)
+KERNELS.update(regularise.KERNELS)
 
 
 class GRU(Cell):
@@ -207,11 +226,19 @@ class GRU(Cell):
     kernels = KERNELS
     reference = REFERENCE
 
+    step_inputs = ("valid", "zoneout_h", "recurrent_dropout")
+    zoneout = ("h",)
+    weight_drop = ("w_hh",)
+
     def __init__(self, reset_after=True):
         self.reset_after = reset_after
         self.name = "gru" if reset_after else "gru_reset_before"
+        # recurrent dropout masks h_{t−1} where it enters h W_hhᵀ; the original form also
+        # multiplies h_{t−1} by r before its second GEMM, where this engine has no mask
+        self.recurrent_dropout = reset_after
         if not reset_after:
             self.family = ""  # torch.nn.GRU has no reset-before form
+            self.step_inputs = ("valid", "zoneout_h")
 
     def fused_pointwise(self, launcher):
         return launcher.bind(**FUSED)
@@ -249,11 +276,12 @@ class GRU(Cell):
         return {"dxg": 3 * H, "dhg": 3 * H} if self.reset_after else {"dxg": 3 * H}
 
     def forward_step(self, ops, p, xg, h_prev, inputs, saved):
-        (h_prev,), w_hh, valid = h_prev, p["w_hh"], inputs["valid"]
+        (h_prev,), w_hh, valid, zh = h_prev, p["w_hh"], inputs["valid"], inputs.get("zoneout_h")
         if self.reset_after:
-            ops.gemm(h_prev, w_hh, saved["hg"], transpose_b=True, beta=1.0)
+            ops.gemm(regularise.recurrent_input(ops, h_prev, inputs), w_hh, saved["hg"],
+                     transpose_b=True, beta=1.0)
             ops.pw.gru_forward(xg, saved["hg"], h_prev, valid,
-                               out=(saved["h"], saved["r"], saved["z"], saved["n"]))
+                               out=(saved["h"], saved["r"], saved["z"], saved["n"]), zh=zh)
             return (saved["h"],)
         H = h_prev.shape[-1]
         ops.gemm(h_prev, w_hh[: 2 * H], saved["hg_rz"], transpose_b=True, beta=1.0)
@@ -261,27 +289,29 @@ class GRU(Cell):
                                  out=(saved["r"], saved["z"], saved["rh"]))
         ops.gemm(saved["rh"], w_hh[2 * H :], saved["hg_n"], transpose_b=True, beta=1.0)
         ops.pw.gru_candidate_forward(xg[:, 2 * H :], saved["hg_n"], saved["z"], h_prev, valid,
-                                     out=(saved["h"], saved["n"]))
+                                     out=(saved["h"], saved["n"]), zh=zh)
         return (saved["h"],)
 
     def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
         """∂x_g[t] (and ∂h_g[t]) into the buffers; ∂h_{t−1} added into ``dstate_prev``."""
         (dh,), (h_prev,), (dh_prev,) = dstate, state_prev, dstate_prev
-        w_hh, valid = p["w_hh"], inputs["valid"]
+        w_hh, valid, zh = p["w_hh"], inputs["valid"], inputs.get("zoneout_h")
         H = dh.shape[-1]
         dxg = grads["dxg"]
         if self.reset_after:
             cache = GRUCache(saved["r"], saved["z"], saved["n"], saved["hg"][:, 2 * H :])
             dh_direct = ops.scratch("dh_direct", dh)
-            ops.pw.gru_backward(dh, h_prev, cache, valid, out=(dxg, grads["dhg"], dh_direct))
+            ops.pw.gru_backward(dh, h_prev, cache, valid, out=(dxg, grads["dhg"], dh_direct),
+                                zh=zh)
             dh_prev += dh_direct
-            ops.gemm(grads["dhg"], w_hh, dh_prev, beta=1.0)
+            regularise.recurrent_backward(ops, grads["dhg"], w_hh, dh_prev, inputs)
             return
         r, z, n = saved["r"], saved["z"], saved["n"]
-        da_n = ops.pw.gru_candidate_backward(dh, z, n, valid, out=dxg[:, 2 * H :])
+        da_n = ops.pw.gru_candidate_backward(dh, z, n, valid, out=dxg[:, 2 * H :], zh=zh)
         drh = ops.scratch("drh", dh)
         ops.gemm(da_n, w_hh[2 * H :], drh)
-        ops.pw.gru_gates_backward(dh, drh, h_prev, r, z, n, valid, out=(dxg[:, : 2 * H], dh_prev))
+        ops.pw.gru_gates_backward(dh, drh, h_prev, r, z, n, valid, out=(dxg[:, : 2 * H], dh_prev),
+                                  zh=zh)
         ops.gemm(dxg[:, : 2 * H], w_hh[: 2 * H], dh_prev, beta=1.0)
 
     def weight_grads(self, p, saved, grads, h_before, db):

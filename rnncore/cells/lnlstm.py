@@ -31,10 +31,10 @@ and of the step, from ∂h, ∂c (padded rows carried past, as in ``masking``):
 batch row (the three normalisations need the row's mean and variance).
 """
 
-from types import SimpleNamespace
 from typing import NamedTuple
 
 from ..backend import sigmoid, sum_outer, xp_of
+from . import regularise
 from .base import W_HH, W_IH, Cell, KernelSpec, ParamSpec
 from .masking import carry, split_grad, store
 from .registry import register
@@ -77,10 +77,12 @@ def layer_norm_backward(dvhat, vhat, r):
                 - vhat * (dvhat * vhat).mean(axis=-1, keepdims=True))
 
 
-def pointwise_forward(xg, hg, h_prev, c_prev, ln, valid, out=None):
+def pointwise_forward(xg, hg, h_prev, c_prev, ln, valid, out=None, zh=None, zc=None):
     """One step's normalisations and gate math: returns (h_t, c_t, cache).
 
-    ``out`` = (h, c, gates, xhat, hhat, chat, tanh_y, rstd) preallocated, or None.
+    ``out`` = (h, c, gates, xhat, hhat, chat, tanh_y, rstd) preallocated, or None;
+    ``zh``, ``zc`` zoneout's weights of h_{t−1}, c_{t−1} (``cells.regularise``) or None,
+    applied after h̃_t = o ⊙ tanh(y(c̃_t)) is formed from the new c̃_t, as in the LSTM.
     """
     xp = xp_of(xg)
     H = c_prev.shape[-1]
@@ -99,13 +101,17 @@ def pointwise_forward(xg, hg, h_prev, c_prev, ln, valid, out=None):
     c_n, r_c = layer_norm(c)
     tanh_y = store(tanh_y, xp.tanh(ln.g_c * c_n + ln.s_c))
     h = store(h, o * tanh_y)
+    if zc is not None:
+        c += zc * (c_prev - c)
+    if zh is not None:
+        h += zh * (h_prev - h)
     rstd = store(rstd, xp.concatenate([r_x, r_h, r_c], axis=-1))
     cache = LNLSTMCache(gates, c_prev, store(xhat, x_n), store(hhat, h_n), store(chat, c_n),
                         tanh_y, rstd)
     return carry(valid, h, h_prev), carry(valid, c, c_prev), cache
 
 
-def pointwise_backward(dh, dc, cache, ln, valid, out=None):
+def pointwise_backward(dh, dc, cache, ln, valid, out=None, zh=None, zc=None):
     """Returns (∂(x W_ihᵀ), ∂(h W_hhᵀ), ∂a, ∂y, the ∂h carried past a padded step or None,
     ∂c_{t−1}). ``out`` = the same six preallocated (dh_carried may be None), or None."""
     gates, c_prev, xhat, hhat, chat, tanh_y, rstd = cache
@@ -113,6 +119,14 @@ def pointwise_backward(dh, dc, cache, ln, valid, out=None):
     dxg, dhg, da, dy, dh_carried_out, dc_prev_out = out or (None,) * 6
     dh, dh_carried = split_grad(valid, dh)
     dc, dc_carried = split_grad(valid, dc)
+    if zh is not None:  # zoneout: part of the gradient reaches h_{t−1}, c_{t−1} directly
+        through = dh * zh
+        dh = dh - through
+        dh_carried = through if dh_carried is None else dh_carried + through
+    if zc is not None:
+        through = dc * zc
+        dc = dc - through
+        dc_carried = through if dc_carried is None else dc_carried + through
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dy = store(dy, dh * o * (1 - tanh_y * tanh_y))
     dcell = dc + layer_norm_backward(dy * ln.g_c, chat, rstd[:, 2:3])
@@ -139,27 +153,30 @@ def _vectors(k, ln, H):
             vec("g_c", ln.g_c, H), vec("s_c", ln.s_c, H))
 
 
-def fused_forward(k, xg, hg, h_prev, c_prev, ln, valid, out=None):
+def fused_forward(k, xg, hg, h_prev, c_prev, ln, valid, out=None, zh=None, zc=None):
     B, H = c_prev.shape
     outs = k.outputs(out, B, H, H, 4 * H, 4 * H, 4 * H, H, H, 3)
     k.launch_rows("lnlstm_forward", B, H, *k.matrix("xg", xg, B, 4 * H),
                   *k.matrix("hg", hg, B, 4 * H), *k.matrix("h_prev", h_prev, B, H),
                   *k.matrix("c_prev", c_prev, B, H), *_vectors(k, ln, H), k.scalar(EPS),
-                  k.valid(valid, B), *outs)
+                  k.valid(valid, B), *k.optional("zh", zh, B, H), *k.optional("zc", zc, B, H),
+                  *outs)
     h, c, gates, xhat, hhat, chat, tanh_y, rstd = outs
     return h, c, LNLSTMCache(gates, c_prev, xhat, hhat, chat, tanh_y, rstd)
 
 
-def fused_backward(k, dh, dc, cache, ln, valid, out=None):
+def fused_backward(k, dh, dc, cache, ln, valid, out=None, zh=None, zc=None):
     gates, c_prev, xhat, hhat, chat, tanh_y, rstd = cache
     B, H = chat.shape
-    outs = k.outputs(out, B, 4 * H, 4 * H, 4 * H, H, None if valid is None else H, H)
+    direct = None if valid is None and zh is None else H
+    outs = k.outputs(out, B, 4 * H, 4 * H, 4 * H, H, direct, H)
     g_ih, g_hh, _, g_c, _ = _vectors(k, ln, H)
     k.launch_rows("lnlstm_backward", B, H, *k.matrix("dh", dh, B, H), *k.matrix("dc", dc, B, H),
                   k.dense("gates", gates, B, 4 * H), *k.matrix("c_prev", c_prev, B, H),
                   k.dense("xhat", xhat, B, 4 * H), k.dense("hhat", hhat, B, 4 * H),
                   k.dense("chat", chat, B, H), k.dense("tanh_y", tanh_y, B, H),
-                  k.dense("rstd", rstd, B, 3), g_ih, g_hh, g_c, k.valid(valid, B), *outs)
+                  k.dense("rstd", rstd, B, 3), g_ih, g_hh, g_c, k.valid(valid, B),
+                  *k.optional("zh", zh, B, H), *k.optional("zc", zc, B, H), *outs)
     return tuple(outs)
 
 
@@ -187,12 +204,18 @@ class LNLSTM(Cell):
               ParamSpec("s_c", "ln_c_shift", _unit_vector, "zeros"))
     forget_gate = 1
     kernels = {"lnlstm_forward": KernelSpec("lnlstm_forward<{T}>", cooperative=True),
-               "lnlstm_backward": KernelSpec("lnlstm_backward<{T}>", cooperative=True)}
-    reference = SimpleNamespace(lnlstm_forward=pointwise_forward,
-                                lnlstm_backward=pointwise_backward)
+               "lnlstm_backward": KernelSpec("lnlstm_backward<{T}>", cooperative=True),
+               **regularise.KERNELS}
+    reference = regularise.reference(lnlstm_forward=pointwise_forward,
+                                     lnlstm_backward=pointwise_backward)
+    step_inputs = ("valid", "zoneout_h", "zoneout_c", "recurrent_dropout")
+    zoneout = ("h", "c")
+    recurrent_dropout = True
+    weight_drop = ("w_hh",)
 
     def fused_pointwise(self, launcher):
-        return launcher.bind(lnlstm_forward=fused_forward, lnlstm_backward=fused_backward)
+        return launcher.bind(lnlstm_forward=fused_forward, lnlstm_backward=fused_backward,
+                             **regularise.FUSED)
 
     def input_bias(self, p):
         return None
@@ -212,23 +235,27 @@ class LNLSTM(Cell):
 
     def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         h_prev, c_prev = state_prev
-        ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
+        ops.gemm(regularise.recurrent_input(ops, h_prev, inputs), p["w_hh"], saved["hg"],
+                 transpose_b=True)
         out = tuple(saved[k] for k in ("h", "c", "gates", "xhat", "hhat", "chat", "tanh_y",
                                        "rstd"))
         ops.pw.lnlstm_forward(xg, saved["hg"], h_prev, c_prev, self._ln(p), inputs["valid"],
-                              out=out)
+                              out=out, zh=inputs.get("zoneout_h"), zc=inputs.get("zoneout_c"))
         return saved["h"], saved["c"]
 
     def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
         (dh, dc), (dh_prev, dc_prev), valid = dstate, dstate_prev, inputs["valid"]
         cache = LNLSTMCache(saved["gates"], state_prev[1], saved["xhat"], saved["hhat"],
                             saved["chat"], saved["tanh_y"], saved["rstd"])
-        carried = None if valid is None else ops.scratch("dh_carried", dh)
+        zh, zc = inputs.get("zoneout_h"), inputs.get("zoneout_c")
+        direct = valid is not None or zh is not None
+        carried = ops.scratch("dh_carried", dh) if direct else None
         out = (grads["dxg"], grads["dhg"], grads["da"], grads["dy"], carried, dc_prev)
-        carried = ops.pw.lnlstm_backward(dh, dc, cache, self._ln(p), valid, out=out)[4]
+        carried = ops.pw.lnlstm_backward(dh, dc, cache, self._ln(p), valid, out=out, zh=zh,
+                                         zc=zc)[4]
         if carried is not None:
             dh_prev += carried
-        ops.gemm(grads["dhg"], p["w_hh"], dh_prev, beta=1.0)
+        regularise.recurrent_backward(ops, grads["dhg"], p["w_hh"], dh_prev, inputs)
 
     def weight_grads(self, p, saved, grads, h_before, db):
         da, dy = grads["da"], grads["dy"]

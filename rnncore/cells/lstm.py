@@ -18,10 +18,10 @@ CUDA kernels in ``kernels/lstm.cu`` implement exactly these, ``fused_forward`` /
 and the optional projection around the pointwise step.
 """
 
-from types import SimpleNamespace
 from typing import NamedTuple
 
 from ..backend import bias_sum, sigmoid, sum_outer, xp_of
+from . import regularise
 from .base import TORCH_PARAMS, Cell, CpuLoop, ParamSpec
 from .masking import carry, split_grad, store
 from .registry import register
@@ -35,10 +35,12 @@ class LSTMCache(NamedTuple):
     tanh_c: object
 
 
-def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None):
+def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None, zh=None, zc=None):
     """Gate math of one step: returns (h_t, c_t, cache); padded rows keep their state.
 
     ``out`` = (h, c, gates, tanh_c) preallocated (B, ·) arrays to write into, or None.
+    ``zh``, ``zc``: zoneout's weights of h_{t−1}, c_{t−1} (``cells.regularise``), or None;
+    h̃_t = o ⊙ tanh(c̃_t) is formed from the new c̃_t before c's zoneout (Krueger et al.).
     """
     xp = xp_of(xg)
     B, H = c_prev.shape
@@ -52,11 +54,16 @@ def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None):
     c += i * g
     tanh_c = xp.tanh(c, out=tanh_c)
     h = xp.multiply(o, tanh_c, out=h)
+    if zc is not None:
+        c += zc * (c_prev - c)
+    if zh is not None:
+        h += zh * (h_prev - h)
     return carry(valid, h, h_prev), carry(valid, c, c_prev), LSTMCache(gates, c_prev, tanh_c)
 
 
-def pointwise_backward(dh, dc, cache, valid, out=None):
-    """Returns (∂z (B, 4H), the ∂h carried past a padded step or None, ∂c_{t−1}).
+def pointwise_backward(dh, dc, cache, valid, out=None, zh=None, zc=None):
+    """Returns (∂z (B, 4H), the ∂h reaching h_{t−1} directly (carried past a padded step,
+    or through zoneout) or None, ∂c_{t−1}).
 
     ``out`` = (dz, dh_carried, dc_prev) preallocated arrays (dh_carried may be None).
     """
@@ -67,6 +74,14 @@ def pointwise_backward(dh, dc, cache, valid, out=None):
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dh, dh_carried = split_grad(valid, dh)
     dc, dc_carried = split_grad(valid, dc)
+    if zh is not None:
+        through = dh * zh
+        dh = dh - through
+        dh_carried = through if dh_carried is None else dh_carried + through
+    if zc is not None:
+        through = dc * zc
+        dc = dc - through
+        dc_carried = through if dc_carried is None else dc_carried + through
     dc = dc + dh * o * (1 - tanh_c * tanh_c)
     if dz is None:
         dz = xp.empty_like(gates)
@@ -80,27 +95,30 @@ def pointwise_backward(dh, dc, cache, valid, out=None):
     return dz, dh_carried, store(dc_prev_out, dc_prev)
 
 
-def fused_forward(k, xg, hg, h_prev, c_prev, valid, out=None):
+def fused_forward(k, xg, hg, h_prev, c_prev, valid, out=None, zh=None, zc=None):
     """``pointwise_forward`` as one launch of kernels/lstm.cu's lstm_forward."""
     B, H = c_prev.shape
-    if h_prev is None and valid is not None:
-        raise ValueError("lstm_forward needs h_prev to carry padded rows")
+    if h_prev is None and (valid is not None or zh is not None):
+        raise ValueError("lstm_forward needs h_prev to carry padded rows or zone out h")
     hp = k.absent() if h_prev is None else k.matrix("h_prev", h_prev, B, H)
     h, c, gates, tanh_c = k.outputs(out, B, H, H, 4 * H, H)
     k.launch("lstm_forward", B, H, *k.matrix("xg", xg, B, 4 * H),
              *k.matrix("hg", hg, B, 4 * H), *hp, *k.matrix("c_prev", c_prev, B, H),
-             k.valid(valid, B), h, c, gates, tanh_c)
+             k.valid(valid, B), *k.optional("zh", zh, B, H), *k.optional("zc", zc, B, H),
+             h, c, gates, tanh_c)
     return h, c, LSTMCache(gates, c_prev, tanh_c)
 
 
-def fused_backward(k, dh, dc, cache, valid, out=None):
+def fused_backward(k, dh, dc, cache, valid, out=None, zh=None, zc=None):
     """``pointwise_backward`` as one launch of kernels/lstm.cu's lstm_backward."""
     gates, c_prev, tanh_c = cache
     B, H = tanh_c.shape
-    dz, dh_carried, dc_prev = k.outputs(out, B, 4 * H, None if valid is None else H, H)
+    direct = None if valid is None and zh is None else H
+    dz, dh_carried, dc_prev = k.outputs(out, B, 4 * H, direct, H)
     k.launch("lstm_backward", B, H, *k.matrix("dh", dh, B, H), *k.matrix("dc", dc, B, H),
              k.dense("gates", gates, B, 4 * H), *k.matrix("c_prev", c_prev, B, H),
-             k.dense("tanh_c", tanh_c, B, H), k.valid(valid, B), dz, dh_carried, dc_prev)
+             k.dense("tanh_c", tanh_c, B, H), k.valid(valid, B),
+             *k.optional("zh", zh, B, H), *k.optional("zc", zc, B, H), dz, dh_carried, dc_prev)
     return dz, dh_carried, dc_prev
 
 
@@ -124,8 +142,15 @@ class LSTM(Cell):
     params = TORCH_PARAMS + (W_HR,)
     forget_gate = 1
     projection = True
-    kernels = {"lstm_forward": "lstm_forward<{T}>", "lstm_backward": "lstm_backward<{T}>"}
-    reference = SimpleNamespace(lstm_forward=pointwise_forward, lstm_backward=pointwise_backward)
+    kernels = {"lstm_forward": "lstm_forward<{T}>", "lstm_backward": "lstm_backward<{T}>",
+               **regularise.KERNELS}
+    reference = regularise.reference(lstm_forward=pointwise_forward,
+                                     lstm_backward=pointwise_backward)
+    step_inputs = ("valid", "zoneout_h", "zoneout_c", "recurrent_dropout")
+    zoneout = ("h", "c")
+    zoneout_with_projection = ("c",)  # h is W_hr's output, formed after the pointwise kernel
+    recurrent_dropout = True
+    weight_drop = ("w_hh",)
     cpu_loop = CpuLoop("lstm", saved=(("h", 1), ("c", 1), ("gates", 4), ("tanh_c", 1)),
                        grads=(("dxg", 4),), history=True)
 
@@ -133,7 +158,8 @@ class LSTM(Cell):
         return None if dims.proj else self.cpu_loop  # kernels/lstm_cpu.cpp has no projection
 
     def fused_pointwise(self, launcher):
-        return launcher.bind(lstm_forward=fused_forward, lstm_backward=fused_backward)
+        return launcher.bind(lstm_forward=fused_forward, lstm_backward=fused_backward,
+                             **regularise.FUSED)
 
     def input_bias(self, p):
         """b_ih + b_hh: both enter z additively, so both join the hoisted input GEMM."""
@@ -154,14 +180,15 @@ class LSTM(Cell):
 
     def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         h_prev, c_prev = state_prev
-        valid = inputs["valid"]
-        ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
+        valid, zh, zc = inputs["valid"], inputs.get("zoneout_h"), inputs.get("zoneout_c")
+        ops.gemm(regularise.recurrent_input(ops, h_prev, inputs), p["w_hh"], saved["hg"],
+                 transpose_b=True)
         if "y" not in saved:
             out = (saved["h"], saved["c"], saved["gates"], saved["tanh_c"])
-            ops.pw.lstm_forward(xg, saved["hg"], h_prev, c_prev, valid, out=out)
+            ops.pw.lstm_forward(xg, saved["hg"], h_prev, c_prev, valid, out=out, zh=zh, zc=zc)
         else:
             out = (saved["y"], saved["c"], saved["gates"], saved["tanh_c"])
-            ops.pw.lstm_forward(xg, saved["hg"], None, c_prev, None, out=out)
+            ops.pw.lstm_forward(xg, saved["hg"], None, c_prev, None, out=out, zc=zc)
             ops.gemm(saved["y"], p["w_hr"], saved["h"], transpose_b=True)
             carry(valid, saved["h"], h_prev)
             carry(valid, saved["c"], c_prev)
@@ -171,23 +198,25 @@ class LSTM(Cell):
         """∂z into ∂x_g[t]; ∂h_{t−1} added into ``dstate_prev[0]``; ∂c_{t−1} written."""
         dh, dc = dstate
         dh_prev, dc_prev = dstate_prev
-        valid = inputs["valid"]
+        valid, zh, zc = inputs["valid"], inputs.get("zoneout_h"), inputs.get("zoneout_c")
         cache = LSTMCache(saved["gates"], state_prev[1], saved["tanh_c"])
         if "y" not in saved:
-            carried = None if valid is None else ops.scratch("dh_carried", dh)
+            direct = valid is not None or zh is not None
+            carried = ops.scratch("dh_carried", dh) if direct else None
             _, carried, _ = ops.pw.lstm_backward(dh, dc, cache, valid,
-                                                 out=(grads["dxg"], carried, dc_prev))
+                                                 out=(grads["dxg"], carried, dc_prev),
+                                                 zh=zh, zc=zc)
         else:
             dh_new, carried = split_grad(valid, dh)
             dc_new, dc_carried = split_grad(valid, dc)
             grads["dh_proj"][...] = dh_new
             ops.pw.lstm_backward(dh_new @ p["w_hr"], dc_new, cache, None,
-                                 out=(grads["dxg"], None, dc_prev))
+                                 out=(grads["dxg"], None, dc_prev), zc=zc)
             if dc_carried is not None:
                 dc_prev += dc_carried
         if carried is not None:
             dh_prev += carried
-        ops.gemm(grads["dxg"], p["w_hh"], dh_prev, beta=1.0)
+        regularise.recurrent_backward(ops, grads["dxg"], p["w_hh"], dh_prev, inputs)
 
     def weight_grads(self, p, saved, grads, h_before, db):
         """∂W_hh = Σ_t ∂z_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂z_t (= ∂b_ih), ∂W_hr = Σ_t ∂h_tᵀ y_t."""

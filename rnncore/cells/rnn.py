@@ -5,9 +5,9 @@
 Backward from the saved output: ∂a = ∂h ⊙ φ'(a), with tanh' = 1 − h², relu' = [h > 0].
 """
 
-from types import SimpleNamespace
 
 from ..backend import bias_sum, sum_outer, xp_of
+from . import regularise
 from .base import Cell, CpuLoop
 from .masking import carry, split_grad, store
 from .registry import register
@@ -15,7 +15,7 @@ from .registry import register
 NONLINEARITIES = ("tanh", "relu")
 
 
-def pointwise_forward(xg, hg, h_prev, valid, nonlinearity, out=None):
+def pointwise_forward(xg, hg, h_prev, valid, nonlinearity, out=None, zh=None):
     """Returns (h_t, h_new): h_new = φ(xg + hg) is saved for the derivative.
 
     ``out`` = (h, h_new) preallocated (B, H) arrays, or None.
@@ -28,37 +28,51 @@ def pointwise_forward(xg, hg, h_prev, valid, nonlinearity, out=None):
     else:
         xp.maximum(h_new, 0, out=h_new)
     h = h_new.copy() if h is None else store(h, h_new)
+    if zh is not None:
+        h += zh * (h_prev - h)
     return carry(valid, h, h_prev), h_new
 
 
-def pointwise_backward(dh, h_new, valid, nonlinearity, out=None):
+def pointwise_backward(dh, h_new, valid, nonlinearity, out=None, zh=None):
     """Returns (∂a (B, H), the ∂h carried past a padded step or None).
 
     ``out`` = (da, dh_carried) preallocated arrays (dh_carried may be None), or None.
     """
     da_out, carried_out = out or (None, None)
     dh, dh_carried = split_grad(valid, dh)
+    if zh is not None:  # zoneout (``cells.regularise``)
+        through = dh * zh
+        dh = dh - through
+        dh_carried = through if dh_carried is None else dh_carried + through
     da = dh * (1 - h_new * h_new) if nonlinearity == "tanh" else dh * (h_new > 0)
     if dh_carried is not None:
         dh_carried = store(carried_out, dh_carried)
     return store(da_out, da), dh_carried
 
 
-def fused_forward(k, xg, hg, h_prev, valid, nonlinearity, out=None):
+def fused_forward(k, xg, hg, h_prev, valid, nonlinearity, out=None, zh=None):
     B, H = h_prev.shape
     h, h_new = k.outputs(out, B, H, H)
     k.launch(_kernel(nonlinearity, "forward"), B, H, *k.matrix("xg", xg, B, H),
              *k.matrix("hg", hg, B, H), *k.matrix("h_prev", h_prev, B, H),
-             k.valid(valid, B), h, h_new)
+             k.valid(valid, B), *k.optional("zh", zh, B, H), h, h_new)
     return h, h_new
 
 
-def fused_backward(k, dh, h_new, valid, nonlinearity, out=None):
+def fused_backward(k, dh, h_new, valid, nonlinearity, out=None, zh=None):
     B, H = h_new.shape
-    da, dh_carried = k.outputs(out, B, H, None if valid is None else H)
+    da, dh_carried = k.outputs(out, B, H, None if valid is None and zh is None else H)
     k.launch(_kernel(nonlinearity, "backward"), B, H, *k.matrix("dh", dh, B, H),
-             k.dense("h_new", h_new, B, H), k.valid(valid, B), da, dh_carried)
+             k.dense("h_new", h_new, B, H), k.valid(valid, B), *k.optional("zh", zh, B, H),
+             da, dh_carried)
     return da, dh_carried
+
+
+def _zoneout(inputs):
+    """{"zh": mask} when zoneout is on, else {} (a replaced ``reference`` without ``zh``,
+    as the vanishing experiment's linear cell, keeps working unregularised)."""
+    zh = inputs.get("zoneout_h")
+    return {} if zh is None else {"zh": zh}
 
 
 def _kernel(nonlinearity, step):
@@ -77,18 +91,24 @@ class RNN(Cell):
     family = "RNN"
     state = ("h",)
     gates = ("a",)
-    kernels = {f"rnn_{act}_{step}": f"rnn_{step}<{{T}}, {str(act == 'relu').lower()}>"
-               for act in NONLINEARITIES for step in ("forward", "backward")}
+    kernels = {**{f"rnn_{act}_{step}": f"rnn_{step}<{{T}}, {str(act == 'relu').lower()}>"
+                  for act in NONLINEARITIES for step in ("forward", "backward")},
+               **regularise.KERNELS}
+    step_inputs = ("valid", "zoneout_h", "recurrent_dropout")
+    zoneout = ("h",)
+    recurrent_dropout = True
+    weight_drop = ("w_hh",)
 
     def __init__(self, nonlinearity="tanh", reference=None):
         self.nonlinearity = nonlinearity
         self.name = f"rnn_{nonlinearity}"
         self.torch_options = {"nonlinearity": nonlinearity}
-        self.reference = reference or SimpleNamespace(rnn_forward=pointwise_forward,
-                                                      rnn_backward=pointwise_backward)
+        self.reference = reference or regularise.reference(rnn_forward=pointwise_forward,
+                                                           rnn_backward=pointwise_backward)
 
     def fused_pointwise(self, launcher):
-        return launcher.bind(rnn_forward=fused_forward, rnn_backward=fused_backward)
+        return launcher.bind(rnn_forward=fused_forward, rnn_backward=fused_backward,
+                             **regularise.FUSED)
 
     def cpu_loop_for(self, dims):
         if self.nonlinearity not in NONLINEARITIES:
@@ -109,19 +129,22 @@ class RNN(Cell):
 
     def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         (h_prev,) = state_prev
-        ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
+        ops.gemm(regularise.recurrent_input(ops, h_prev, inputs), p["w_hh"], saved["hg"],
+                 transpose_b=True)
         ops.pw.rnn_forward(xg, saved["hg"], h_prev, inputs["valid"], self.nonlinearity,
-                           out=(saved["h"], saved["h_new"]))
+                           out=(saved["h"], saved["h_new"]), **_zoneout(inputs))
         return (saved["h"],)
 
     def backward_step(self, ops, p, dstate, state_prev, inputs, saved, grads, dstate_prev):
         (dh,), (dh_prev,), valid = dstate, dstate_prev, inputs["valid"]
-        carried = None if valid is None else ops.scratch("dh_carried", dh)
+        zoneout = _zoneout(inputs)
+        direct = valid is not None or zoneout
+        carried = ops.scratch("dh_carried", dh) if direct else None
         _, carried = ops.pw.rnn_backward(dh, saved["h_new"], valid, self.nonlinearity,
-                                         out=(grads["dxg"], carried))
+                                         out=(grads["dxg"], carried), **zoneout)
         if carried is not None:
             dh_prev += carried
-        ops.gemm(grads["dxg"], p["w_hh"], dh_prev, beta=1.0)
+        regularise.recurrent_backward(ops, grads["dxg"], p["w_hh"], dh_prev, inputs)
 
     def weight_grads(self, p, saved, grads, h_before, db):
         """∂W_hh = Σ_t ∂a_tᵀ h_{t−1}, ∂b_hh = Σ_t ∂a_t (= ∂b_ih)."""

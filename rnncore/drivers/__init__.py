@@ -3,12 +3,16 @@
 The boundary (``Driver``) is the whole time loop of a layer direction:
 
     forward(cell, p, x, state0, inputs, reverse)       -> (out, state_T, LayerCache)
-    backward(cell, p, cache, dout, dstate_T, record, need_dx) -> (dx, dstate_0, grads)
+    backward(cell, p, cache, dout, dstate_T, record, need_dx, dstates_all=None)
+                                                       -> (dx, dstate_0, grads)
 
 ``x`` is the layer's input (T, B, I), states are tuples in the cell's ``state`` order,
-``inputs`` the per-step inputs by name ((T, B, ·) arrays, e.g. ``valid``), ``grads`` keyed
+``inputs`` the per-step inputs by name ((T, B, ·) arrays: ``valid``, the regularisers'
+masks), ``dstates_all`` the gradient reaching every step's state (or None), ``grads`` keyed
 by the cell's short parameter keys; ``dx`` is None when not ``need_dx`` (the first layer
-of a stack whose input needs no gradient). What happens inside (the hoisted input GEMM, the
+of a stack whose input needs no gradient). A driver that cannot run some of these (masks,
+``dstates_all``, interventions) hands the call to the reference driver. What happens
+inside (the hoisted input GEMM, the
 order of the steps, where buffers live, whether the host issues each step) is the
 driver's business: the cells, the stack and the modules do not change when a driver is
 added. A driver must give the reference driver's results, bitwise where it keeps the

@@ -54,9 +54,11 @@ class BySize:
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         return self.choose(cell, p, x.shape[1]).forward(cell, p, x, state0, inputs, reverse)
 
-    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
+                 interventions=None, dstates_all=None):
         driver = self.choose(cell, p, cache.x.shape[1])
-        return driver.backward(cell, p, cache, dout, dstate, record, need_dx)
+        return driver.backward(cell, p, cache, dout, dstate, record, need_dx, interventions,
+                               dstates_all)
 
     def invalidate(self):
         self.graph.invalidate()

@@ -189,7 +189,8 @@ class CompiledCPU:
 
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         dims, loop = self._loop(cell, p, x)
-        if loop is None or x.dtype.name not in SUFFIX:
+        masked = any(v is not None for k, v in inputs.items() if k != "valid")
+        if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], x.dtype
@@ -224,9 +225,12 @@ class CompiledCPU:
         return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
                                            state0_fm, valid_u8)
 
-    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
-        if not isinstance(cache, CompiledCache):
-            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
+                 interventions=None, dstates_all=None):
+        if not isinstance(cache, CompiledCache) or interventions is not None \
+                or dstates_all is not None:
+            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
+                                          interventions, dstates_all)
         x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8 = cache
         loop = cell.cpu_loop_for(dims)
         T, B, I = x.shape

@@ -258,14 +258,18 @@ class CudaGraph:
         return e
 
     # ----------------------------------------------------------------- backward
-    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
+                 interventions=None, dstates_all=None):
         x, inputs, reverse, state0, saved, dims = cache
-        if record is not None or not self.runs(cell, p):
-            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
+        if record is not None or interventions is not None or dstates_all is not None \
+                or not self.runs(cell, p):
+            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
+                                          interventions, dstates_all)
         key = graph_key(cell, p, x, state0, inputs, reverse)
         entry = self.cache.get(key)
         if entry is None or entry.saved is not saved:  # evicted or invalidated since
-            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
+            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
+                                          interventions, dstates_all)
         if entry.backward is None:
             entry.backward = self._capture_backward(entry, dout, dstate)
         g = entry.backward

@@ -103,7 +103,8 @@ class Persistent:
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         T, B, I = x.shape
         launch = self.plan_for(cell, p, B)
-        if launch is None:
+        masked = any(v is not None for k, v in inputs.items() if k != "valid")
+        if launch is None or masked:  # the regularisers' masks: the per-step loop
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         xp = xp_of(x)
         H = p["w_hh"].shape[1]
@@ -124,12 +125,16 @@ class Persistent:
                 LayerCache(x, inputs, reverse, state0, saved, dims))
 
     # ----------------------------------------------------------------- backward
-    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
+    def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
+                 interventions=None, dstates_all=None):
         x, inputs, reverse, state0, saved, dims = cache
         T, B, _ = x.shape
         launch = self.plan_for(cell, p, B)
-        if launch is None or record is not None:
-            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
+        masked = any(v is not None for k, v in inputs.items() if k != "valid")
+        if launch is None or masked or record is not None or interventions is not None \
+                or dstates_all is not None:
+            return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
+                                          interventions, dstates_all)
         xp = xp_of(dout)
         H = dims.hidden
         valid = inputs.get("valid")

@@ -51,7 +51,7 @@ class StepOps(SimpleNamespace):
         """A (B, ·) buffer reused by every step of this call (never saved across steps)."""
         buf = self.buffers.get(name)
         if buf is None or buf.shape != like.shape:
-            buf = self.buffers[name] = xp_of(like).empty_like(like)
+            buf = self.buffers[name] = xp_of(like).empty(like.shape, like.dtype)
         return buf
 
 
@@ -86,10 +86,12 @@ class PythonLoop:
         return out, state, LayerCache(x, inputs, reverse, state0, saved, dims)
 
     def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
-                 interventions=None):
+                 interventions=None, dstates_all=None):
         """BPTT through one layer direction (∂x is None when not ``need_dx``).
 
-        ``dout`` is ∂L/∂out (T, B, H); ``dstate`` is ∂L/∂state_T, a tuple of arrays.
+        ``dout`` is ∂L/∂out (T, B, H); ``dstate`` is ∂L/∂state_T, a tuple of arrays;
+        ``dstates_all`` (optional), a tuple like it of (T, B, ·) arrays, the gradient
+        reaching the state after every step (``return_states="all"``).
         Returns (∂x, ∂state_0, grads keyed w_ih, b_ih, w_hh, …). ``record``, when given,
         is called as record(t, dstate_t) with the whole gradient reaching step t's state
         (the gradient-flow instrumentation); free when None. ``interventions``, when
@@ -103,6 +105,8 @@ class PythonLoop:
         dh = dout * valid if valid is not None else xp.array(dout, copy=True, order="C")
         order = time_order(T, reverse)
         dh[order[-1]] += dstate[0]
+        if dstates_all is not None:
+            dh += dstates_all[0]
         dh0 = xp.zeros(state0[0].shape, dout.dtype)
         # the other state gradients: the current one and the one the step writes
         rest = [[d.copy(), xp.empty_like(d)] for d in dstate[1:]]
@@ -112,6 +116,9 @@ class PythonLoop:
         for k in range(T - 1, -1, -1):
             t = order[k]
             state_prev = state0 if k == 0 else cell.state_at(saved, order[k - 1])
+            if dstates_all is not None:
+                for pair, d_all in zip(rest, dstates_all[1:]):
+                    pair[0] += d_all[t]
             dstate_t = (dh[t],) + tuple(pair[0] for pair in rest)
             if record is not None:
                 record(t, dstate_t)
@@ -130,8 +137,10 @@ class PythonLoop:
                 pair.reverse()
         dxg = grads["dxg"]
         db = dxg.sum(axis=(0, 1))
-        out = cell.weight_grads(p, saved, grads, _states_before_each_step(saved["h"], state0,
-                                                                          reverse), db)
+        h_before = _states_before_each_step(saved["h"], state0, reverse)
+        if inputs.get("recurrent_dropout") is not None:  # the GEMM's operand was m ⊙ h_{t−1}
+            h_before = h_before * inputs["recurrent_dropout"]
+        out = cell.weight_grads(p, saved, grads, h_before, db)
         out["w_ih"] = sum_outer(dxg, x)
         out["b_ih"] = db
         dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1) if need_dx else None

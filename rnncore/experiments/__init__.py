@@ -1,6 +1,7 @@
 """Ready experiments on gradient flow and training of deep recurrent stacks.
 
     python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR] [--jobs N]
+                                       [--data TEXT]   (regularise: the text to train on)
 
 NAME is one of ``EXPERIMENTS``; each module's docstring states the published claim it
 tests and how. Every experiment prints a table, writes PNGs into ``--out`` and reports
@@ -12,13 +13,14 @@ it is stable over seeds at quick size (``Report.checks``), does not hold.
 import importlib
 
 EXPERIMENTS = ("depth", "vanishing", "clipping", "adding", "bidirectional", "dropout", "init",
-               "hdetach", "memory")
+               "hdetach", "memory", "regularise")
+TAKES_DATA = ("regularise",)  # the experiments that read --data
 # module names: "init" would shadow nothing here, but reads better as what it studies
 MODULES = {"init": "initialisation"}
 DEFAULT_SEEDS = {"vanishing": (0,), "bidirectional": (0, 1, 2), "adding": (0, 1, 2),
                  "depth": (0, 1, 2), "clipping": (0, 1, 2), "dropout": (0, 1, 2),
                  "init": (0, 1, 2), "hdetach": (0, 1, 2),
-                 "memory": (0, 1, 2, 3, 4)}
+                 "memory": (0, 1, 2, 3, 4), "regularise": (0, 1, 2)}
 
 
 class ClaimFailed(AssertionError):
@@ -32,11 +34,19 @@ def get(name):
     return importlib.import_module(f"{__name__}.{MODULES.get(name, name)}")
 
 
-def run(name, quick=False, seeds=None, out="experiments_out", jobs=1):
+def run(name, quick=False, seeds=None, out="experiments_out", jobs=1, data=None):
     """Run experiment ``name``; ``jobs`` > 1 spreads its independent seeded runs over that
-    many worker processes (the results are the same for any ``jobs``)."""
+    many worker processes (the results are the same for any ``jobs``); ``data``, a text
+    file, for the experiments in ``TAKES_DATA``."""
     seeds = tuple(DEFAULT_SEEDS[name] if seeds is None else seeds)
-    report = get(name).run(quick=quick, seeds=seeds, out=out, jobs=jobs)
+    module = get(name)
+    extra = {}
+    if data is not None:
+        if name not in TAKES_DATA:
+            raise ValueError(f"--data: the {name} experiment does not read a text "
+                             f"(only {', '.join(TAKES_DATA)} does)")
+        extra["data"] = data
+    report = module.run(quick=quick, seeds=seeds, out=out, jobs=jobs, **extra)
     failed = [claim for claim, ok in report.checks if not ok]
     if quick and failed:
         raise ClaimFailed(f"{name} --quick (seeds {','.join(map(str, seeds))}): the result "

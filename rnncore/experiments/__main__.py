@@ -1,10 +1,12 @@
-"""``python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR] [--jobs N]``."""
+"""``python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR] [--jobs N]
+[--data TEXT]``."""
 
+import os
 import sys
 import time
 
 from .. import cli
-from . import EXPERIMENTS, ClaimFailed, run
+from . import EXPERIMENTS, TAKES_DATA, ClaimFailed, run
 
 SEED_MAX = 2**32 - 1 - 10_000  # the experiments also draw from seed + 10 000
 
@@ -24,10 +26,19 @@ def parse_args(argv):
     ap.add_argument("--out", default="experiments_out", help="directory for the PNGs")
     ap.add_argument("--jobs", type=cli.at_least(1, 256), default=1,
                     help="worker processes for the independent runs (e.g. 2 on 2 cores)")
+    ap.add_argument("--data", default=None,
+                    help=f"text file to train on ({', '.join(TAKES_DATA)} only; default: the "
+                         "shakespeare corpus if installed, else the generated words corpus)")
     args = ap.parse_args(argv)
     if len(args.name) != 1:
         ap.error("argument name: give one experiment")
     args.name = args.name[0]
+    if args.data is not None:
+        if args.name not in TAKES_DATA:
+            ap.error(f"--data: the {args.name} experiment does not read a text "
+                     f"(only {', '.join(TAKES_DATA)} does)")
+        if not os.path.isfile(args.data):
+            ap.error(f"--data: no such file: {args.data!r:.200}")
     cli.make_out_dir(ap, "--out", args.out)
     return args
 
@@ -36,7 +47,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        report = run(args.name, args.quick, args.seeds, args.out, args.jobs)
+        report = run(args.name, args.quick, args.seeds, args.out, args.jobs, args.data)
     except ClaimFailed as err:
         print(f"python -m rnncore.experiments: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
