@@ -89,8 +89,12 @@ class Recurrent:
 
     def _select_driver(self, device):
         """The driver for ``impl``; the reference loop when an intervention inside
-        backward is on (only it implements them; ``rnncore.interventions``)."""
+        backward is on (only it implements them; ``rnncore.interventions``), and on the CPU
+        when every step's states are returned (the compiled loop adds no per-step
+        gradient into its second state)."""
         if self.interventions.active:
+            return drivers.PythonLoop("reference")
+        if self.return_states == "all" and device.kind == "cpu" and self.impl == "auto":
             return drivers.PythonLoop("reference")
         return drivers.select(self.impl, device, self.dtype, self.cell, self.spec.dims(0))
 
