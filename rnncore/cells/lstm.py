@@ -43,7 +43,12 @@ def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None):
     xp = xp_of(xg)
     B, H = c_prev.shape
     h, c, gates, tanh_c = out or (None, None, None, None)
-    gates = xp.add(xg, hg, out=gates)
+    if hg is not None:
+        gates = xp.add(xg, hg, out=gates)
+    elif gates is None:
+        gates = xg.copy()
+    elif gates is not xg:  # hg None: xg already holds x_g + h_g (formed in place)
+        gates[...] = xg
     sigmoid(xp, gates[:, : 2 * H], out=gates[:, : 2 * H])
     xp.tanh(gates[:, 2 * H : 3 * H], out=gates[:, 2 * H : 3 * H])
     sigmoid(xp, gates[:, 3 * H :], out=gates[:, 3 * H :])
@@ -126,6 +131,10 @@ class LSTM(Cell):
     projection = True
     kernels = {"lstm_forward": "lstm_forward<{T}>", "lstm_backward": "lstm_backward<{T}>"}
     reference = SimpleNamespace(lstm_forward=pointwise_forward, lstm_backward=pointwise_backward)
+    # the reference driver (NumPy pointwise) may bind these saved buffers in place: "gates"
+    # to the hoisted x_g (which the step overwrites), "hg" to nothing (not kept)
+    in_place = {"gates": "xg", "hg": None}
+    weight_grad_reads = ("h", "y")  # the saved buffers ``weight_grads`` reads (recompute)
     cpu_loop = CpuLoop("lstm", saved=(("h", 1), ("c", 1), ("gates", 4), ("tanh_c", 1)),
                        grads=(("dxg", 4),), history=True)
 
@@ -138,6 +147,10 @@ class LSTM(Cell):
     def input_bias(self, p):
         """b_ih + b_hh: both enter z additively, so both join the hoisted input GEMM."""
         return bias_sum(p.get("b_ih"), p.get("b_hh"))
+
+    def in_place_for(self, dims):
+        """The in-place bindings that hold at ``dims`` (none with a projection)."""
+        return {} if dims.proj else self.in_place
 
     def saved_widths(self, dims, p):
         H = dims.hidden
@@ -155,6 +168,14 @@ class LSTM(Cell):
     def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         h_prev, c_prev = state_prev
         valid = inputs["valid"]
+        if saved.get("hg") is None and "y" not in saved:
+            # lean: the driver bound saved["gates"] to the hoisted x_g (``in_place``); the
+            # recurrent product is added into it (gemm β=1 on the CPU is xg += h W_hhᵀ,
+            # the same addition as xg + h_g) and the gates overwrite it
+            ops.gemm(h_prev, p["w_hh"], xg, transpose_b=True, beta=1.0)
+            out = (saved["h"], saved["c"], xg, saved["tanh_c"])
+            ops.pw.lstm_forward(xg, None, h_prev, c_prev, valid, out=out)
+            return saved["h"], saved["c"]
         ops.gemm(h_prev, p["w_hh"], saved["hg"], transpose_b=True)
         if "y" not in saved:
             out = (saved["h"], saved["c"], saved["gates"], saved["tanh_c"])
