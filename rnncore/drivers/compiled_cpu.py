@@ -167,6 +167,8 @@ class CompiledCache(NamedTuple):
     fm: dict  # name -> (width, T, B) arrays
     state0_fm: tuple
     valid_u8: object
+    every: int = 0  # the segment length (T: no recompute)
+    checkpoints: tuple = ()  # [segment] feature-major state tuple it starts from
 
 
 class CompiledCPU:
@@ -187,47 +189,72 @@ class CompiledCPU:
         getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(args))
 
-    def forward(self, cell, p, x, state0, inputs, reverse=False):
-        dims, loop = self._loop(cell, p, x)
-        if loop is None or x.dtype.name not in SUFFIX:
-            return self.fallback.forward(cell, p, x, state0, inputs, reverse)
-        T, B, I = x.shape
-        H, GH, dt = dims.hidden, p["w_ih"].shape[0], x.dtype
-        xg = np.empty((T, GH, B), dt)
-        np.matmul(p["w_ih"], x.transpose(0, 2, 1), out=xg)
-        state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
-        valid = inputs.get("valid")
-        valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
-        fm = {name: np.empty((T, width * H, B), dt) for name, width in loop.saved}
+    checkpoint_every = 0  # > 0: keep the state every k steps, recompute segments (backward)
+
+    def _bias(self, loop, p):
         if loop.recurrent_bias:
-            bias_x, bias_h = p.get("b_ih"), p.get("b_hh")
-        else:
-            bias_x, bias_h = bias_sum(p.get("b_ih"), p.get("b_hh")), None
-        args = _ARGS[dt.name](steps=T, batch=B, hidden=H, reverse=int(bool(reverse)),
-                              xg=_ptr(xg), w_hh=_ptr(np.ascontiguousarray(p["w_hh"])),
-                              bias_x=_ptr(bias_x), bias_h=_ptr(bias_h), valid=_ptr(valid_u8))
+            return p.get("b_ih"), p.get("b_hh")
+        return bias_sum(p.get("b_ih"), p.get("b_hh")), None
+
+    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, fm=None):
+        """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
+        ``state_fm``; returns the segment's feature-major saved buffers (n, W·H, B)."""
+        n, B = hi - lo, x.shape[1]
+        hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
+        xg = np.empty((n, GH, B), dt)
+        np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
+        if fm is None:
+            fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved}
+        bias_x, bias_h = self._bias(loop, p)
         w_hh = np.ascontiguousarray(p["w_hh"])
-        args.w_hh = _ptr(w_hh)
-        for k, s in enumerate(state0_fm):
-            args.state0[k] = _ptr(s)
+        valid = None if valid_u8 is None else valid_u8[lo:hi]
+        args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
+                              xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
+                              bias_h=_ptr(bias_h), valid=_ptr(valid))
+        for k, st in enumerate(state_fm):
+            args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
             args.saved[k] = _ptr(fm[name])
         scratch = np.empty((GH, B), dt)
         args.scratch = _ptr(scratch)
         self._call(loop, "forward", dt, args)
-        last = 0 if reverse else T - 1
-        state_T = tuple(np.ascontiguousarray(fm[name][last].T) for name in cell.state)
-        h = np.ascontiguousarray(fm["h"].transpose(0, 2, 1))  # (T, B, H): kept for ∂W_hh
+        return fm
+
+    def forward(self, cell, p, x, state0, inputs, reverse=False):
+        dims, loop = self._loop(cell, p, x)
+        if loop is None or x.dtype.name not in SUFFIX:
+            return self.fallback.forward(cell, p, x, state0, inputs, reverse)
+        T, B, I = x.shape
+        state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
+        valid = inputs.get("valid")
+        valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
+        every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
+        h = np.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
+        checkpoints, fm, state = [], None, state0_fm
+        for _, lo, hi in _segments(T, reverse, every):
+            checkpoints.append(state)
+            fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8,
+                                   fm if fm is not None and len(fm["h"]) == hi - lo else None)
+            h[lo:hi] = fm["h"].transpose(0, 2, 1)
+            last = 0 if reverse else hi - lo - 1
+            state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
+        state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         out = h if valid is None else h * valid
-        saved = {name: a.transpose(0, 2, 1) for name, a in fm.items()}
-        saved["h"] = h
+        if every < T:
+            saved = {"h": h}
+            fm = None  # recomputed in backward, a segment at a time
+        else:
+            saved = {name: a.transpose(0, 2, 1) for name, a in fm.items()}
+            saved["h"] = h
+            for name in _BACKWARD_SKIPS.get(loop.name, ()):  # what its backward never reads
+                del fm[name]
         return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
-                                           state0_fm, valid_u8)
+                                           state0_fm, valid_u8, every, tuple(checkpoints))
 
     def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True):
         if not isinstance(cache, CompiledCache):
             return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx)
-        x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8 = cache
+        x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8, every, checkpoints = cache
         loop = cell.cpu_loop_for(dims)
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
@@ -241,18 +268,38 @@ class CompiledCPU:
         grads = {name: np.empty((T, width * H, B), dt) for name, width in loop.grads}
         history = np.empty((T, H, B), dt) if record is not None and loop.history else None
         w_hh = np.ascontiguousarray(p["w_hh"])
-        args = _ARGS[dt.name](steps=T, batch=B, hidden=H, reverse=int(bool(reverse)),
-                              w_hh=_ptr(w_hh), valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0))
-        for k, s in enumerate(state0_fm):
-            args.state0[k] = _ptr(s)
-        for k, (name, _) in enumerate(loop.saved):
-            args.saved[k] = _ptr(fm[name])
-        for k, (d, s) in enumerate(zip(rest, scratch)):
-            args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(s)
-        for k, (name, _) in enumerate(loop.grads):
-            args.grads[k] = _ptr(grads[name])
-        args.grads[3] = _ptr(history)
-        self._call(loop, "backward", dt, args)
+        item = np.dtype(dt).itemsize
+        order_last = (lambda k: T - 1 - k) if reverse else (lambda k: k)
+        segments = _segments(T, reverse, every)
+        seg_fm = None
+        for s in range(len(segments) - 1, -1, -1):
+            k0, lo, hi = segments[s]
+            n = hi - lo
+            if fm is not None:
+                seg = fm
+            else:
+                seg_fm = self._run_forward(loop, p, x, checkpoints[s], lo, hi, reverse,
+                                           valid_u8, seg_fm if seg_fm is not None
+                                           and len(seg_fm["h"]) == n else None)
+                seg = seg_fm
+            # the step before the segment's first one (in loop order) takes its ∂h_{t−1}
+            dh_before = dh0.ctypes.data if k0 == 0 else \
+                dh.ctypes.data + order_last(k0 - 1) * H * B * item
+            args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
+                                  w_hh=_ptr(w_hh),
+                                  valid=None if valid_u8 is None else valid_u8[lo:].ctypes.data,
+                                  dh=dh.ctypes.data + lo * H * B * item, dh0=dh_before)
+            for k, st in enumerate(checkpoints[s]):
+                args.state0[k] = _ptr(st)
+            for k, (name, _) in enumerate(loop.saved):
+                args.saved[k] = _ptr(seg.get(name))
+            for k, (d, sc) in enumerate(zip(rest, scratch)):
+                args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
+            for k, (name, _) in enumerate(loop.grads):
+                args.grads[k] = grads[name].ctypes.data + lo * grads[name][0].nbytes
+            args.grads[3] = None if history is None else history.ctypes.data + lo * H * B * item
+            self._call(loop, "backward", dt, args)
+        del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
                 extra = () if history is None else (history[t].T,)
@@ -261,8 +308,8 @@ class CompiledCPU:
         def by_feature(a):  # (T, G·H, B) -> (G·H, T·B)
             return np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(GH, T * B)
 
-        dxg = by_feature(grads["dxg"])
-        dhg = by_feature(grads["dhg"]) if "dhg" in grads else dxg
+        dxg = by_feature(grads.pop("dxg"))
+        dhg = by_feature(grads.pop("dhg")) if "dhg" in grads else dxg
         db = dxg.sum(axis=1)
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         h_prev = np.concatenate([h[1:], h0[None]] if reverse else [h0[None], h[:-1]])
@@ -272,6 +319,20 @@ class CompiledCPU:
         dx = (dxg.T @ p["w_ih"]).reshape(T, B, I) if need_dx else None
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
+
+
+# the saved buffers a loop's C++ backward never reads (kernels/*_cpu.cpp), dropped after
+# the forward: the LSTM's backward reads c, the gates and tanh(c), not h (kept batch-major)
+_BACKWARD_SKIPS = {"lstm": ("h",)}
+
+
+def _segments(T, reverse, every):
+    """[(first loop position, time range lo, hi)] of each segment of ``every`` steps."""
+    out = []
+    for k0 in range(0, T, every):
+        k1 = min(T, k0 + every)
+        out.append((k0, T - k1, T - k0) if reverse else (k0, k0, k1))
+    return out
 
 
 __all__ = ["CompiledCPU", "CompiledCache", "LayerCache", "available", "library"]
