@@ -22,6 +22,7 @@ from .init import INIT_STATES, INITS
 RESIDUALS = (None, "layers", "stack")
 DROPOUT_MODES = ("standard", "variational")
 DTYPES = ("float32", "float64")
+MEMORY_MODES = (None, "sqrt")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently
 CONFIG_NAMES = {"layers": "num_layers"}
@@ -82,6 +83,8 @@ class Options:
     impl: str = "auto"
     check_finite: bool = False
     input_grad: bool = True  # False: backward returns None for ∂x and skips its GEMMs
+    checkpoint_every: int = 0  # k > 0: keep the state every k steps, recompute in backward
+    memory: str | None = None  # "sqrt": checkpoint_every ≈ √T, chosen per forward
 
     def validated(self, hidden_size: int) -> Options:
         """These options checked (raises TypeError/ValueError naming the option)."""
@@ -107,10 +110,15 @@ class Options:
         check_choice("init_state", self.init_state, INIT_STATES)
         check_choice("dropout_mode", self.dropout_mode, DROPOUT_MODES)
         check_choice("impl", self.impl, IMPLS)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_choice("memory", self.memory, MEMORY_MODES)
+        if self.memory is not None and self.checkpoint_every:
+            raise ValueError("memory='sqrt' chooses checkpoint_every itself; give one of them")
         return dataclasses.replace(self, dropout=float(self.dropout),
                                    forget_bias=float(self.forget_bias),
                                    num_layers=int(self.num_layers),
-                                   proj_size=int(self.proj_size))
+                                   proj_size=int(self.proj_size),
+                                   checkpoint_every=int(self.checkpoint_every))
 
     @classmethod
     def field_names(cls) -> tuple:

@@ -115,6 +115,10 @@ OPTIONS = (
       "(refused: a language model cannot see the future)"),
     O("dtype", "float32", str, "model", choices=("float32", "float64")),
     O("impl", "auto", str, "model", "pointwise kernels", choices=IMPLS),
+    O("checkpoint_every", 0, int, "model",
+      "recompute: keep the state every k steps, recompute each segment in backward "
+      "(0 = keep every step; about sqrt(--seq-len) is the memory-optimal k)",
+      rule=at_least(0)),
 
     O("optimizer", "adam", str, "optimization", choices=optim.OPTIMIZERS),
     O("lr", 4e-3, float, "optimization", rule=positive),
