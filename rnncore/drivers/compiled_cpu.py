@@ -305,18 +305,33 @@ class CompiledCPU:
                 extra = () if history is None else (history[t].T,)
                 record(t, (dh[t].T,) + extra)
 
-        def by_feature(a):  # (T, G·H, B) -> (G·H, T·B)
-            return np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(GH, T * B)
-
-        dxg = by_feature(grads.pop("dxg"))
-        dhg = by_feature(grads.pop("dhg")) if "dhg" in grads else dxg
-        db = dxg.sum(axis=1)
+        # the hoisted GEMMs over chunks of steps: each chunk's ∂x_g rearranged to
+        # (G·H, n·B) is the only temporary (no whole-T copy of ∂x_g or of h_{t−1})
+        dz, dzh = grads.pop("dxg"), grads.pop("dhg", None)
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
-        h_prev = np.concatenate([h[1:], h0[None]] if reverse else [h0[None], h[:-1]])
-        out = {"w_ih": dxg @ x.reshape(T * B, I), "b_ih": db,
-               "w_hh": dhg @ h_prev.reshape(T * B, H),
-               "b_hh": dhg.sum(axis=1) if loop.recurrent_bias else db}
-        dx = (dxg.T @ p["w_ih"]).reshape(T, B, I) if need_dx else None
+        chunk = max(1, (1 << 22) // (GH * B * item))  # about 4 MiB: a fixed function of shapes
+        w_ih, w_hh_grad = np.zeros((GH, I), dt), np.zeros((GH, H), dt)
+        db, db_h = np.zeros(GH, dt), np.zeros(GH, dt) if loop.recurrent_bias else None
+        dx = np.empty((T, B, I), dt) if need_dx else None
+        for a in range(0, T, chunk):
+            b = min(T, a + chunk)
+            n = b - a
+            dzc = np.ascontiguousarray(dz[a:b].transpose(1, 0, 2)).reshape(GH, n * B)
+            dhc = dzc if dzh is None else \
+                np.ascontiguousarray(dzh[a:b].transpose(1, 0, 2)).reshape(GH, n * B)
+            if not reverse:
+                hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
+            else:
+                hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
+            w_ih += dzc @ x[a:b].reshape(n * B, I)
+            w_hh_grad += dhc @ hp.reshape(n * B, H)
+            db += dzc.sum(axis=1)
+            if db_h is not None:
+                db_h += dhc.sum(axis=1)
+            if need_dx:
+                np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
+        out = {"w_ih": w_ih, "b_ih": db, "w_hh": w_hh_grad,
+               "b_hh": db_h if loop.recurrent_bias else db}
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 
