@@ -47,6 +47,7 @@ FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-w")
 LINK_FLAGS = ("-shared", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
+CHUNK_BYTES = 1 << 21  # the backward keeps ∂z for about this many bytes of steps at a time
 
 
 class CompiledUnavailableError(RuntimeError):
@@ -204,7 +205,9 @@ class CompiledCPU:
         xg = np.empty((n, GH, B), dt)
         np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
         if fm is None:
-            fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved}
+            skip = _NOT_KEPT.get(loop.name, ())
+            fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved
+                  if name not in skip}
         bias_x, bias_h = self._bias(loop, p)
         w_hh = np.ascontiguousarray(p["w_hh"])
         valid = None if valid_u8 is None else valid_u8[lo:hi]
@@ -214,7 +217,7 @@ class CompiledCPU:
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
-            args.saved[k] = _ptr(fm[name])
+            args.saved[k] = _ptr(fm.get(name))
         scratch = np.empty((GH, B), dt)
         args.scratch = _ptr(scratch)
         self._call(loop, "forward", dt, args)
@@ -265,11 +268,21 @@ class CompiledCPU:
         dh0 = np.zeros((H, B), dt)
         rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
         scratch = [np.empty((H, B), dt) for _ in rest]
-        grads = {name: np.empty((T, width * H, B), dt) for name, width in loop.grads}
         history = np.empty((T, H, B), dt) if record is not None and loop.history else None
         w_hh = np.ascontiguousarray(p["w_hh"])
         item = np.dtype(dt).itemsize
-        order_last = (lambda k: T - 1 - k) if reverse else (lambda k: k)
+        step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
+        # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
+        # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
+        # function of the shapes (about 2 MiB of ∂z), so the arithmetic does not depend on
+        # checkpoint_every; the C++ loop is called once per piece (a chunk within a
+        # segment), which does not change its arithmetic either.
+        chunk = max(1, min(T, CHUNK_BYTES // (GH * B * item)))
+        zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
+        wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
+              "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
+        dx = np.empty((T, B, I), dt) if need_dx else None
+        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         segments = _segments(T, reverse, every)
         seg_fm = None
         for s in range(len(segments) - 1, -1, -1):
@@ -282,59 +295,81 @@ class CompiledCPU:
                                            valid_u8, seg_fm if seg_fm is not None
                                            and len(seg_fm["h"]) == n else None)
                 seg = seg_fm
-            # the step before the segment's first one (in loop order) takes its ∂h_{t−1}
-            dh_before = dh0.ctypes.data if k0 == 0 else \
-                dh.ctypes.data + order_last(k0 - 1) * H * B * item
-            args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
-                                  w_hh=_ptr(w_hh),
-                                  valid=None if valid_u8 is None else valid_u8[lo:].ctypes.data,
-                                  dh=dh.ctypes.data + lo * H * B * item, dh0=dh_before)
-            for k, st in enumerate(checkpoints[s]):
-                args.state0[k] = _ptr(st)
-            for k, (name, _) in enumerate(loop.saved):
-                args.saved[k] = _ptr(seg.get(name))
-            for k, (d, sc) in enumerate(zip(rest, scratch)):
-                args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
-            for k, (name, _) in enumerate(loop.grads):
-                args.grads[k] = grads[name].ctypes.data + lo * grads[name][0].nbytes
-            args.grads[3] = None if history is None else history.ctypes.data + lo * H * B * item
-            self._call(loop, "backward", dt, args)
+            p1 = k0 + n
+            while p1 > k0:
+                p0 = max(k0, (p1 - 1) // chunk * chunk)  # the piece [p0, p1), loop positions
+                c0 = p0 // chunk * chunk  # its chunk's first loop position
+                t_lo = min(step_of(p0), step_of(p1 - 1))  # the piece's first time step
+                c_lo = min(step_of(c0), step_of(min(T, c0 + chunk) - 1))
+                self._backward_piece(loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest,
+                                     scratch, seg, lo, checkpoints[s] if p0 == k0 else tuple(
+                                         None if seg.get(name) is None else
+                                         seg[name][step_of(p0 - 1) - lo] for name in cell.state),
+                                     p0, p1, t_lo, step_of, zbuf, c_lo, history)
+                if p0 == c0:  # the chunk is complete
+                    self._flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH,
+                                      reverse, step_of)
+                p1 = p0
         del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
                 extra = () if history is None else (history[t].T,)
                 record(t, (dh[t].T,) + extra)
-
-        # the hoisted GEMMs over chunks of steps: each chunk's ∂x_g rearranged to
-        # (G·H, n·B) is the only temporary (no whole-T copy of ∂x_g or of h_{t−1})
-        dz, dzh = grads.pop("dxg"), grads.pop("dhg", None)
-        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
-        chunk = max(1, (1 << 22) // (GH * B * item))  # about 4 MiB: a fixed function of shapes
-        w_ih, w_hh_grad = np.zeros((GH, I), dt), np.zeros((GH, H), dt)
-        db, db_h = np.zeros(GH, dt), np.zeros(GH, dt) if loop.recurrent_bias else None
-        dx = np.empty((T, B, I), dt) if need_dx else None
-        for a in range(0, T, chunk):
-            b = min(T, a + chunk)
-            n = b - a
-            dzc = np.ascontiguousarray(dz[a:b].transpose(1, 0, 2)).reshape(GH, n * B)
-            dhc = dzc if dzh is None else \
-                np.ascontiguousarray(dzh[a:b].transpose(1, 0, 2)).reshape(GH, n * B)
-            if not reverse:
-                hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
-            else:
-                hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
-            w_ih += dzc @ x[a:b].reshape(n * B, I)
-            w_hh_grad += dhc @ hp.reshape(n * B, H)
-            db += dzc.sum(axis=1)
-            if db_h is not None:
-                db_h += dhc.sum(axis=1)
-            if need_dx:
-                np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
-        out = {"w_ih": w_ih, "b_ih": db, "w_hh": w_hh_grad,
-               "b_hh": db_h if loop.recurrent_bias else db}
+        out = {"w_ih": wg["w_ih"], "b_ih": wg["b_ih"], "w_hh": wg["w_hh"],
+               "b_hh": wg["b_hh"] if loop.recurrent_bias else wg["b_ih"]}
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 
+    def _backward_piece(self, loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest, scratch,
+                        seg, seg_lo, state_before, p0, p1, t_lo, step_of, zbuf, c_lo, history):
+        """The C++ backward over loop positions p0..p1−1 (times t_lo..t_lo+n−1)."""
+        item = np.dtype(dt).itemsize
+        n = p1 - p0
+        dh_before = dh0.ctypes.data if p0 == 0 else \
+            dh.ctypes.data + step_of(p0 - 1) * H * B * item
+        args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
+                              w_hh=_ptr(w_hh),
+                              valid=None if valid_u8 is None else valid_u8[t_lo:].ctypes.data,
+                              dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before)
+        for k, st in enumerate(state_before):
+            args.state0[k] = _ptr(st)
+        for k, (name, _) in enumerate(loop.saved):
+            a = seg.get(name)
+            args.saved[k] = None if a is None else a.ctypes.data + (t_lo - seg_lo) * a[0].nbytes
+        for k, (d, sc) in enumerate(zip(rest, scratch)):
+            args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
+        for k, (name, _) in enumerate(loop.grads):
+            z = zbuf[name]
+            args.grads[k] = z.ctypes.data + (t_lo - c_lo) * z[0].nbytes
+        args.grads[3] = None if history is None else history.ctypes.data + t_lo * H * B * item
+        self._call(loop, "backward", dt, args)
+
+    @staticmethod
+    def _flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH, reverse, step_of):
+        """The hoisted GEMMs of one complete chunk of ∂z (loop positions c0..)."""
+        c1 = min(T, c0 + chunk)
+        n = c1 - c0
+        a = min(step_of(c0), step_of(c1 - 1))
+        b = a + n
+        dzc = np.ascontiguousarray(zbuf["dxg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
+        dhc = dzc if "dhg" not in zbuf else \
+            np.ascontiguousarray(zbuf["dhg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
+        if not reverse:
+            hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
+        else:
+            hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
+        wg["w_ih"] += dzc @ x[a:b].reshape(n * B, I)
+        wg["w_hh"] += dhc @ hp.reshape(n * B, H)
+        wg["b_ih"] += dzc.sum(axis=1)
+        if wg["b_hh"] is not None:
+            wg["b_hh"] += dhc.sum(axis=1)
+        if dx is not None:
+            np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
+
+
+# the saved buffers a loop's C++ forward need not write (passed as null): the LSTM's
+# backward recomputes tanh(c_t) from c_t (kernels/lstm_cpu.cpp)
+_NOT_KEPT = {"lstm": ("tanh_c",)}
 
 # the saved buffers a loop's C++ backward never reads (kernels/*_cpu.cpp), dropped after
 # the forward: the LSTM's backward reads c, the gates and tanh(c), not h (kept batch-major)
