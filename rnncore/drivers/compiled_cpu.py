@@ -47,7 +47,8 @@ FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-w")
 LINK_FLAGS = ("-shared", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
-CHUNK_BYTES = 1 << 21  # the backward keeps ∂z for about this many bytes of steps at a time
+CHUNK_BYTES = 1 << 19  # the backward keeps ∂z for about this many bytes of steps at a time
+CHUNK_MIN_COLUMNS = 128  # … and at least this many (step, sequence) columns per GEMM
 
 
 class CompiledUnavailableError(RuntimeError):
@@ -274,10 +275,10 @@ class CompiledCPU:
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
         # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
-        # function of the shapes (about 2 MiB of ∂z), so the arithmetic does not depend on
+        # function of the shapes (about 512 KiB of ∂z, at least 128 columns), so the arithmetic does not depend on
         # checkpoint_every; the C++ loop is called once per piece (a chunk within a
         # segment), which does not change its arithmetic either.
-        chunk = max(1, min(T, CHUNK_BYTES // (GH * B * item)))
+        chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
         zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
