@@ -83,17 +83,19 @@ class PythonLoop:
         self.name = pointwise  # "reference" or "fused": the pointwise implementation
         self.launcher = launcher
 
-    def _in_place(self, cell, dims):
-        """The cell's in-place saved bindings, for the NumPy pointwise only."""
-        if self.launcher is not None or not hasattr(cell, "in_place_for"):
+    def _in_place(self, cell, dims, ops):
+        """The cell's in-place saved bindings, used only with the cell's own NumPy/CuPy
+        pointwise functions (the fused ones, and the CUDA-graph driver's step sequence
+        that mirrors this loop's on the GPU, keep h_g)."""
+        if ops.pw is not cell.reference or not hasattr(cell, "in_place_for"):
             return {}
         return cell.in_place_for(dims)
 
-    def _saved(self, cell, p, dims, xg, n, B, dtype, keep=None):
+    def _saved(self, cell, p, dims, xg, n, B, dtype, ops, keep=None):
         """The saved buffers of n steps; ``keep`` {name: array} used as given."""
         xp = xp_of(xg)
         prefill = cell.prefill(p)
-        in_place = self._in_place(cell, dims)
+        in_place = self._in_place(cell, dims, ops)
         saved = {}
         for name, width in cell.saved_widths(dims, p).items():
             if keep and name in keep:
@@ -124,8 +126,8 @@ class PythonLoop:
         if 0 < self.checkpoint_every < T:
             return self._forward_checkpointed(cell, p, x, state0, inputs, reverse, dims)
         xg = self._hoisted(cell, p, x)
-        saved = self._saved(cell, p, dims, xg, T, B, x.dtype)
         ops = self.ops(cell)
+        saved = self._saved(cell, p, dims, xg, T, B, x.dtype, ops)
         state = state0
         for t in time_order(T, reverse):
             state = cell.forward_step(ops, p, xg[t], state, _at(inputs, t), _at(saved, t))
@@ -196,7 +198,7 @@ class PythonLoop:
         for name, value in cell.prefill(p).items():  # a recompute starts them afresh
             if name in keep:
                 keep[name][...] = 0 if value is None else value
-        saved = self._saved(cell, p, dims, xg, n, B, x.dtype, keep)
+        saved = self._saved(cell, p, dims, xg, n, B, x.dtype, ops, keep)
         seg_inputs = {name: None if a is None else a[lo:hi] for name, a in inputs.items()}
         for t in time_order(n, reverse):
             state = cell.forward_step(ops, p, xg[t], state, _at(seg_inputs, t), _at(saved, t))
