@@ -125,8 +125,11 @@ class PythonLoop:
         dims = Dims(I, p["w_hh"].shape[0] // cell.num_gates, _proj(p))
         if 0 < self.checkpoint_every < T:
             return self._forward_checkpointed(cell, p, x, state0, inputs, reverse, dims)
-        xg = self._hoisted(cell, p, x)
+        xp = xp_of(x)
+        xg = filled(xp, cell.input_bias(p), (T, B, p["w_ih"].shape[0]), x.dtype)
+        gemm(x.reshape(T * B, -1), p["w_ih"], xg.reshape(T * B, -1), transpose_b=True, beta=1.0)
         ops = self.ops(cell)
+        # the cell's per-step buffers (T, B, width); the LSTM's gates overwrite xg in place
         saved = self._saved(cell, p, dims, xg, T, B, x.dtype, ops)
         state = state0
         for t in time_order(T, reverse):
