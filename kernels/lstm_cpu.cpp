@@ -6,6 +6,8 @@
 // saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c), or null: not
 //        kept (the backward recomputes tanh(c_t) from c_t; where a padded step kept c_{t−1},
 //        the value differs but is multiplied by that step's zero ∂h, as before)
+//        [4] (H,B) scratch, used when [3] is null: the step's tanh(c) (forward: written and
+//        dropped; backward: recomputed there first, so the element loops stay branch-free)
 // grads: [0] dz (T,4H,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
 //        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
@@ -25,7 +27,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
         T* gt = block<T>(a.saved[2], t, 4 * H, B);
         T* ht = block<T>(a.saved[0], t, H, B);
         T* ct = block<T>(a.saved[1], t, H, B);
-        T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : nullptr;
+        T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
         for (int64_t j = 0; j < H; ++j) {
             const T *x[4], *r[4];
@@ -39,7 +41,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
                 bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
             }
             const T *hpj = hp + j * B, *cpj = cp + j * B;
-            T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct ? tct + j * B : nullptr;
+            T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct + j * B;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
                 const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
@@ -52,7 +54,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
                 g_out[1][b] = f;
                 g_out[2][b] = g;
                 g_out[3][b] = o;
-                if (tcj) tcj[b] = tc;
+                tcj[b] = tc;
                 const bool keep = valid == nullptr || valid[b];
                 hj[b] = keep ? o * tc : hpj[b];
                 cj[b] = keep ? c_new : cpj[b];
@@ -71,8 +73,12 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
         T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
         const T* gt = block<T>(a.saved[2], t, 4 * H, B);
-        const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : nullptr;
-        const T* ct = block<T>(a.saved[1], t, H, B);
+        const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
+        if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
+            const T* ct = block<T>(a.saved[1], t, H, B);
+#pragma GCC ivdep
+            for (int64_t e = 0; e < H * B; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
+        }
         const T* dht = block<T>(a.dh, t, H, B);
         T* dzt = block<T>(a.grads[0], t, 4 * H, B);
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
@@ -84,8 +90,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 gq[q] = gt + (q * H + j) * B;
                 dzq[q] = dzt + (q * H + j) * B;
             }
-            const T *dhj = dht + j * B, *tcj = tct ? tct + j * B : nullptr, *cpj = cp + j * B,
-                    *dcj = dc + j * B, *cj = ct + j * B;
+            const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B, *dcj = dc + j * B;
             T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
@@ -93,7 +98,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 const T dh_in = dhj[b], dc_in = dcj[b];
                 const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
                 const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
-                const T tc = tcj ? tcj[b] : tanh_<T>(cj[b]);
+                const T tc = tcj[b];
                 const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
                 dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
                 dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);

@@ -48,7 +48,7 @@ LINK_FLAGS = ("-shared", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
 CHUNK_BYTES = 1 << 19  # the backward keeps ∂z for about this many bytes of steps at a time
-CHUNK_MIN_COLUMNS = 128  # … and at least this many (step, sequence) columns per GEMM
+CHUNK_MIN_COLUMNS = 512  # … and at least this many (step, sequence) columns per GEMM
 
 
 class CompiledUnavailableError(RuntimeError):
@@ -219,6 +219,8 @@ class CompiledCPU:
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
             args.saved[k] = _ptr(fm.get(name))
+        extra = np.empty((hidden, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        args.saved[len(loop.saved)] = _ptr(extra)
         scratch = np.empty((GH, B), dt)
         args.scratch = _ptr(scratch)
         self._call(loop, "forward", dt, args)
@@ -275,7 +277,7 @@ class CompiledCPU:
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
         # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
-        # function of the shapes (about 512 KiB of ∂z, at least 128 columns), so the arithmetic does not depend on
+        # function of the shapes (about 512 KiB of ∂z, at least 512 columns: smaller GEMMs measured 10 % slower), so the arithmetic does not depend on
         # checkpoint_every; the C++ loop is called once per piece (a chunk within a
         # segment), which does not change its arithmetic either.
         chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
@@ -283,6 +285,7 @@ class CompiledCPU:
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
         dx = np.empty((T, B, I), dt) if need_dx else None
+        extra = np.empty((H, B), dt)  # saved[len(loop.saved)]: a step's scratch
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         segments = _segments(T, reverse, every)
         seg_fm = None
@@ -306,7 +309,7 @@ class CompiledCPU:
                                      scratch, seg, lo, checkpoints[s] if p0 == k0 else tuple(
                                          None if seg.get(name) is None else
                                          seg[name][step_of(p0 - 1) - lo] for name in cell.state),
-                                     p0, p1, t_lo, step_of, zbuf, c_lo, history)
+                                     p0, p1, t_lo, step_of, zbuf, c_lo, history, extra)
                 if p0 == c0:  # the chunk is complete
                     self._flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH,
                                       reverse, step_of)
@@ -314,15 +317,16 @@ class CompiledCPU:
         del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
-                extra = () if history is None else (history[t].T,)
-                record(t, (dh[t].T,) + extra)
+                more = () if history is None else (history[t].T,)
+                record(t, (dh[t].T,) + more)
         out = {"w_ih": wg["w_ih"], "b_ih": wg["b_ih"], "w_hh": wg["w_hh"],
                "b_hh": wg["b_hh"] if loop.recurrent_bias else wg["b_ih"]}
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 
     def _backward_piece(self, loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest, scratch,
-                        seg, seg_lo, state_before, p0, p1, t_lo, step_of, zbuf, c_lo, history):
+                        seg, seg_lo, state_before, p0, p1, t_lo, step_of, zbuf, c_lo, history,
+                        extra):
         """The C++ backward over loop positions p0..p1−1 (times t_lo..t_lo+n−1)."""
         item = np.dtype(dt).itemsize
         n = p1 - p0
@@ -337,6 +341,7 @@ class CompiledCPU:
         for k, (name, _) in enumerate(loop.saved):
             a = seg.get(name)
             args.saved[k] = None if a is None else a.ctypes.data + (t_lo - seg_lo) * a[0].nbytes
+        args.saved[len(loop.saved)] = _ptr(extra)
         for k, (d, sc) in enumerate(zip(rest, scratch)):
             args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
         for k, (name, _) in enumerate(loop.grads):
