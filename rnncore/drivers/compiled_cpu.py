@@ -277,9 +277,10 @@ class CompiledCPU:
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
         # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
-        # function of the shapes (about 512 KiB of ∂z, at least 512 columns: smaller GEMMs measured 10 % slower), so the arithmetic does not depend on
-        # checkpoint_every; the C++ loop is called once per piece (a chunk within a
-        # segment), which does not change its arithmetic either.
+        # function of the shapes (about 512 KiB of ∂z, at least 512 columns: 2-step chunks
+        # measured 10 % slower), so the arithmetic does not depend on checkpoint_every; the
+        # C++ loop is called once per piece (a chunk within a segment), which does not
+        # change its arithmetic either.
         chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
         zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
