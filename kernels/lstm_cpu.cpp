@@ -3,7 +3,11 @@
 // the same helpers (sigmoid, tanh_, sigmoid_grad, tanh_grad from common.cuh). Layout and
 // arguments: cpu_loop.h. Twin of rnncore/cells/lstm.py's declared ``cpu_loop``.
 //
-// saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c)
+// saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c), or null: not
+//        kept (the backward recomputes tanh(c_t) from c_t; where a padded step kept c_{t−1},
+//        the value differs but is multiplied by that step's zero ∂h, as before)
+//        [4] (H,B) scratch, used when [3] is null: the step's tanh(c) (forward: written and
+//        dropped; backward: recomputed there first, so the element loops stay branch-free)
 // grads: [0] dz (T,4H,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
 //        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
@@ -23,7 +27,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
         T* gt = block<T>(a.saved[2], t, 4 * H, B);
         T* ht = block<T>(a.saved[0], t, H, B);
         T* ct = block<T>(a.saved[1], t, H, B);
-        T* tct = block<T>(a.saved[3], t, H, B);
+        T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
         for (int64_t j = 0; j < H; ++j) {
             const T *x[4], *r[4];
@@ -69,7 +73,12 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
         T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
         const T* gt = block<T>(a.saved[2], t, 4 * H, B);
-        const T* tct = block<T>(a.saved[3], t, H, B);
+        const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
+        if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
+            const T* ct = block<T>(a.saved[1], t, H, B);
+#pragma GCC ivdep
+            for (int64_t e = 0; e < H * B; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
+        }
         const T* dht = block<T>(a.dh, t, H, B);
         T* dzt = block<T>(a.grads[0], t, 4 * H, B);
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;

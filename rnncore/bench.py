@@ -124,6 +124,9 @@ ROWS = {
         Row("seed-lstm-3x128", "lstm", 3, 128, 32, 50, input=100, note="(seed)"),
         Row("lstm-1x1024", "lstm", 1, 1024, 64, 25),
         Row("lstm-4x512", "lstm", 4, 512, 64, 100),
+        # issue 17's long row: not in the default table (a forward + backward takes about
+        # 20 s per implementation at one thread); ``--rows lstm-2x256-long``
+        Row("lstm-2x256-long", "lstm", 2, 256, 32, 4000, note="(long)"),
     )
 }
 DEFAULT_ROWS = {
@@ -338,13 +341,17 @@ def check_accuracy(runners, reference: Runner, baseline: str, skipped: dict):
     return errors
 
 
-def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
-    """Accuracy check and timings of every implementation on one row."""
-    weights = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                        dtype=dtype, seed=seed, impl="reference").state_dict()
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((row.steps, row.batch, row.input_size)).astype(dtype)
-    dout = rng.standard_normal((row.steps, row.batch, row.hidden)).astype(dtype)
+def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads=1) -> dict:
+    """Accuracy check and timings of every implementation on one row (and its memory,
+    measured in subprocesses, when ``memory``)."""
+    mem = None
+    if memory:
+        impls = ["rnncore"] + ([] if no_twin(row) else ["torch"])
+        mem = measure_memory(row, device, dtype, impls, threads, seed)
+    if memory == "only":
+        return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
+                "memory": mem, "baseline": baseline_name(device)}
+    weights, x, dout = _row_inputs(row, dtype, seed)
     runners, baseline, skipped = build_runners(row, weights, x, dout, device, dtype)
     reference = reference_runner(row, weights, x, dout)
     errors = check_accuracy(runners, reference, baseline, skipped)
@@ -362,9 +369,249 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0) -> dict:
             "gemm_flops": gemm_flops(row),
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
-            "rel_error": errors, "median_ms": median_ms, "ratio": ratios,
+            "rel_error": errors, "median_ms": median_ms, "ratio": ratios, "memory": mem,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
+
+
+# --------------------------------------------------------------------------- memory
+# Each implementation's memory is measured in a fresh subprocess (``--memory-child``), so
+# that neither the other implementations' freed memory (kept by the allocators) nor the
+# timing runs hide or inflate its peak:
+#
+# - kept: the bytes a forward keeps for its backward, counted exactly. rnncore: the
+#   distinct array buffers reachable from the module's cache (``rnncore.memory.kept_bytes``:
+#   the layers' inputs and every saved buffer). torch: the distinct storages of the tensors
+#   autograd saves (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded,
+#   the input included as rnncore's is.
+# - numpy peak (rnncore only): the peak of NumPy's allocations during one forward +
+#   backward, above what was live before (``tracemalloc``, to which NumPy reports; the
+#   C++ loop allocates nothing itself). torch's CPU allocator reports to nothing
+#   comparable, hence the RSS column for both.
+# - peak RSS: the process's resident-set high-water mark (VmHWM, reset through
+#   /proc/self/clear_refs before the pass) minus the resident set before the pass, during
+#   the first forward + backward: the same measure for both implementations (it includes
+#   code pages first touched by that pass, a few MB).
+#
+# On CUDA (untested: no GPU where this was written) the child reports CuPy's memory-pool
+# high-water mark (``used_bytes`` peak, sampled after forward and after backward) and
+# ``torch.cuda.max_memory_allocated`` instead of RSS.
+
+
+def _proc_status(field) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _row_inputs(row, dtype, seed):
+    weights = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                        dtype=dtype, seed=seed, impl="reference").state_dict()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((row.steps, row.batch, row.input_size)).astype(dtype)
+    dout = rng.standard_normal((row.steps, row.batch, row.hidden)).astype(dtype)
+    return weights, x, dout
+
+
+def memory_child(spec: dict) -> dict:
+    """One implementation's memory figures (run in a fresh process by ``measure_memory``)."""
+    from . import memory
+
+    row = Row(**spec["row"])
+    dtype, device = spec["dtype"], backend.parse_device(spec.get("device", "cpu"))
+    threads = spec.get("threads", 1)
+    weights, x, dout = _row_inputs(row, dtype, spec.get("seed", 0))
+    cuda = device.kind == "cuda"
+    if spec["impl"] == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        tdtype = getattr(torch, np.dtype(dtype).name)
+        cell = cells.get(row.cell)
+        module = getattr(torch.nn, cell.family)(row.input_size, row.hidden,
+                                                num_layers=row.layers, **cell.torch_options)
+        module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+        module = module.to(device=str(device), dtype=tdtype)
+        tx = torch.from_numpy(x).to(device=str(device), dtype=tdtype).requires_grad_(True)
+        tdout = torch.from_numpy(dout).to(device=str(device), dtype=tdtype)
+        params = {q.untyped_storage().data_ptr() for q in module.parameters()}
+
+        def pass_(tx=tx, tdout=tdout):
+            out = module(tx)[0]
+            out.backward(tdout)
+            return out
+
+        def kept():
+            storages = {}
+
+            def pack(t):
+                st = t.untyped_storage()
+                if st.data_ptr() not in params:
+                    storages[st.data_ptr()] = st.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = module(tx)[0]
+            del out
+            return sum(storages.values())
+    else:
+        impl = spec.get("impl_arg", "auto")
+        module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                           dtype=dtype, device=str(device), impl=impl,
+                           checkpoint_every=spec.get("checkpoint_every", 0))
+        module.load_state_dict(weights)
+        mx = backend.to_device(x, device, module.dtype)
+        mdout = backend.to_device(dout, device, module.dtype)
+
+        def pass_(mx=mx, mdout=mdout):
+            out = module(mx)[0]
+            module.backward(mdout)
+            return out
+
+        def kept():
+            module(mx)
+            count = memory.kept_bytes(module._last[0])
+            module.drop_cache()
+            return count
+
+    result = {}
+    with threadpool_limits(limits=threads, user_api="blas"):
+        # warm-up on two steps of one sequence: lazy initialisation (code pages, thread
+        # pools, the compiled library) is not counted as activation memory
+        small = (x[:2, :1], dout[:2, :1])
+        if spec["impl"] == "torch":
+            pass_(torch.from_numpy(small[0].copy()).to(str(device), tdtype).requires_grad_(True),
+                  torch.from_numpy(small[1].copy()).to(str(device), tdtype))
+            module.zero_grad()
+        else:
+            pass_(*(backend.to_device(a.copy(), device, module.dtype) for a in small))
+            module.drop_cache()
+        if cuda:
+            result.update(_cuda_peaks(spec["impl"], pass_, device))
+        else:
+            before = _proc_status("VmRSS")
+            if _reset_peak_rss() and before is not None:
+                start = time.perf_counter()
+                pass_()
+                result["seconds"] = time.perf_counter() - start
+                result["rss_peak_bytes"] = _proc_status("VmHWM") - before
+        result["kept_bytes"] = kept()
+        if spec["impl"] != "torch" and not cuda:
+            if hasattr(module, "drop_cache"):
+                module.drop_cache()
+            _, result["numpy_peak_bytes"] = memory.numpy_peak(pass_)
+    return result
+
+
+def _cuda_peaks(impl, pass_, device) -> dict:
+    """Untested (no GPU where written): CuPy's pool high-water mark, torch's allocator peak."""
+    if impl == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device.index)
+        base = torch.cuda.memory_allocated(device.index)
+        pass_()
+        torch.cuda.synchronize(device.index)
+        return {"device_peak_bytes": torch.cuda.max_memory_allocated(device.index) - base}
+    cupy = backend.import_cupy()
+    pool = cupy.get_default_memory_pool()
+    base = pool.used_bytes()
+    pass_()
+    cupy.cuda.Device(device.index).synchronize()
+    return {"device_peak_bytes": pool.total_bytes() - base,
+            "note": "pool total after the pass (upper bound of the high-water mark)"}
+
+
+def measure_memory(row, device, dtype, impls, threads=1, seed=0, checkpoint_every=0) -> dict:
+    """{impl: figures} for ``impls`` ("rnncore", "torch"), each from a fresh subprocess."""
+    import subprocess
+
+    out = {}
+    for impl in impls:
+        spec = {"row": dataclasses.asdict(row), "dtype": dtype, "device": str(device),
+                "impl": impl, "threads": threads, "seed": seed,
+                "checkpoint_every": checkpoint_every}
+        # a fixed mmap threshold: every large array is its own mapping, returned to the OS
+        # when freed, so the resident set follows what is live (glibc's dynamic threshold
+        # would keep freed blocks in the heap after the first large free)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
+        proc = subprocess.run([sys.executable, "-m", "rnncore.bench", "--memory-child",
+                               json.dumps(spec)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            out[impl] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+            continue
+        out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def checkpoint_table(row, dtype, threads=1) -> list:
+    """Memory and time of one forward + backward of ``row`` at checkpoint_every = T
+    (keep everything), ≈ √T and 1, each in a fresh subprocess."""
+    import math
+
+    T = row.steps
+    table = []
+    for k in (T, math.isqrt(T - 1) + 1, 1):
+        figures = measure_memory(row, backend.parse_device("cpu"), dtype, ["rnncore"],
+                                 threads, checkpoint_every=k if k < T else 0)["rnncore"]
+        table.append({"checkpoint_every": k, **figures})
+    return table
+
+
+def _mib(n) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f}"
+
+
+def memory_report(results, baseline) -> list:
+    """Markdown lines: the memory table (MiB), when the rows were measured."""
+    measured = [r for r in results if r.get("memory")]
+    if not measured:
+        return []
+    lines = ["", "Activation memory in MiB, each implementation in a fresh process, one "
+             "forward + backward (kept: what the forward keeps for backward, counted "
+             "exactly; NumPy peak: tracemalloc; peak RSS: VmHWM rise; see bench.py):", "",
+             "| row | impl | kept | NumPy peak | peak RSS | ≤ torch (RSS) |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in measured:
+        torch_rss = r["memory"].get("torch", {}).get("rss_peak_bytes")
+        for impl, f in r["memory"].items():
+            if "error" in f:
+                lines.append(f"| {r['label']} | {impl} | error: {f['error'][:60]} | | | |")
+                continue
+            rss = f.get("rss_peak_bytes", f.get("device_peak_bytes"))
+            verdict = "" if impl == "torch" or torch_rss is None or rss is None else \
+                ("yes" if rss <= torch_rss else "no")
+            name = baseline if impl == "torch" else impl
+            lines.append(f"| {r['label']} | {name} | {_mib(f.get('kept_bytes'))} | "
+                         f"{_mib(f.get('numpy_peak_bytes'))} | {_mib(rss)} | {verdict} |")
+    return lines
+
+
+def checkpoint_report(label, table) -> list:
+    lines = ["", f"Recompute trade-off on {label} (rnncore, one forward + backward, fresh "
+             "process each; time under whatever load the machine had):", "",
+             "| checkpoint_every | kept MiB | NumPy peak MiB | peak RSS MiB | seconds |",
+             "|---:|---:|---:|---:|---:|"]
+    for e in table:
+        sec = e.get("seconds")
+        lines.append(f"| {e['checkpoint_every']} | {_mib(e.get('kept_bytes'))} | "
+                     f"{_mib(e.get('numpy_peak_bytes'))} | {_mib(e.get('rss_peak_bytes'))} | "
+                     f"{'–' if sec is None else f'{sec:.2f}'} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- environment
@@ -487,11 +734,16 @@ def markdown_report(meta: dict, results: list) -> str:
                  f"{_fmt_load(meta['load_average_after'])}")
     skipped = {}
     for r in results:
-        for name, why in r["skipped"].items():
+        for name, why in r.get("skipped", {}).items():
             skipped.setdefault((name, why), []).append(r["label"])
     for (name, why), labels in skipped.items():
         where = "" if len(labels) == len(results) else f" on {'; '.join(labels)}"
         lines.append(f"- {name}: skipped{where} ({why})")
+    if not any("rel_error" in r for r in results):  # --memory-only
+        lines += memory_report(results, results[0]["baseline"])
+        if meta.get("checkpoint_table"):
+            lines += checkpoint_report(meta["checkpoint_row"], meta["checkpoint_table"])
+        return "\n".join(lines)
     lines += ["", "Relative error against a float64 CPU reference, torch.nn's twin or, for a "
               "cell with no torch.nn twin, rnncore's own (max |a − ref| / max |ref|):", ""]
     tensors = list(next(iter(results[0]["rel_error"].values())))
@@ -530,6 +782,9 @@ def markdown_report(meta: dict, results: list) -> str:
                     rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
                     cells.append(f"{rate:.1f} ({100 * rate / peak:.0f} %)")
             lines.append("| " + " | ".join(cells) + " |")
+    lines += memory_report(results, baseline)
+    if meta.get("checkpoint_table"):
+        lines += checkpoint_report(meta["checkpoint_row"], meta["checkpoint_table"])
     return "\n".join(lines)
 
 
@@ -564,6 +819,15 @@ def parse_args(argv):
                         help="toy sizes (H 16, B 4, T 6) of the selected rows and 2 repeats: "
                              "checks that the benchmark runs; --repeats/--warmup given "
                              "explicitly win")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the memory columns (measured by default: each "
+                             "implementation once more in a fresh subprocess)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory figures (no accuracy check, no timing): for "
+                             "the long row")
+    parser.add_argument("--checkpoint-table", action="store_true",
+                        help="also measure rnncore's recompute trade-off (checkpoint_every "
+                             "= T, about sqrt(T), 1) on the first selected row")
     parser.add_argument("--json", metavar="FILE",
                         help="also write every sample as JSON (checked before the run; "
                              "an existing file is replaced, atomically)")
@@ -603,6 +867,9 @@ def main(argv=None) -> list:
     import torch
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--memory-child"]:  # one implementation's memory, in this fresh process
+        print(json.dumps(memory_child(json.loads(argv[1]))))
+        return []
     args = parse_args(argv)
     torch_threads = torch.get_num_threads()
     results, runs = [], []
@@ -644,11 +911,19 @@ def run(args, argv):
     results = []
     for row in args.rows:
         print(f"[bench] {row.label} ...", file=sys.stderr, flush=True)
-        results.append(bench_row(row, args.device, args.dtype, args.repeats, args.warmup))
+        results.append(bench_row(row, args.device, args.dtype, args.repeats, args.warmup,
+                                 memory="only" if args.memory_only else args.memory,
+                                 threads=torch.get_num_threads()))
+    if args.checkpoint_table and args.device.kind == "cpu":
+        print(f"[bench] recompute trade-off on {args.rows[0].label} ...", file=sys.stderr,
+              flush=True)
+        meta["checkpoint_row"] = args.rows[0].label
+        meta["checkpoint_table"] = checkpoint_table(args.rows[0], args.dtype,
+                                                    torch.get_num_threads())
     meta["load_average_after"] = os.getloadavg()
     print(markdown_report(meta, results))
     tolerance = 1e-3 if args.dtype == "float32" else 1e-8
-    bad = [(r["label"], n, t, e) for r in results for n, errs in r["rel_error"].items()
+    bad = [(r["label"], n, t, e) for r in results for n, errs in r.get("rel_error", {}).items()
            for t, e in errs.items() if not e <= tolerance]
     for label, name, tensor, err in bad:
         print(f"WARNING: {name} on {label}: {tensor} relative error {err:.1e} > {tolerance:g}",

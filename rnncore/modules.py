@@ -14,9 +14,11 @@ caller's layout.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import backend, cells, drivers
+from . import backend, cells, drivers, memory
 from .init import INIT_STATE_STD, init_parameters
 from .options import DROPOUT_MODES, IMPLS, RESIDUALS, Options, check_int
 from .stack import (
@@ -293,6 +295,9 @@ class Recurrent:
         state0, learned = self._initial_state(hx, batched, B)
         masks = self._dropout_masks(T, B)
         step_masks, weight_masks = self._regulariser_masks(T, B)
+        every = self.checkpoint_steps(T)
+        memory.check_activations(self.spec, T, B, self.dtype.itemsize, every)
+        drivers.set_checkpointing(self.driver, every)
         out, state_n, cache = stack_forward(self.spec, self.driver, self.params, x, state0,
                                             valid, masks, step_masks, weight_masks)
         self._last = (cache, batched, learned)
@@ -311,6 +316,12 @@ class Recurrent:
             out = out.transpose(1, 0, 2)
         out = self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
         return out, self.pack_state(state_n)
+
+    def checkpoint_steps(self, T) -> int:
+        """The recompute segment length for a forward of T steps (0: keep every step)."""
+        if self.memory == "sqrt":
+            return max(1, math.isqrt(T - 1) + 1) if T > 1 else 0
+        return self.checkpoint_every
 
     def pack_state(self, states):
         """The caller's form of a state tuple: the tuple, or its one array."""

@@ -28,6 +28,7 @@ RETURN_STATES = ("last", "all")
 # (``Cell.regularisers``): zoneout on h and on c (Krueger et al. 2016), dropout on h_{t−1}
 # inside the recurrence (Gal & Ghahramani 2016), DropConnect on W_hh (Merity et al. 2017)
 REGULARISERS = ("zoneout_h", "zoneout_c", "recurrent_dropout", "weight_drop")
+MEMORY_MODES = (None, "sqrt")
 
 # the training CLI's (and its checkpoints') names for the fields that it names differently
 CONFIG_NAMES = {"layers": "num_layers"}
@@ -98,6 +99,8 @@ class Options:
     recurrent_dropout: float = 0.0
     weight_drop: float = 0.0
     return_states: str = "last"
+    checkpoint_every: int = 0  # k > 0: keep the state every k steps, recompute in backward
+    memory: str | None = None  # "sqrt": checkpoint_every ≈ √T, chosen per forward
 
     @property
     def regularised(self) -> bool:
@@ -153,6 +156,15 @@ class Options:
                                    h_detach=float(self.h_detach),
                                    truncate=int(self.truncate),
                                    grad_noise=float(self.grad_noise))
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_choice("memory", self.memory, MEMORY_MODES)
+        if self.memory is not None and self.checkpoint_every:
+            raise ValueError("memory='sqrt' chooses checkpoint_every itself; give one of them")
+        return dataclasses.replace(self, dropout=float(self.dropout),
+                                   forget_bias=float(self.forget_bias),
+                                   num_layers=int(self.num_layers),
+                                   proj_size=int(self.proj_size),
+                                   checkpoint_every=int(self.checkpoint_every))
 
     @classmethod
     def field_names(cls) -> tuple:

@@ -135,6 +135,10 @@ OPTIONS = (
     O("grad_noise", 0.0, float, "model",
       "add N(0, s^2) to every step's gate gradient inside backward (a modified gradient)",
       rule=at_least(0)),
+    O("checkpoint_every", 0, int, "model",
+      "recompute: keep the state every k steps, recompute each segment in backward "
+      "(0 = keep every step; about sqrt(--seq-len) is the memory-optimal k)",
+      rule=at_least(0)),
 
     O("optimizer", "adam", str, "optimization", choices=optim.OPTIMIZERS),
     O("lr", 4e-3, float, "optimization", rule=positive),

@@ -86,3 +86,39 @@ def test_one_table_per_thread_count(tmp_path, capsys):
     runs = json.loads((tmp_path / "b.json").read_text())["runs"]
     assert [r["meta"]["threads"] for r in runs] == [1, 2]
     assert all(r["meta"]["gemm_peak_gflops"] > 0 for r in runs)
+
+
+def test_memory_columns_measure_each_implementation(tmp_path):
+    """Issue 17: each implementation's memory in its own process: the engine's kept bytes
+    are the exact count (``rnncore.memory.kept_bytes``), torch's its saved tensors."""
+    from rnncore import bench, memory
+    from rnncore.modules import Recurrent
+
+    row = bench.ROWS["lstm-1x128"].quick()
+    figures = bench.measure_memory(row, bench.backend.parse_device("cpu"), "float32",
+                                   ["rnncore", "torch"])
+    for impl in ("rnncore", "torch"):
+        assert "error" not in figures[impl], figures[impl]
+        assert figures[impl]["kept_bytes"] > 0 and figures[impl]["rss_peak_bytes"] >= 0
+    assert figures["rnncore"]["numpy_peak_bytes"] >= figures["rnncore"]["kept_bytes"]
+    # the same count in this process
+    weights, x, _ = bench._row_inputs(row, "float32", 0)
+    m = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                  dtype="float32")
+    m.load_state_dict(weights)
+    m(x)
+    assert memory.kept_bytes(m._last[0]) == figures["rnncore"]["kept_bytes"]
+    lines = bench.memory_report([{"label": row.label, "memory": figures}], "torch")
+    assert any(line.startswith(f"| {row.label} | rnncore |") for line in lines)
+    # the recompute table: checkpoint_every = T, about √T, 1
+    table = bench.checkpoint_table(row, "float32")
+    assert [e["checkpoint_every"] for e in table] == [6, 3, 1]
+    assert table[-1]["kept_bytes"] < table[0]["kept_bytes"]
+
+
+def test_long_row_is_documented_not_default():
+    from rnncore import bench
+
+    row = bench.ROWS["lstm-2x256-long"]
+    assert (row.layers, row.hidden, row.batch, row.steps) == (2, 256, 32, 4000)
+    assert "lstm-2x256-long" not in bench.DEFAULT_ROWS["cpu"]

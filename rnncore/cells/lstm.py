@@ -45,7 +45,12 @@ def pointwise_forward(xg, hg, h_prev, c_prev, valid, out=None, zh=None, zc=None)
     xp = xp_of(xg)
     B, H = c_prev.shape
     h, c, gates, tanh_c = out or (None, None, None, None)
-    gates = xp.add(xg, hg, out=gates)
+    if hg is not None:
+        gates = xp.add(xg, hg, out=gates)
+    elif gates is None:
+        gates = xg.copy()
+    elif gates is not xg:  # hg None: xg already holds x_g + h_g (formed in place)
+        gates[...] = xg
     sigmoid(xp, gates[:, : 2 * H], out=gates[:, : 2 * H])
     xp.tanh(gates[:, 2 * H : 3 * H], out=gates[:, 2 * H : 3 * H])
     sigmoid(xp, gates[:, 3 * H :], out=gates[:, 3 * H :])
@@ -151,6 +156,10 @@ class LSTM(Cell):
     zoneout_with_projection = ("c",)  # h is W_hr's output, formed after the pointwise kernel
     recurrent_dropout = True
     weight_drop = ("w_hh",)
+    # the reference driver (NumPy pointwise) may bind these saved buffers in place: "gates"
+    # to the hoisted x_g (which the step overwrites), "hg" to nothing (not kept)
+    in_place = {"gates": "xg", "hg": None}
+    weight_grad_reads = ("h", "y")  # the saved buffers ``weight_grads`` reads (recompute)
     cpu_loop = CpuLoop("lstm", saved=(("h", 1), ("c", 1), ("gates", 4), ("tanh_c", 1)),
                        grads=(("dxg", 4),), history=True)
 
@@ -164,6 +173,10 @@ class LSTM(Cell):
     def input_bias(self, p):
         """b_ih + b_hh: both enter z additively, so both join the hoisted input GEMM."""
         return bias_sum(p.get("b_ih"), p.get("b_hh"))
+
+    def in_place_for(self, dims):
+        """The in-place bindings that hold at ``dims`` (none with a projection)."""
+        return {} if dims.proj else self.in_place
 
     def saved_widths(self, dims, p):
         H = dims.hidden
@@ -181,8 +194,16 @@ class LSTM(Cell):
     def forward_step(self, ops, p, xg, state_prev, inputs, saved):
         h_prev, c_prev = state_prev
         valid, zh, zc = inputs["valid"], inputs.get("zoneout_h"), inputs.get("zoneout_c")
-        ops.gemm(regularise.recurrent_input(ops, h_prev, inputs), p["w_hh"], saved["hg"],
-                 transpose_b=True)
+        h_in = regularise.recurrent_input(ops, h_prev, inputs)
+        if saved.get("hg") is None and "y" not in saved:
+            # lean: the driver bound saved["gates"] to the hoisted x_g (``in_place``); the
+            # recurrent product is added into it (gemm β=1 on the CPU is xg += h W_hhᵀ,
+            # the same addition as xg + h_g) and the gates overwrite it
+            ops.gemm(h_in, p["w_hh"], xg, transpose_b=True, beta=1.0)
+            out = (saved["h"], saved["c"], xg, saved["tanh_c"])
+            ops.pw.lstm_forward(xg, None, h_prev, c_prev, valid, out=out, zh=zh, zc=zc)
+            return saved["h"], saved["c"]
+        ops.gemm(h_in, p["w_hh"], saved["hg"], transpose_b=True)
         if "y" not in saved:
             out = (saved["h"], saved["c"], saved["gates"], saved["tanh_c"])
             ops.pw.lstm_forward(xg, saved["hg"], h_prev, c_prev, valid, out=out, zh=zh, zc=zc)

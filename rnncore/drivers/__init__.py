@@ -104,6 +104,20 @@ def select(impl, device, dtype, cell=None, dims=None):
     return PythonLoop("reference")
 
 
+def set_checkpointing(driver, every: int) -> None:
+    """Make ``driver`` keep the state every ``every`` steps and recompute in backward
+    (0: keep every step). The reference and compiled CPU drivers (and the fused per-step
+    loop) do; the others refuse a nonzero ``every``."""
+    targets = [driver] + [getattr(driver, "fallback", None)]
+    if every and not hasattr(driver, "checkpoint_every"):
+        raise ValueError(f"checkpoint_every: the {getattr(driver, 'name', driver)!r} driver "
+                         "does not recompute; use impl='reference' or 'compiled' (CPU) or "
+                         "'fused'")
+    for d in targets:
+        if d is not None and hasattr(d, "checkpoint_every"):
+            d.checkpoint_every = every
+
+
 def invalidate(driver) -> None:
     """Drop what ``driver`` keeps for the current parameters (graphs and their buffers)."""
     hook = getattr(driver, "invalidate", None)
@@ -111,4 +125,5 @@ def invalidate(driver) -> None:
         hook()
 
 
-__all__ = ["IMPLS", "BySize", "LayerCache", "PythonLoop", "StepOps", "invalidate", "select"]
+__all__ = ["IMPLS", "BySize", "LayerCache", "PythonLoop", "StepOps", "invalidate", "select",
+           "set_checkpointing"]

@@ -47,6 +47,8 @@ FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-w")
 LINK_FLAGS = ("-shared", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
+CHUNK_BYTES = 1 << 19  # the backward keeps ∂z for about this many bytes of steps at a time
+CHUNK_MIN_COLUMNS = 512  # … and at least this many (step, sequence) columns per GEMM
 
 
 class CompiledUnavailableError(RuntimeError):
@@ -167,6 +169,8 @@ class CompiledCache(NamedTuple):
     fm: dict  # name -> (width, T, B) arrays
     state0_fm: tuple
     valid_u8: object
+    every: int = 0  # the segment length (T: no recompute)
+    checkpoints: tuple = ()  # [segment] feature-major state tuple it starts from
 
 
 class CompiledCPU:
@@ -187,43 +191,72 @@ class CompiledCPU:
         getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(args))
 
+    checkpoint_every = 0  # > 0: keep the state every k steps, recompute segments (backward)
+
+    def _bias(self, loop, p):
+        if loop.recurrent_bias:
+            return p.get("b_ih"), p.get("b_hh")
+        return bias_sum(p.get("b_ih"), p.get("b_hh")), None
+
+    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, fm=None):
+        """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
+        ``state_fm``; returns the segment's feature-major saved buffers (n, W·H, B)."""
+        n, B = hi - lo, x.shape[1]
+        hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
+        xg = np.empty((n, GH, B), dt)
+        np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
+        if fm is None:
+            skip = _NOT_KEPT.get(loop.name, ())
+            fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved
+                  if name not in skip}
+        bias_x, bias_h = self._bias(loop, p)
+        w_hh = np.ascontiguousarray(p["w_hh"])
+        valid = None if valid_u8 is None else valid_u8[lo:hi]
+        args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
+                              xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
+                              bias_h=_ptr(bias_h), valid=_ptr(valid))
+        for k, st in enumerate(state_fm):
+            args.state0[k] = _ptr(st)
+        for k, (name, _) in enumerate(loop.saved):
+            args.saved[k] = _ptr(fm.get(name))
+        extra = np.empty((hidden, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        args.saved[len(loop.saved)] = _ptr(extra)
+        scratch = np.empty((GH, B), dt)
+        args.scratch = _ptr(scratch)
+        self._call(loop, "forward", dt, args)
+        return fm
+
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         dims, loop = self._loop(cell, p, x)
         masked = any(v is not None for k, v in inputs.items() if k != "valid")
         if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         T, B, I = x.shape
-        H, GH, dt = dims.hidden, p["w_ih"].shape[0], x.dtype
-        xg = np.empty((T, GH, B), dt)
-        np.matmul(p["w_ih"], x.transpose(0, 2, 1), out=xg)
         state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
-        fm = {name: np.empty((T, width * H, B), dt) for name, width in loop.saved}
-        if loop.recurrent_bias:
-            bias_x, bias_h = p.get("b_ih"), p.get("b_hh")
-        else:
-            bias_x, bias_h = bias_sum(p.get("b_ih"), p.get("b_hh")), None
-        args = _ARGS[dt.name](steps=T, batch=B, hidden=H, reverse=int(bool(reverse)),
-                              xg=_ptr(xg), w_hh=_ptr(np.ascontiguousarray(p["w_hh"])),
-                              bias_x=_ptr(bias_x), bias_h=_ptr(bias_h), valid=_ptr(valid_u8))
-        w_hh = np.ascontiguousarray(p["w_hh"])
-        args.w_hh = _ptr(w_hh)
-        for k, s in enumerate(state0_fm):
-            args.state0[k] = _ptr(s)
-        for k, (name, _) in enumerate(loop.saved):
-            args.saved[k] = _ptr(fm[name])
-        scratch = np.empty((GH, B), dt)
-        args.scratch = _ptr(scratch)
-        self._call(loop, "forward", dt, args)
-        last = 0 if reverse else T - 1
-        state_T = tuple(np.ascontiguousarray(fm[name][last].T) for name in cell.state)
-        h = np.ascontiguousarray(fm["h"].transpose(0, 2, 1))  # (T, B, H): kept for ∂W_hh
+        every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
+        h = np.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
+        checkpoints, fm, state = [], None, state0_fm
+        for _, lo, hi in _segments(T, reverse, every):
+            checkpoints.append(state)
+            fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8,
+                                   fm if fm is not None and len(fm["h"]) == hi - lo else None)
+            h[lo:hi] = fm["h"].transpose(0, 2, 1)
+            last = 0 if reverse else hi - lo - 1
+            state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
+        state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         out = h if valid is None else h * valid
-        saved = {name: a.transpose(0, 2, 1) for name, a in fm.items()}
-        saved["h"] = h
+        if every < T:
+            saved = {"h": h}
+            fm = None  # recomputed in backward, a segment at a time
+        else:
+            saved = {name: a.transpose(0, 2, 1) for name, a in fm.items()}
+            saved["h"] = h
+            for name in _BACKWARD_SKIPS.get(loop.name, ()):  # what its backward never reads
+                del fm[name]
         return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
-                                           state0_fm, valid_u8)
+                                           state0_fm, valid_u8, every, tuple(checkpoints))
 
     def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
                  interventions=None, dstates_all=None):
@@ -231,7 +264,7 @@ class CompiledCPU:
                 or dstates_all is not None:
             return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
                                           interventions, dstates_all)
-        x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8 = cache
+        x, inputs, reverse, state0, _, dims, fm, state0_fm, valid_u8, every, checkpoints = cache
         loop = cell.cpu_loop_for(dims)
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
@@ -242,40 +275,125 @@ class CompiledCPU:
         dh0 = np.zeros((H, B), dt)
         rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
         scratch = [np.empty((H, B), dt) for _ in rest]
-        grads = {name: np.empty((T, width * H, B), dt) for name, width in loop.grads}
         history = np.empty((T, H, B), dt) if record is not None and loop.history else None
         w_hh = np.ascontiguousarray(p["w_hh"])
-        args = _ARGS[dt.name](steps=T, batch=B, hidden=H, reverse=int(bool(reverse)),
-                              w_hh=_ptr(w_hh), valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0))
-        for k, s in enumerate(state0_fm):
-            args.state0[k] = _ptr(s)
-        for k, (name, _) in enumerate(loop.saved):
-            args.saved[k] = _ptr(fm[name])
-        for k, (d, s) in enumerate(zip(rest, scratch)):
-            args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(s)
-        for k, (name, _) in enumerate(loop.grads):
-            args.grads[k] = _ptr(grads[name])
-        args.grads[3] = _ptr(history)
-        self._call(loop, "backward", dt, args)
+        item = np.dtype(dt).itemsize
+        step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
+        # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
+        # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
+        # function of the shapes (about 512 KiB of ∂z, at least 512 columns: 2-step chunks
+        # measured 10 % slower), so the arithmetic does not depend on checkpoint_every; the
+        # C++ loop is called once per piece (a chunk within a segment), which does not
+        # change its arithmetic either.
+        chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
+        zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
+        wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
+              "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
+        dx = np.empty((T, B, I), dt) if need_dx else None
+        extra = np.empty((H, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
+        segments = _segments(T, reverse, every)
+        seg_fm = None
+        for s in range(len(segments) - 1, -1, -1):
+            k0, lo, hi = segments[s]
+            n = hi - lo
+            if fm is not None:
+                seg = fm
+            else:
+                seg_fm = self._run_forward(loop, p, x, checkpoints[s], lo, hi, reverse,
+                                           valid_u8, seg_fm if seg_fm is not None
+                                           and len(seg_fm["h"]) == n else None)
+                seg = seg_fm
+            p1 = k0 + n
+            while p1 > k0:
+                p0 = max(k0, (p1 - 1) // chunk * chunk)  # the piece [p0, p1), loop positions
+                c0 = p0 // chunk * chunk  # its chunk's first loop position
+                t_lo = min(step_of(p0), step_of(p1 - 1))  # the piece's first time step
+                c_lo = min(step_of(c0), step_of(min(T, c0 + chunk) - 1))
+                self._backward_piece(loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest,
+                                     scratch, seg, lo, checkpoints[s] if p0 == k0 else tuple(
+                                         None if seg.get(name) is None else
+                                         seg[name][step_of(p0 - 1) - lo] for name in cell.state),
+                                     p0, p1, t_lo, step_of, zbuf, c_lo, history, extra)
+                if p0 == c0:  # the chunk is complete
+                    self._flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH,
+                                      reverse, step_of)
+                p1 = p0
+        del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
-                extra = () if history is None else (history[t].T,)
-                record(t, (dh[t].T,) + extra)
-
-        def by_feature(a):  # (T, G·H, B) -> (G·H, T·B)
-            return np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(GH, T * B)
-
-        dxg = by_feature(grads["dxg"])
-        dhg = by_feature(grads["dhg"]) if "dhg" in grads else dxg
-        db = dxg.sum(axis=1)
-        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
-        h_prev = np.concatenate([h[1:], h0[None]] if reverse else [h0[None], h[:-1]])
-        out = {"w_ih": dxg @ x.reshape(T * B, I), "b_ih": db,
-               "w_hh": dhg @ h_prev.reshape(T * B, H),
-               "b_hh": dhg.sum(axis=1) if loop.recurrent_bias else db}
-        dx = (dxg.T @ p["w_ih"]).reshape(T, B, I) if need_dx else None
+                more = () if history is None else (history[t].T,)
+                record(t, (dh[t].T,) + more)
+        out = {"w_ih": wg["w_ih"], "b_ih": wg["b_ih"], "w_hh": wg["w_hh"],
+               "b_hh": wg["b_hh"] if loop.recurrent_bias else wg["b_ih"]}
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
+
+    def _backward_piece(self, loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest, scratch,
+                        seg, seg_lo, state_before, p0, p1, t_lo, step_of, zbuf, c_lo, history,
+                        extra):
+        """The C++ backward over loop positions p0..p1−1 (times t_lo..t_lo+n−1)."""
+        item = np.dtype(dt).itemsize
+        n = p1 - p0
+        dh_before = dh0.ctypes.data if p0 == 0 else \
+            dh.ctypes.data + step_of(p0 - 1) * H * B * item
+        args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
+                              w_hh=_ptr(w_hh),
+                              valid=None if valid_u8 is None else valid_u8[t_lo:].ctypes.data,
+                              dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before)
+        for k, st in enumerate(state_before):
+            args.state0[k] = _ptr(st)
+        for k, (name, _) in enumerate(loop.saved):
+            a = seg.get(name)
+            args.saved[k] = None if a is None else a.ctypes.data + (t_lo - seg_lo) * a[0].nbytes
+        args.saved[len(loop.saved)] = _ptr(extra)
+        for k, (d, sc) in enumerate(zip(rest, scratch)):
+            args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
+        for k, (name, _) in enumerate(loop.grads):
+            z = zbuf[name]
+            args.grads[k] = z.ctypes.data + (t_lo - c_lo) * z[0].nbytes
+        args.grads[3] = None if history is None else history.ctypes.data + t_lo * H * B * item
+        self._call(loop, "backward", dt, args)
+
+    @staticmethod
+    def _flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH, reverse, step_of):
+        """The hoisted GEMMs of one complete chunk of ∂z (loop positions c0..)."""
+        c1 = min(T, c0 + chunk)
+        n = c1 - c0
+        a = min(step_of(c0), step_of(c1 - 1))
+        b = a + n
+        dzc = np.ascontiguousarray(zbuf["dxg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
+        dhc = dzc if "dhg" not in zbuf else \
+            np.ascontiguousarray(zbuf["dhg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
+        if not reverse:
+            hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
+        else:
+            hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
+        wg["w_ih"] += dzc @ x[a:b].reshape(n * B, I)
+        wg["w_hh"] += dhc @ hp.reshape(n * B, H)
+        wg["b_ih"] += dzc.sum(axis=1)
+        if wg["b_hh"] is not None:
+            wg["b_hh"] += dhc.sum(axis=1)
+        if dx is not None:
+            np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
+
+
+# the saved buffers a loop's C++ forward need not write (passed as null): the LSTM's
+# backward recomputes tanh(c_t) from c_t (kernels/lstm_cpu.cpp)
+_NOT_KEPT = {"lstm": ("tanh_c",)}
+
+# the saved buffers a loop's C++ backward never reads (kernels/*_cpu.cpp), dropped after
+# the forward: the LSTM's backward reads c, the gates and tanh(c), not h (kept batch-major)
+_BACKWARD_SKIPS = {"lstm": ("h",)}
+
+
+def _segments(T, reverse, every):
+    """[(first loop position, time range lo, hi)] of each segment of ``every`` steps."""
+    out = []
+    for k0 in range(0, T, every):
+        k1 = min(T, k0 + every)
+        out.append((k0, T - k1, T - k0) if reverse else (k0, k0, k1))
+    return out
 
 
 __all__ = ["CompiledCPU", "CompiledCache", "LayerCache", "available", "library"]

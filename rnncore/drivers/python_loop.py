@@ -55,12 +55,65 @@ class StepOps(SimpleNamespace):
         return buf
 
 
+class CheckpointCache(NamedTuple):
+    """A layer direction's cache under ``checkpoint_every``: the states at the start of
+    every segment, the full h (the output), and what each segment's recompute needs."""
+
+    x: object
+    inputs: dict
+    reverse: bool
+    state0: tuple
+    saved: dict  # only the buffers kept for all T: "h" and what ``weight_grads`` reads
+    dims: Dims
+    every: int
+    checkpoints: list  # [segment] the state tuple that segment starts from
+
+
 class PythonLoop:
-    """Runs the steps from Python: one cell step call per time step."""
+    """Runs the steps from Python: one cell step call per time step.
+
+    ``checkpoint_every`` = k > 0 keeps the state only every k steps (and h, the output):
+    the backward recomputes each segment's forward, with the same arithmetic, before
+    stepping back through it (``rnncore.Options.checkpoint_every``).
+    """
+
+    checkpoint_every = 0
 
     def __init__(self, pointwise="reference", launcher=None):
         self.name = pointwise  # "reference" or "fused": the pointwise implementation
         self.launcher = launcher
+
+    def _in_place(self, cell, dims, ops):
+        """The cell's in-place saved bindings, used only with the cell's own NumPy/CuPy
+        pointwise functions (the fused ones, and the CUDA-graph driver's step sequence
+        that mirrors this loop's on the GPU, keep h_g)."""
+        if ops.pw is not cell.reference or not hasattr(cell, "in_place_for"):
+            return {}
+        return cell.in_place_for(dims)
+
+    def _saved(self, cell, p, dims, xg, n, B, dtype, ops, keep=None):
+        """The saved buffers of n steps; ``keep`` {name: array} used as given."""
+        xp = xp_of(xg)
+        prefill = cell.prefill(p)
+        in_place = self._in_place(cell, dims, ops)
+        saved = {}
+        for name, width in cell.saved_widths(dims, p).items():
+            if keep and name in keep:
+                saved[name] = keep[name]
+            elif name in in_place:
+                saved[name] = xg if in_place[name] == "xg" else None
+            elif name in prefill:
+                saved[name] = filled(xp, prefill[name], (n, B, width), dtype)
+            else:
+                saved[name] = xp.empty((n, B, width), dtype)
+        return saved
+
+    def _hoisted(self, cell, p, x):
+        xp = xp_of(x)
+        T, B, _ = x.shape
+        xg = filled(xp, cell.input_bias(p), (T, B, p["w_ih"].shape[0]), x.dtype)
+        gemm(x.reshape(T * B, -1), p["w_ih"], xg.reshape(T * B, -1), transpose_b=True, beta=1.0)
+        return xg
 
     def ops(self, cell):
         pw = cell.reference if self.launcher is None else cell.fused_pointwise(self.launcher)
@@ -68,16 +121,16 @@ class PythonLoop:
 
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         """Run ``cell`` over x (T, B, I) from ``state0``; returns (out, state_T, cache)."""
-        xp = xp_of(x)
         T, B, I = x.shape
         dims = Dims(I, p["w_hh"].shape[0] // cell.num_gates, _proj(p))
+        if 0 < self.checkpoint_every < T:
+            return self._forward_checkpointed(cell, p, x, state0, inputs, reverse, dims)
+        xp = xp_of(x)
         xg = filled(xp, cell.input_bias(p), (T, B, p["w_ih"].shape[0]), x.dtype)
         gemm(x.reshape(T * B, -1), p["w_ih"], xg.reshape(T * B, -1), transpose_b=True, beta=1.0)
-        prefill = cell.prefill(p)
-        saved = {name: filled(xp, prefill[name], (T, B, width), x.dtype)
-                 if name in prefill else xp.empty((T, B, width), x.dtype)
-                 for name, width in cell.saved_widths(dims, p).items()}
         ops = self.ops(cell)
+        # the cell's per-step buffers (T, B, width); the LSTM's gates overwrite xg in place
+        saved = self._saved(cell, p, dims, xg, T, B, x.dtype, ops)
         state = state0
         for t in time_order(T, reverse):
             state = cell.forward_step(ops, p, xg[t], state, _at(inputs, t), _at(saved, t))
@@ -98,6 +151,8 @@ class PythonLoop:
         given (``rnncore.interventions``), modifies each step's gradients: a modified
         gradient, not the gradient.
         """
+        if isinstance(cache, CheckpointCache):
+            return self._backward_checkpointed(cell, p, cache, dout, dstate, record, need_dx)
         x, inputs, reverse, state0, saved, dims = cache
         T, B, _ = x.shape
         xp = xp_of(dout)
@@ -141,6 +196,104 @@ class PythonLoop:
         if inputs.get("recurrent_dropout") is not None:  # the GEMM's operand was m ⊙ h_{t−1}
             h_before = h_before * inputs["recurrent_dropout"]
         out = cell.weight_grads(p, saved, grads, h_before, db)
+        out["w_ih"] = sum_outer(dxg, x)
+        out["b_ih"] = db
+        dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1) if need_dx else None
+        return dx, (dh0,) + tuple(pair[0] for pair in rest), out
+
+
+    # ------------------------------------------------------------------ recompute
+    def _segments(self, T, reverse, every):
+        """[(first loop position, time range lo, hi)] of each segment, in loop order."""
+        order = time_order(T, reverse)
+        out = []
+        for k0 in range(0, T, every):
+            times = order[k0 : k0 + every]
+            out.append((k0, min(times), max(times) + 1))
+        return out
+
+    def _run_segment(self, cell, p, x, inputs, reverse, dims, state, lo, hi, kept, ops):
+        """The forward of steps lo..hi−1 from ``state``: (its saved buffers, indexed from
+        lo, and the state it ends in). Same arithmetic as the plain forward's steps."""
+        n, B = hi - lo, x.shape[1]
+        xg = self._hoisted(cell, p, x[lo:hi])
+        keep = {name: a[lo:hi] for name, a in kept.items()}
+        for name, value in cell.prefill(p).items():  # a recompute starts them afresh
+            if name in keep:
+                keep[name][...] = 0 if value is None else value
+        saved = self._saved(cell, p, dims, xg, n, B, x.dtype, ops, keep)
+        seg_inputs = {name: None if a is None else a[lo:hi] for name, a in inputs.items()}
+        for t in time_order(n, reverse):
+            state = cell.forward_step(ops, p, xg[t], state, _at(seg_inputs, t), _at(saved, t))
+        return saved, seg_inputs, state
+
+    def _kept_full(self, cell, p, dims, T, B, dtype, xp):
+        """The buffers kept for all T under recompute: h and what weight_grads reads
+        (every saved buffer for a cell that does not declare ``weight_grad_reads``)."""
+        widths = cell.saved_widths(dims, p)
+        names = getattr(cell, "weight_grad_reads", None)
+        names = set(widths) if names is None else {"h"} | set(names)
+        prefill = cell.prefill(p)
+        return {name: filled(xp, prefill[name], (T, B, w), dtype) if name in prefill
+                else xp.empty((T, B, w), dtype)
+                for name, w in widths.items() if name in names}
+
+    def _forward_checkpointed(self, cell, p, x, state0, inputs, reverse, dims):
+        xp = xp_of(x)
+        T, B, _ = x.shape
+        every = self.checkpoint_every
+        kept = self._kept_full(cell, p, dims, T, B, x.dtype, xp)
+        ops = self.ops(cell)
+        state, checkpoints = state0, []
+        for _, lo, hi in self._segments(T, reverse, every):
+            checkpoints.append(tuple(s.copy() for s in state))
+            _, _, state = self._run_segment(cell, p, x, inputs, reverse, dims, state, lo, hi,
+                                            kept, ops)
+        state = tuple(s.copy() for s in state)  # may be views of a segment's buffers
+        valid = inputs.get("valid")
+        out = kept["h"] if valid is None else kept["h"] * valid
+        return out, state, CheckpointCache(x, inputs, reverse, state0, kept, dims, every,
+                                           checkpoints)
+
+    def _backward_checkpointed(self, cell, p, cache, dout, dstate, record, need_dx):
+        """The plain backward's steps, in its order, over one recomputed segment at a
+        time; the per-step gradients, the weight gradients and ∂x as in the plain one."""
+        x, inputs, reverse, state0, kept, dims, every, checkpoints = cache
+        T, B, _ = x.shape
+        xp = xp_of(dout)
+        valid = inputs.get("valid")
+        dh = dout * valid if valid is not None else xp.array(dout, copy=True, order="C")
+        order = time_order(T, reverse)
+        dh[order[-1]] += dstate[0]
+        dh0 = xp.zeros(state0[0].shape, dout.dtype)
+        rest = [[d.copy(), xp.empty_like(d)] for d in dstate[1:]]
+        grads = {name: xp.empty((T, B, width), dout.dtype)
+                 for name, width in cell.grad_widths(dims, p).items()}
+        ops = self.ops(cell)
+        segments = self._segments(T, reverse, every)
+        for s in range(len(segments) - 1, -1, -1):
+            k0, lo, hi = segments[s]
+            saved, seg_inputs, _ = self._run_segment(cell, p, x, inputs, reverse, dims,
+                                                     checkpoints[s], lo, hi, kept, ops)
+            n = hi - lo
+            for k in range(k0 + n - 1, k0 - 1, -1):
+                t = order[k]
+                state_prev = checkpoints[s] if k == k0 else \
+                    cell.state_at(saved, order[k - 1] - lo)
+                dstate_t = (dh[t],) + tuple(pair[0] for pair in rest)
+                if record is not None:
+                    record(t, dstate_t)
+                dstate_prev = (dh0 if k == 0 else dh[order[k - 1]],) + \
+                    tuple(pair[1] for pair in rest)
+                cell.backward_step(ops, p, dstate_t, state_prev, _at(seg_inputs, t - lo),
+                                   _at(saved, t - lo), _at(grads, t), dstate_prev)
+                for pair in rest:
+                    pair.reverse()
+            del saved
+        dxg = grads["dxg"]
+        db = dxg.sum(axis=(0, 1))
+        out = cell.weight_grads(p, kept, grads, _states_before_each_step(kept["h"], state0,
+                                                                         reverse), db)
         out["w_ih"] = sum_outer(dxg, x)
         out["b_ih"] = db
         dx = (dxg.reshape(T * B, -1) @ p["w_ih"]).reshape(T, B, -1) if need_dx else None
