@@ -148,6 +148,10 @@ class Options:
                 with_proj = " with proj_size" if self.proj_size else ""
                 raise TypeError(f"{name}: the {cell.name} cell{with_proj} does not take it "
                                 f"(it takes {what})")
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_choice("memory", self.memory, MEMORY_MODES)
+        if self.memory is not None and self.checkpoint_every:
+            raise ValueError("memory='sqrt' chooses checkpoint_every itself; give one of them")
         return dataclasses.replace(self, **rates, dropout=float(self.dropout),
                                    forget_bias=float(self.forget_bias),
                                    num_layers=int(self.num_layers),
@@ -155,15 +159,7 @@ class Options:
                                    gate_clip=float(self.gate_clip),
                                    h_detach=float(self.h_detach),
                                    truncate=int(self.truncate),
-                                   grad_noise=float(self.grad_noise))
-        check_int("checkpoint_every", self.checkpoint_every, 0)
-        check_choice("memory", self.memory, MEMORY_MODES)
-        if self.memory is not None and self.checkpoint_every:
-            raise ValueError("memory='sqrt' chooses checkpoint_every itself; give one of them")
-        return dataclasses.replace(self, dropout=float(self.dropout),
-                                   forget_bias=float(self.forget_bias),
-                                   num_layers=int(self.num_layers),
-                                   proj_size=int(self.proj_size),
+                                   grad_noise=float(self.grad_noise),
                                    checkpoint_every=int(self.checkpoint_every))
 
     @classmethod
