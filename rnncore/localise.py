@@ -188,7 +188,9 @@ def _first(cell, H, ref_log, fused_log, tol, stage):
     for (place, ref), (place2, fus) in zip(ref_log, fused_log):
         assert place == place2
         for name in ref:
-            a, b = ref[name], fus[name]
+            a, b = ref[name], fus.get(name)
+            if any(v is None or v.dtype == object for v in (a, b)):
+                continue  # a buffer one side does not keep (the reference LSTM's h_g)
             checked += 1
             scale = max(np.abs(a).max(), np.abs(b).max(), 1e-300)
             err = np.abs(a - b) / scale

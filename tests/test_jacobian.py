@@ -19,7 +19,7 @@ def rollout(cell, p, cache, lag, state):
     widths = cell.state_widths(dims)
     for k in range(T - lag, T):
         t = order[k]
-        buf = {n: np.zeros_like(a[t]) for n, a in saved.items()}
+        buf = {n: np.zeros_like(a[t]) for n, a in saved.items() if a is not None}
         for n, v in cell.prefill(p).items():
             buf[n][...] = v
         state = tuple(np.array(s) for s in cell.forward_step(ops, p, xg[t], state,
