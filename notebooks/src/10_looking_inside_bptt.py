@@ -76,7 +76,7 @@ for k, parts in paths.items():
 # backward on purpose: the forget-gate gradient of unit 2 at the fourth backward step.
 
 # %%
-from rnncore.cells import lstm as L
+from rnncore.cells import lstm as L  # noqa: E402  (the notebook imports it where it is used)
 
 original = L.LSTM.reference.lstm_backward
 calls = {"n": 0}
