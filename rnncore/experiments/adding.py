@@ -87,11 +87,13 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
                           "seeds < plateau/2"], rows)
     head = (f"T={T} hidden={hidden} steps={steps} batch={batch} Adam lr={lr} clip=1.0; "
             f"plateau (predict 1) = {PLATEAU:.4f}")
-    return Report("adding", f"{head}\n{table}", [_plot(curves, out, T)], list(seeds), rows,
+    return Report("adding", f"{head}\n{table}", [plot_curves(curves, out, T)], list(seeds),
+                  rows,
                   verdicts=verdict)
 
 
-def _plot(curves, out, T):
+def plot_curves(curves, out, T, title=None, name="adding.png"):
+    """Test MSE against step, one line per seed, one colour per arm; saved as ``name``."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (cell, runs) in enumerate(curves.items()):
@@ -102,7 +104,7 @@ def _plot(curves, out, T):
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("test MSE")
-    ax.set_title(f"adding problem, T={T} (one line per seed)", fontsize=9)
+    ax.set_title(title or f"adding problem, T={T} (one line per seed)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, out, "adding.png")
+    return save_figure(fig, out, name)

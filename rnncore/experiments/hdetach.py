@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..modules import Recurrent
-from .adding import PLATEAU, adding_batch
+from .adding import PLATEAU, adding_batch, plot_curves
 from .common import (
     Report,
     SequenceModel,
@@ -27,8 +27,6 @@ from .common import (
     format_table,
     mean_sd,
     parallel_map,
-    pyplot,
-    save_figure,
     verdicts,
 )
 from .stats import welch
@@ -79,23 +77,9 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
                           "best eval (mean ± sd)", "seeds < plateau/2", "ms/step"], rows)
     head = (f"LSTM T={T} hidden={hidden} steps={steps} batch={batch} Adam lr={lr} clip=1.0; "
             f"plateau (predict 1) = {PLATEAU:.4f}")
-    return Report("hdetach", f"{head}\n{table}", [_plot(curves, out, T)], list(seeds), rows,
+    title = f"adding problem, LSTM, T={T}: BPTT vs h-detach (one line per seed)"
+    figure = plot_curves(curves, out, T, title, "hdetach.png")
+    return Report("hdetach", f"{head}\n{table}", [figure], list(seeds), rows,
                   verdicts=verdict)
 
 
-def _plot(curves, out, T):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for i, (arm, runs) in enumerate(curves.items()):
-        for j, evals in enumerate(runs):
-            steps, mse = zip(*evals)
-            ax.plot(steps, mse, color=f"C{i}", alpha=0.8, label=arm if j == 0 else None)
-    ax.axhline(PLATEAU, color="k", ls=":", label="predict 1 (0.167)")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test MSE")
-    ax.set_title(f"adding problem, LSTM, T={T}: BPTT vs h-detach (one line per seed)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, out, "hdetach.png")
