@@ -57,13 +57,6 @@ def pointwise_forward(xg, hg, h_prev, valid, out=None, zh=None):
     return carry(valid, h, h_prev), GRUCache(r, z, n, hn)
 
 
-def _zone_grad(dh, dh_carried, zh):
-    """(∂h̃, the ∂h reaching h_{t−1} directly) under zoneout (``cells.regularise``)."""
-    if zh is None:
-        return dh, dh_carried
-    through = dh * zh
-    return dh - through, through if dh_carried is None else dh_carried + through
-
 
 def pointwise_backward(dh, h_prev, cache, valid, out=None, zh=None):
     """Returns (∂xg (B, 3H), ∂hg (B, 3H), ∂h_{t−1} through z and the carry).
@@ -74,7 +67,7 @@ def pointwise_backward(dh, h_prev, cache, valid, out=None, zh=None):
     H = dh.shape[-1]
     r, z, n, hn = cache
     dxg, dhg, dh_prev = out or (None, None, None)
-    dh, dh_carried = _zone_grad(*split_grad(valid, dh), zh)
+    dh, dh_carried = regularise.zoneout_grad(*split_grad(valid, dh), zh)
     da_n = dh * (1 - z) * (1 - n * n)
     if dxg is None:
         dxg = xp.empty(dh.shape[:-1] + (3 * H,), dtype=dh.dtype)
@@ -119,7 +112,7 @@ def candidate_forward(xg_n, rhg_n, z, h_prev, valid, out=None, zh=None):
 
 def candidate_backward(dh, z, n, valid, out=None, zh=None):
     """Original-GRU backward, first half: ∂a_n = ∂h (1 − z)(1 − n²). ``out`` = ∂a_n or None."""
-    dh, _ = _zone_grad(*split_grad(valid, dh), zh)
+    dh, _ = regularise.zoneout_grad(*split_grad(valid, dh), zh)
     return store(out, dh * (1 - z) * (1 - n * n))
 
 
@@ -133,7 +126,7 @@ def gates_backward(dh, drh, h_prev, r, z, n, valid, out, zh=None):
     """
     H = dh.shape[-1]
     dxg_rz, dh_prev = out
-    dh, dh_carried = _zone_grad(*split_grad(valid, dh), zh)
+    dh, dh_carried = regularise.zoneout_grad(*split_grad(valid, dh), zh)
     dxg_rz[:, :H] = drh * h_prev * r * (1 - r)
     dxg_rz[:, H:] = dh * (h_prev - n) * z * (1 - z)
     dh_prev += dh * z + drh * r

@@ -57,12 +57,6 @@ class LNGRUCache(NamedTuple):
     rstd: object
 
 
-def _zone_grad(dh, dh_carried, zh):
-    if zh is None:
-        return dh, dh_carried
-    through = dh * zh
-    return dh - through, through if dh_carried is None else dh_carried + through
-
 
 def pointwise_forward(xg, hg, h_prev, ln, valid, out=None, zh=None):
     """Returns (h_t, cache). ``out`` = (h, r, z, n, ahn, xhat, hhat, rstd) or None."""
@@ -97,7 +91,7 @@ def pointwise_backward(dh, h_prev, cache, ln, valid, out=None, zh=None):
     r, z, n, ahn, xhat, hhat, rstd = cache
     H = dh.shape[-1]
     dxg, dhg, dax, dah, dh_prev = out or (None,) * 5
-    dh, dh_carried = _zone_grad(*split_grad(valid, dh), zh)
+    dh, dh_carried = regularise.zoneout_grad(*split_grad(valid, dh), zh)
     da_n = dh * (1 - z) * (1 - n * n)
     if dax is None:
         dax = xp.empty(dh.shape[:-1] + (3 * H,), dtype=dh.dtype)

@@ -119,14 +119,9 @@ def pointwise_backward(dh, dc, cache, ln, valid, out=None, zh=None, zc=None):
     dxg, dhg, da, dy, dh_carried_out, dc_prev_out = out or (None,) * 6
     dh, dh_carried = split_grad(valid, dh)
     dc, dc_carried = split_grad(valid, dc)
-    if zh is not None:  # zoneout: part of the gradient reaches h_{t−1}, c_{t−1} directly
-        through = dh * zh
-        dh = dh - through
-        dh_carried = through if dh_carried is None else dh_carried + through
-    if zc is not None:
-        through = dc * zc
-        dc = dc - through
-        dc_carried = through if dc_carried is None else dc_carried + through
+    # zoneout: part of the gradient reaches h_{t−1}, c_{t−1} directly
+    dh, dh_carried = regularise.zoneout_grad(dh, dh_carried, zh)
+    dc, dc_carried = regularise.zoneout_grad(dc, dc_carried, zc)
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dy = store(dy, dh * o * (1 - tanh_y * tanh_y))
     dcell = dc + layer_norm_backward(dy * ln.g_c, chat, rstd[:, 2:3])

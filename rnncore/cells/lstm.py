@@ -79,14 +79,8 @@ def pointwise_backward(dh, dc, cache, valid, out=None, zh=None, zc=None):
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     dh, dh_carried = split_grad(valid, dh)
     dc, dc_carried = split_grad(valid, dc)
-    if zh is not None:
-        through = dh * zh
-        dh = dh - through
-        dh_carried = through if dh_carried is None else dh_carried + through
-    if zc is not None:
-        through = dc * zc
-        dc = dc - through
-        dc_carried = through if dc_carried is None else dc_carried + through
+    dh, dh_carried = regularise.zoneout_grad(dh, dh_carried, zh)
+    dc, dc_carried = regularise.zoneout_grad(dc, dc_carried, zc)
     dc = dc + dh * o * (1 - tanh_c * tanh_c)
     if dz is None:
         dz = xp.empty_like(gates)

@@ -60,6 +60,15 @@ FUSED = dict(mask_multiply=fused_mask_multiply, mask_accumulate=fused_mask_accum
 KERNELS = {name: name + "<{T}>" for name in FUSED}
 
 
+def zoneout_grad(d, carried, z):
+    """Zoneout's backward split: (the part of ∂s_t reaching the new value s̃_t, the part
+    reaching s_{t−1} directly added to ``carried``); s_t = s̃_t + z ⊙ (s_{t−1} − s̃_t)."""
+    if z is None:
+        return d, carried
+    through = d * z
+    return d - through, through if carried is None else carried + through
+
+
 def reference(**functions):
     """A cell's reference namespace, with the regularisers' functions beside its own."""
     return SimpleNamespace(**functions, **REFERENCE)

@@ -40,10 +40,7 @@ def pointwise_backward(dh, h_new, valid, nonlinearity, out=None, zh=None):
     """
     da_out, carried_out = out or (None, None)
     dh, dh_carried = split_grad(valid, dh)
-    if zh is not None:  # zoneout (``cells.regularise``)
-        through = dh * zh
-        dh = dh - through
-        dh_carried = through if dh_carried is None else dh_carried + through
+    dh, dh_carried = regularise.zoneout_grad(dh, dh_carried, zh)
     da = dh * (1 - h_new * h_new) if nonlinearity == "tanh" else dh * (h_new > 0)
     if dh_carried is not None:
         dh_carried = store(carried_out, dh_carried)
