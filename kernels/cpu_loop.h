@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu_gemm.h"
 #include "cuda_on_host.h"
 
 #include "common.cuh"
@@ -66,6 +67,50 @@ template <typename T> struct Args {
     T* dh0;                 // (H, B): ∂L/∂h_0, starts at zero
     T* dstate[2];           // (H, B) each: the second state's gradient, in and out (LSTM)
     T* grads[4];            // (T, W, B) buffers the backward writes
+    const T* x;             // (T, I, B) or null: the input, when the step's product takes
+    const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (packed_ok(B) only)
+    int64_t input;          // I
+};
+
+// The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
+// batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
+// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (rows × depth) row-major, or
+// (depth × rows) when transposed.
+template <typename T> class StepProduct {
+  public:
+    StepProduct(const Blas& blas, const T* w, bool transposed, int64_t rows, int64_t depth,
+                int64_t batch)
+        : blas_(blas), w_(w), trans_(transposed), rows_(rows), depth_(depth), batch_(batch),
+          packed_(packed_ok<T>(batch) ? rows : 0, packed_ok<T>(batch) ? depth : 0) {
+        if (packed_ok<T>(batch))
+            packed_.fill(0, depth, w, transposed ? 1 : depth, transposed ? rows : 1);
+    }
+    // A second operand W_in (rows × in) over a second block of rows: C = W·X + W_in·X_in.
+    // Only with the packed kernel (the driver passes x only when packed_ok(batch)).
+    StepProduct(const Blas& blas, const T* w, const T* w_in, int64_t rows, int64_t depth,
+                int64_t in, int64_t batch)
+        : blas_(blas), w_(w), trans_(false), rows_(rows), depth_(depth), batch_(batch),
+          packed_(rows, depth + in), in_(in) {
+        packed_.fill(0, depth, w, depth, 1);
+        packed_.fill(depth, in, w_in, in, 1);
+    }
+    void operator()(const T* x, T* c, bool accumulate, const T* x_in = nullptr) const {
+        if (packed_.data.empty()) {
+            gemm<T>(blas_, trans_, false, rows_, batch_, depth_, w_, trans_ ? rows_ : depth_, x,
+                    batch_, accumulate ? T(1) : T(0), c, batch_);
+            return;
+        }
+        const Rows<T> segs[2] = {{x, depth_}, {x_in, in_}};
+        gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate);
+    }
+
+  private:
+    const Blas& blas_;
+    const T* w_;
+    bool trans_;
+    int64_t rows_, depth_, batch_;
+    PackedA<T> packed_;
+    int64_t in_ = 0;
 };
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).
@@ -81,6 +126,11 @@ template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
 }
 
 }  // namespace cpu_loop
+
+// the vector lanes of the packed kernel: the driver joins the input projection to the
+// step's product when the batch is a multiple of this (packed_ok)
+extern "C" int64_t cpu_loop_lanes_f32() { return cpu_loop::lanes<float>(); }
+extern "C" int64_t cpu_loop_lanes_f64() { return cpu_loop::lanes<double>(); }
 
 #define RNNCORE_CPU_EXPORT(name, fn, T)                                          \
     extern "C" void name(const cpu_loop::Blas* blas, const cpu_loop::Args<T>* a) { \

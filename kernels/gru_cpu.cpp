@@ -12,10 +12,11 @@ namespace cpu_loop {
 template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T> recurrent(blas, a.w_hh, false, 3 * H, H, B);  // W_hh · h_{t−1}
     for (int64_t k = 0; k < a.steps; ++k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
         const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-        gemm<T>(blas, false, false, 3 * H, B, H, a.w_hh, H, hp, B, T(0), a.scratch, B);
+        recurrent(hp, a.scratch, false);
         const T* xt = block<const T>(a.xg, t, 3 * H, B);
         T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
         T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
@@ -53,6 +54,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
 template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, 3 * H, B);  // ∂h_{t−1} += W_hhᵀ ∂h_g
     for (int64_t k = a.steps - 1; k >= 0; --k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
         const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
@@ -89,7 +91,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
                 dhpj[b] += d * z + (keep ? T(0) : dh_in);
             }
         }
-        gemm<T>(blas, true, false, H, B, 3 * H, a.w_hh, H, dut, B, T(1), dhp, B);
+        recurrent_t(dut, dhp, true);
     }
 }
 

@@ -18,12 +18,18 @@ namespace cpu_loop {
 template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
+    // there is no xg and its rows read as zeros)
+    const StepProduct<T> recurrent = a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4 * H, H,
+                                                          a.input, B)
+                                         : StepProduct<T>(blas, a.w_hh, false, 4 * H, H, B);
+    const std::vector<T> zeros(a.xg ? 0 : B, T(0));
     for (int64_t k = 0; k < a.steps; ++k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
         const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-        gemm<T>(blas, false, false, 4 * H, B, H, a.w_hh, H, hp, B, T(0), a.scratch, B);
-        const T* xt = block<const T>(a.xg, t, 4 * H, B);
+        recurrent(hp, a.scratch, false, a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
+        const T* xt = a.xg ? block<const T>(a.xg, t, 4 * H, B) : nullptr;
         T* gt = block<T>(a.saved[2], t, 4 * H, B);
         T* ht = block<T>(a.saved[0], t, H, B);
         T* ct = block<T>(a.saved[1], t, H, B);
@@ -35,7 +41,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
             T bias[4];
             for (int q = 0; q < 4; ++q) {
                 const int64_t row = q * H + j;
-                x[q] = xt + row * B;
+                x[q] = xt ? xt + row * B : zeros.data();
                 r[q] = a.scratch + row * B;
                 g_out[q] = gt + row * B;
                 bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
@@ -66,6 +72,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
 template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, 4 * H, B);  // ∂h_{t−1} += W_hhᵀ ∂z_t
     T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
     T* dc_prev = a.dstate[1];
     for (int64_t k = a.steps - 1; k >= 0; --k) {
@@ -108,8 +115,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 dhpj[b] += keep ? T(0) : dh_in;
             }
         }
-        // ∂h_{t−1} += W_hhᵀ ∂z_t
-        gemm<T>(blas, true, false, H, B, 4 * H, a.w_hh, H, dzt, B, T(1), dhp, B);
+        recurrent_t(dzt, dhp, true);
         T* swap = dc;
         dc = dc_prev;
         dc_prev = swap;

@@ -12,10 +12,11 @@ namespace cpu_loop {
 template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T> recurrent(blas, a.w_hh, false, H, H, B);  // W_hh · h_{t−1}
     for (int64_t k = 0; k < a.steps; ++k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
         const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-        gemm<T>(blas, false, false, H, B, H, a.w_hh, H, hp, B, T(0), a.scratch, B);
+        recurrent(hp, a.scratch, false);
         const T* xt = block<const T>(a.xg, t, H, B);
         T *ht = block<T>(a.saved[0], t, H, B), *yt = block<T>(a.saved[1], t, H, B);
         const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
@@ -36,6 +37,7 @@ template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T
 template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, H, B);  // ∂h_{t−1} += W_hhᵀ ∂a_t
     for (int64_t k = a.steps - 1; k >= 0; --k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
         T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
@@ -53,7 +55,7 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
                 dhp[s + b] += keep ? T(0) : dh_in;
             }
         }
-        gemm<T>(blas, true, false, H, B, H, a.w_hh, H, dat, B, T(1), dhp, B);
+        recurrent_t(dat, dhp, true);
     }
 }
 

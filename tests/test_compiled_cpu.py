@@ -25,10 +25,10 @@ CONFIGS = [
 ]
 
 
-def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None):
+def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None, batch=4):
     m = rnncore.Recurrent(cell, 5, hidden, impl=impl, dtype=dtype, seed=3, **options)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((6, 4, 5)).astype(dtype)
+    x = rng.standard_normal((6, batch, 5)).astype(dtype)
     out, state = m(x, lengths=lengths)
     states = state if isinstance(state, tuple) else (state,)
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -56,6 +56,41 @@ def test_equals_the_reference_driver(cell, options, dtype):
         for name in ref_grads:
             np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
                                        **TOL[dtype])
+
+
+# Batches that take the packed step kernel (kernels/cpu_gemm.h: a multiple of 16 floats or 8
+# doubles; 24 and 48 add a one-vector column tile to the two-vector ones) and one that
+# does not; hidden 7 and 13 leave a partial block of rows (blocks of 12).
+PACKED_BATCHES = {"float32": (16, 48, 20), "float64": (8, 24, 12)}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
+    for batch in PACKED_BATCHES[dtype]:
+        lengths = np.random.default_rng(batch).integers(1, 7, batch)
+        for hidden, options in ((7, dict(num_layers=1)), (13, dict(num_layers=2,
+                                                                    bidirectional=True))):
+            m, ours, our_grads = _run(cell, "compiled", dtype, options, lengths, hidden,
+                                      batch=batch)
+            assert m.impl_in_use == "compiled"
+            _, ref, ref_grads = _run(cell, "reference", dtype, options, lengths, hidden,
+                                     batch=batch)
+            for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+                np.testing.assert_allclose(a, b, err_msg=f"B {batch} output {k}", **TOL[dtype])
+            for name in ref_grads:
+                np.testing.assert_allclose(our_grads[name], ref_grads[name],
+                                           err_msg=f"B {batch} {name}", **TOL[dtype])
+
+
+def test_the_input_projection_joins_the_step_only_at_whole_vectors():
+    driver = compiled_cpu.CompiledCPU()
+    dims = rnncore.cells.Dims(5, 7)
+    lstm, gru = (rnncore.cells.get(c).cpu_loop_for(dims) for c in ("lstm", "gru"))
+    assert driver._joins_input(lstm, np.dtype("float32"), 32)
+    assert driver._joins_input(lstm, np.dtype("float64"), 8)
+    assert not driver._joins_input(lstm, np.dtype("float32"), 8)
+    assert not driver._joins_input(gru, np.dtype("float32"), 32)  # its n gate needs W_hn h
 
 
 @pytest.mark.parametrize("cell", CELLS)

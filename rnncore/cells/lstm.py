@@ -155,7 +155,7 @@ class LSTM(Cell):
     in_place = {"gates": "xg", "hg": None}
     weight_grad_reads = ("h", "y")  # the saved buffers ``weight_grads`` reads (recompute)
     cpu_loop = CpuLoop("lstm", saved=(("h", 1), ("c", 1), ("gates", 4), ("tanh_c", 1)),
-                       grads=(("dxg", 4),), history=True)
+                       grads=(("dxg", 4),), history=True, joins_input=True)
 
     def cpu_loop_for(self, dims):
         return None if dims.proj else self.cpu_loop  # kernels/lstm_cpu.cpp has no projection

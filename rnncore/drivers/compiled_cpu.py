@@ -145,7 +145,8 @@ def _args_type(ctype):
         ("steps", ctypes.c_int64), ("batch", ctypes.c_int64), ("hidden", ctypes.c_int64),
         ("reverse", ctypes.c_int64), ("xg", ptr), ("w_hh", ptr), ("bias_x", ptr),
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
-        ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4)]})
+        ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
+        ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64)]})
 
 
 _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
@@ -198,13 +199,25 @@ class CompiledCPU:
             return p.get("b_ih"), p.get("b_hh")
         return bias_sum(p.get("b_ih"), p.get("b_hh")), None
 
+    def _joins_input(self, loop, dtype, batch) -> bool:
+        """Whether the loop takes W_ih x_t into its step's product (cpu_gemm.h: the packed
+        kernel, batch a multiple of its vector lanes) instead of a hoisted X_g."""
+        lanes = getattr(self.lib, f"cpu_loop_lanes_{SUFFIX[dtype.name]}")
+        lanes.restype = ctypes.c_int64
+        return loop.joins_input and batch % lanes() == 0
+
     def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, fm=None):
         """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
         ``state_fm``; returns the segment's feature-major saved buffers (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
-        xg = np.empty((n, GH, B), dt)
-        np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
+        xg = x_fm = w_ih = None
+        if self._joins_input(loop, dt, B):
+            x_fm = np.ascontiguousarray(x[lo:hi].transpose(0, 2, 1))  # (n, I, B)
+            w_ih = np.ascontiguousarray(p["w_ih"])
+        else:
+            xg = np.empty((n, GH, B), dt)
+            np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
         if fm is None:
             skip = _NOT_KEPT.get(loop.name, ())
             fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved
@@ -214,7 +227,8 @@ class CompiledCPU:
         valid = None if valid_u8 is None else valid_u8[lo:hi]
         args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
-                              bias_h=_ptr(bias_h), valid=_ptr(valid))
+                              bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
+                              w_ih=_ptr(w_ih), input=x.shape[2])
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
