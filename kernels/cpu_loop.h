@@ -120,6 +120,22 @@ struct Order {
     int64_t step(int64_t k) const { return reverse ? steps - 1 - k : k; }
 };
 
+// Step t's valid flags: that row of the (T, B) array, or all ones when there is none. Never
+// null, so the element loops read it unconditionally: a vectorised `valid == nullptr ||
+// valid[b]` becomes a masked load from address 0 + b, and on this machine (Zen 4) each
+// such masked-off fault costs a microcode assist: it took half of the LSTM forward's time.
+class ValidFlags {
+  public:
+    ValidFlags(const uint8_t* valid, int64_t batch)
+        : valid_(valid), batch_(batch), ones_(valid ? 0 : batch, 1) {}
+    const uint8_t* at(int64_t t) const { return valid_ ? valid_ + t * batch_ : ones_.data(); }
+
+  private:
+    const uint8_t* valid_;
+    int64_t batch_;
+    std::vector<uint8_t> ones_;
+};
+
 // Step t's (W, B) block of a (T, W, B) array.
 template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
     return base + t * W * B;

@@ -12,6 +12,7 @@ namespace cpu_loop {
 template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent(blas, a.w_hh, false, 3 * H, H, B);  // W_hh · h_{t−1}
     for (int64_t k = 0; k < a.steps; ++k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
@@ -21,7 +22,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
         T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
         T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
         T* hnt = block<T>(a.saved[4], t, H, B);
-        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        const uint8_t* valid = flags.at(t);
         for (int64_t j = 0; j < H; ++j) {
             const T *x[3], *u[3];
             T bx[3], bh[3];
@@ -45,7 +46,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
                 zt[s + b] = z;
                 nt[s + b] = n;
                 hnt[s + b] = hn;
-                ht[s + b] = (valid == nullptr || valid[b]) ? n + z * (hpb - n) : hpb;
+                ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
             }
         }
     }
@@ -54,6 +55,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
 template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, 3 * H, B);  // ∂h_{t−1} += W_hhᵀ ∂h_g
     for (int64_t k = a.steps - 1; k >= 0; --k) {
         const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
@@ -63,7 +65,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
         const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
         const T* dht = block<T>(a.dh, t, H, B);
         T *dxt = block<T>(a.grads[0], t, 3 * H, B), *dut = block<T>(a.grads[1], t, 3 * H, B);
-        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        const uint8_t* valid = flags.at(t);
         for (int64_t j = 0; j < H; ++j) {
             const int64_t s = j * B;
             T *dx[3], *du[3];
@@ -75,7 +77,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
             T* dhpj = dhp + s;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
-                const bool keep = valid == nullptr || valid[b];
+                const bool keep = valid[b];
                 const T dh_in = dht[s + b];
                 const T d = keep ? dh_in : T(0);
                 const T r = rt[s + b], z = zt[s + b], n = nt[s + b];

@@ -18,6 +18,7 @@ namespace cpu_loop {
 template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
     // there is no xg and its rows read as zeros)
     const StepProduct<T> recurrent = a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4 * H, H,
@@ -34,7 +35,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
         T* ht = block<T>(a.saved[0], t, H, B);
         T* ct = block<T>(a.saved[1], t, H, B);
         T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
-        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        const uint8_t* valid = flags.at(t);
         for (int64_t j = 0; j < H; ++j) {
             const T *x[4], *r[4];
             T* g_out[4];
@@ -61,7 +62,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
                 g_out[2][b] = g;
                 g_out[3][b] = o;
                 tcj[b] = tc;
-                const bool keep = valid == nullptr || valid[b];
+                const bool keep = valid[b];
                 hj[b] = keep ? o * tc : hpj[b];
                 cj[b] = keep ? c_new : cpj[b];
             }
@@ -72,6 +73,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
 template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, 4 * H, B);  // ∂h_{t−1} += W_hhᵀ ∂z_t
     T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
     T* dc_prev = a.dstate[1];
@@ -88,7 +90,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
         }
         const T* dht = block<T>(a.dh, t, H, B);
         T* dzt = block<T>(a.grads[0], t, 4 * H, B);
-        const uint8_t* valid = a.valid ? a.valid + t * B : nullptr;
+        const uint8_t* valid = flags.at(t);
         if (a.grads[3] != nullptr) std::memcpy(block<T>(a.grads[3], t, H, B), dc, sizeof(T) * H * B);
         for (int64_t j = 0; j < H; ++j) {
             const T* gq[4];
@@ -101,7 +103,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
             T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
 #pragma GCC ivdep
             for (int64_t b = 0; b < B; ++b) {
-                const bool keep = valid == nullptr || valid[b];
+                const bool keep = valid[b];
                 const T dh_in = dhj[b], dc_in = dcj[b];
                 const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
                 const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
