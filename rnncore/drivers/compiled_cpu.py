@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import fused
 from ..backend import bias_sum
+from ..buffer_pool import BufferPool
 from ..cells.base import Dims
 from .python_loop import LayerCache, PythonLoop
 
@@ -213,14 +214,15 @@ class CompiledCPU:
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
         xg = x_fm = w_ih = None
         if self._joins_input(loop, dt, B):
-            x_fm = np.ascontiguousarray(x[lo:hi].transpose(0, 2, 1))  # (n, I, B)
+            x_fm = _POOL.empty((n, x.shape[2], B), dt)  # (n, I, B)
+            x_fm[...] = x[lo:hi].transpose(0, 2, 1)
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
-            xg = np.empty((n, GH, B), dt)
+            xg = _POOL.empty((n, GH, B), dt)
             np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
         if fm is None:
             skip = _NOT_KEPT.get(loop.name, ())
-            fm = {name: np.empty((n, width * hidden, B), dt) for name, width in loop.saved
+            fm = {name: _POOL.empty((n, width * hidden, B), dt) for name, width in loop.saved
                   if name not in skip}
         bias_x, bias_h = self._bias(loop, p)
         w_hh = np.ascontiguousarray(p["w_hh"])
@@ -250,7 +252,7 @@ class CompiledCPU:
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
-        h = np.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
+        h = _POOL.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
         checkpoints, fm, state = [], None, state0_fm
         for _, lo, hi in _segments(T, reverse, every):
             checkpoints.append(state)
@@ -283,13 +285,14 @@ class CompiledCPU:
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
         valid = inputs.get("valid")
-        dh = np.ascontiguousarray((dout if valid is None else dout * valid).transpose(0, 2, 1))
+        dh = _POOL.empty((T, H, B), dt)
+        dh[...] = (dout if valid is None else dout * valid).transpose(0, 2, 1)
         last = 0 if reverse else T - 1
         dh[last] += dstate[0].T
         dh0 = np.zeros((H, B), dt)
         rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
         scratch = [np.empty((H, B), dt) for _ in rest]
-        history = np.empty((T, H, B), dt) if record is not None and loop.history else None
+        history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
         w_hh = np.ascontiguousarray(p["w_hh"])
         item = np.dtype(dt).itemsize
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
@@ -303,7 +306,7 @@ class CompiledCPU:
         zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
-        dx = np.empty((T, B, I), dt) if need_dx else None
+        dx = _POOL.empty((T, B, I), dt) if need_dx else None
         extra = np.empty((H, B), dt)  # saved[len(loop.saved)]: a step's scratch
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         segments = _segments(T, reverse, every)
@@ -391,6 +394,10 @@ class CompiledCPU:
         if dx is not None:
             np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
 
+
+# the driver's large per-call arrays, reused across calls once nothing holds them: a fresh
+# tens-of-MB allocation page-faults at first touch (rnncore/buffer_pool.py)
+_POOL = BufferPool()
 
 # the saved buffers a loop's C++ forward need not write (passed as null): the LSTM's
 # backward recomputes tanh(c_t) from c_t (kernels/lstm_cpu.cpp)

@@ -1,0 +1,66 @@
+"""Large host arrays reused from call to call instead of freshly allocated.
+
+A fresh allocation of tens of MB is new memory to the process: glibc maps it (above 32 MiB
+always), and every page faults and is zeroed by the kernel at its first touch. In the
+compiled CPU driver that cost about 8 % of an LSTM 3×512 forward + backward (B 64, T 100:
+three 52 MB gate buffers a call; measured with ``perf stat -e page-faults``: 1 350 fewer
+faults and 8–10 % less CPU time per call with the buffers reused).
+
+``BufferPool.empty(shape, dtype)`` returns a view of one of its byte buffers when one is
+free, or a new buffer otherwise. A buffer is free when no array made from it is alive:
+every view holds a reference to its base, so CPython's reference count of the buffer tells
+(the pool's own references are the only ones left). Arrays handed out may therefore be
+kept, returned to users, or dropped; a kept one is never handed out twice. A buffer serves
+requests of half its size and more; the pool holds at most ``max_buffers``, and past that
+forgets the oldest (its memory is then freed as usual, once nothing uses it).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+MIN_BYTES = 1 << 20  # smaller arrays come from malloc's own free lists, without faults
+
+
+class BufferPool:
+    def __init__(self, max_buffers: int = 16):
+        self.max_buffers = max_buffers
+        self._buffers: list[np.ndarray] = []  # uint8, oldest first
+        self._lock = threading.Lock()  # a check-then-take must not interleave
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < MIN_BYTES:
+            return np.empty(shape, dtype)
+        with self._lock:
+            buffer = self._free_buffer(nbytes)
+            if buffer is None:
+                buffer = np.empty(nbytes, np.uint8)
+                self._buffers.append(buffer)
+                del self._buffers[: max(0, len(self._buffers) - self.max_buffers)]
+            return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def _free_buffer(self, nbytes):
+        """The smallest free buffer of ``nbytes`` to twice that, moved to the newest end."""
+        sizes = [b.nbytes for b in self._buffers]
+        # references to a free buffer: the list's and getrefcount's argument; a view adds one
+        free = [k for k in range(len(sizes))
+                if nbytes <= sizes[k] <= 2 * nbytes and sys.getrefcount(self._buffers[k]) == 2]
+        if not free:
+            return None
+        buffer = self._buffers.pop(min(free, key=sizes.__getitem__))
+        self._buffers.append(buffer)
+        return buffer
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffers.clear()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers)

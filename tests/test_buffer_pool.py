@@ -1,0 +1,58 @@
+"""The buffer pool hands a buffer out again only once nothing made from it is alive."""
+
+import numpy as np
+
+from rnncore.buffer_pool import MIN_BYTES, BufferPool
+
+N = MIN_BYTES // 4  # float32 elements of one pooled buffer
+
+
+def test_a_dropped_array_frees_its_buffer_for_the_next_call():
+    pool = BufferPool()
+    a = pool.empty((N,), np.float32)
+    address = a.ctypes.data
+    del a
+    b = pool.empty((2, N // 2), np.float32)
+    assert b.ctypes.data == address and b.shape == (2, N // 2)
+    assert pool.held_bytes == MIN_BYTES
+
+
+def test_an_array_still_alive_is_never_handed_out_twice():
+    pool = BufferPool()
+    a = pool.empty((N,), np.float32)
+    a[:] = 1.0
+    view = a[::2]  # a view of a view keeps the buffer busy as well
+    del a
+    b = pool.empty((N,), np.float32)
+    b[:] = 2.0
+    assert np.all(view == 1.0)
+    del view
+    c = pool.empty((N,), np.float32)
+    assert not np.shares_memory(b, c)
+    assert pool.held_bytes == 2 * MIN_BYTES
+
+
+def test_small_arrays_are_not_pooled_and_the_pool_is_bounded():
+    pool = BufferPool(max_buffers=2)
+    assert pool.empty((8,), np.float64).shape == (8,) and pool.held_bytes == 0
+    kept = [pool.empty((N,), np.float32) for _ in range(4)]
+    assert pool.held_bytes == 2 * MIN_BYTES
+    assert len({k.ctypes.data for k in kept}) == 4
+
+
+def test_the_smallest_free_buffer_that_fits_is_used():
+    pool = BufferPool()
+    big, small = pool.empty((2 * N,), np.float32), pool.empty((N,), np.float32)
+    big_at, small_at = big.ctypes.data, small.ctypes.data
+    del big, small
+    assert pool.empty((N,), np.float32).ctypes.data == small_at
+    assert pool.empty((2 * N,), np.float32).ctypes.data == big_at
+
+
+def test_a_buffer_serves_only_requests_of_at_least_half_its_size():
+    pool = BufferPool()
+    big = pool.empty((4 * N,), np.float32)
+    big_at = big.ctypes.data
+    del big
+    assert pool.empty((N,), np.float32).ctypes.data != big_at  # would waste 3/4 of it
+    assert pool.empty((3 * N,), np.float32).ctypes.data == big_at
