@@ -47,7 +47,7 @@ class DaskCluster:
             if self.address == LOCAL:
                 self._local = LocalCluster(n_workers=self.workers or CPU_COUNT,
                                            threads_per_worker=1, processes=True,
-                                           dashboard_address=None,
+                                           dashboard_address="127.0.0.1:0",
                                            silence_logs=logging.ERROR)
             self.client = Client(self._local or self.address, timeout=CONNECT_TIMEOUT_S)
             self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
