@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import ExitStack, contextmanager
 
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from .executors import LOCAL, ClusterError, one_blas_thread, run_failed
+from .executors import INSTALL, LOCAL, ClusterError, one_blas_thread, one_line, run_failed
 
 CONNECT_TIMEOUT_S = 10  # to reach the scheduler
 WORKERS_TIMEOUT_S = 60  # for its first worker
@@ -34,40 +35,73 @@ class OneBlasThread(WorkerPlugin):
         one_blas_thread()
 
 
+@contextmanager
+def quiet(logger_name: str):
+    """The logger's terminal handlers silenced for the block: Dask logs what goes wrong (a
+    lost scheduler, with tracebacks) as well as raising it, and the raised error is what
+    reaches the user, in one line."""
+    handlers = [h for h in logging.getLogger(logger_name).handlers
+                if isinstance(h, logging.StreamHandler)]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels):
+            handler.setLevel(level)
+
+
 class DaskCluster:
     """An executor on the Dask scheduler at ``address``, or on a LocalCluster of
     ``workers`` single-threaded processes (default: one per core) for ``local``."""
 
     def __init__(self, address: str, workers: int | None = None):
         self.address, self.workers = address, workers
-        self._local = self.client = None
+        self.client = None
+        self._open = ExitStack()
 
     def __enter__(self):
+        self._open.enter_context(quiet("distributed"))
         try:
-            if self.address == LOCAL:
-                self._local = LocalCluster(n_workers=self.workers or CPU_COUNT,
-                                           threads_per_worker=1, processes=True,
-                                           dashboard_address="127.0.0.1:0",
-                                           silence_logs=logging.ERROR)
-            self.client = Client(self._local or self.address, timeout=CONNECT_TIMEOUT_S)
-            self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
-            self.client.register_plugin(OneBlasThread())
-        except (OSError, TimeoutError) as err:
-            self.__exit__(None, None, None)
-            raise ClusterError(f"--cluster {self.address}: {self._problem(err)}") from None
+            self._connect()
+        except BaseException:
+            self._open.close()
+            raise
         return self
 
-    def _problem(self, err) -> str:
-        if self.client is None:
-            return f"cannot reach the scheduler: {err}"
-        return (f"the scheduler has no workers after {WORKERS_TIMEOUT_S} s (start some: "
-                f"dask worker {self.address} --nthreads 1)")
+    def _connect(self):
+        scheduler = self.address
+        if self.address == LOCAL:
+            try:
+                scheduler = self._open.enter_context(LocalCluster(
+                    n_workers=self.workers or CPU_COUNT, threads_per_worker=1,
+                    processes=True, dashboard_address="127.0.0.1:0",
+                    silence_logs=logging.CRITICAL))
+            except Exception as err:
+                raise self._error(f"cannot start a LocalCluster: {one_line(err)}") from None
+        try:
+            self.client = self._open.enter_context(Client(scheduler,
+                                                          timeout=CONNECT_TIMEOUT_S))
+        except OSError as err:
+            raise self._error(f"cannot reach the scheduler: {one_line(err)}") from None
+        try:
+            self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except TimeoutError:
+            raise self._error(f"the scheduler has no workers after {WORKERS_TIMEOUT_S} s "
+                              f"(start some: dask worker {self.address} --nthreads 1)"
+                              ) from None
+        try:
+            self.client.register_plugin(OneBlasThread())
+        except Exception as err:
+            raise self._error(f"its workers cannot run rnncore ({one_line(err)}); install "
+                              f"it on each: {INSTALL}") from None
+
+    def _error(self, problem) -> ClusterError:
+        return ClusterError(f"--cluster {self.address}: {problem}")
 
     def __exit__(self, *exc):
-        if self.client is not None:
-            self.client.close()
-        if self._local is not None:
-            self._local.close()
+        self._open.close()
 
     def map(self, fn, tasks) -> list:
         try:

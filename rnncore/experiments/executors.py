@@ -31,9 +31,13 @@ class ClusterError(RuntimeError):
     """The Dask cluster cannot be used: Dask missing, or the scheduler unreachable."""
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line, shortened to 300 characters."""
+    return f"{' '.join(str(err).split()) or '(no message)':.300}"
+
+
 def run_failed(fn, err: BaseException) -> RunFailed:
-    message = " ".join(str(err).split()) or "(no message)"
-    return RunFailed(f"a run of {fn.__name__} failed: {type(err).__name__}: {message:.300}")
+    return RunFailed(f"a run of {fn.__name__} failed: {type(err).__name__}: {one_line(err)}")
 
 
 def one_blas_thread():
