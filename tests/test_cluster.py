@@ -106,12 +106,11 @@ def test_a_run_that_raises_on_a_worker_is_the_usual_one_line_error(tmp_path, cap
                                                                    monkeypatch):
     monkeypatch.setattr(experiments.get("vanishing"), "run", failing_experiment)
     argv = ["vanishing", "--quick", "--out", tmp_path]
-    code_here, here = fails_in_one_line([*argv, "--jobs", "1"], capsys)
-    code_there, there = fails_in_one_line([*argv, "--cluster", "local", "--jobs", "1"],
-                                          capsys)
-    assert code_here == code_there == 1
-    assert here == there
-    assert "a run of sqrt failed: ValueError: math domain error" in there
+    failures = [fails_in_one_line([*argv, *where], capsys) for where in
+                (["--jobs", "1"], ["--jobs", "2"], ["--cluster", "local", "--jobs", "1"])]
+    assert {code for code, _ in failures} == {1}
+    assert len({line for _, line in failures}) == 1, failures
+    assert "a run of sqrt failed: ValueError: math domain error" in failures[0][1]
 
 
 def test_an_unreachable_scheduler_fails_in_one_line_within_its_timeout(tmp_path, capsys,
