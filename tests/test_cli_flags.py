@@ -113,7 +113,7 @@ FLAG_VALUES = st.one_of(st.integers(-3, 3), st.sampled_from(
 FLAGS = {
     gradflow.parse_args: ["--T", "--batch", "--hidden", "--depths", "--seed", "--cells",
                           "--residual", "--init", "--init-state", "--loss"],
-    experiments_main.parse_args: ["--seeds", "--jobs"],
+    experiments_main.parse_args: ["--seeds", "--jobs", "--cluster"],
     bench.parse_args: ["--repeats", "--warmup", "--threads", "--rows", "--cells", "--device",
                        "--dtype"],
 }

@@ -1,16 +1,21 @@
 """Ready experiments on gradient flow and training of deep recurrent stacks.
 
     python -m rnncore.experiments NAME [--quick] [--seeds 0,1,2] [--out DIR] [--jobs N]
+                                       [--cluster ADDRESS]  (a Dask scheduler, or local)
                                        [--data TEXT]   (regularise: the text to train on)
 
 NAME is one of ``EXPERIMENTS``; each module's docstring states the published claim it
 tests and how. Every experiment prints a table, writes PNGs into ``--out`` and reports
-its seeds; ``--quick`` shrinks it to seconds (the test suite runs that mode) and is a
-smoke test: it fails (``ClaimFailed``) when the direction of the claim, checked wherever
-it is stable over seeds at quick size (``Report.checks``), does not hold.
+its seeds; its independent seeded runs go to an executor (``executors``: this process,
+``--jobs`` local processes, or a Dask cluster, ``--cluster``). ``--quick`` shrinks it to
+seconds (the test suite runs that mode) and is a smoke test: it fails (``ClaimFailed``)
+when the direction of the claim, checked wherever it is stable over seeds at quick size
+(``Report.checks``), does not hold.
 """
 
 import importlib
+
+from .executors import executor_for
 
 EXPERIMENTS = ("depth", "vanishing", "clipping", "adding", "bidirectional", "dropout", "init",
                "hdetach", "memory", "regularise")
@@ -28,16 +33,18 @@ class ClaimFailed(AssertionError):
 
 
 def get(name):
-    """The module of experiment ``name`` (``run(quick, seeds, out, jobs) -> Report``)."""
+    """The module of experiment ``name`` (``run(quick, seeds, out, executor) -> Report``)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"{__name__}.{MODULES.get(name, name)}")
 
 
-def run(name, quick=False, seeds=None, out="experiments_out", jobs=1, data=None):
+def run(name, quick=False, seeds=None, out="experiments_out", jobs=None, data=None,
+        cluster=None):
     """Run experiment ``name``; ``jobs`` > 1 spreads its independent seeded runs over that
-    many worker processes (the results are the same for any ``jobs``); ``data``, a text
-    file, for the experiments in ``TAKES_DATA``."""
+    many worker processes, ``cluster`` (an address, or "local" for a LocalCluster of
+    ``jobs`` workers) over a Dask cluster (``executors.executor_for``; the results are the
+    same on any); ``data``, a text file, for the experiments in ``TAKES_DATA``."""
     seeds = tuple(DEFAULT_SEEDS[name] if seeds is None else seeds)
     module = get(name)
     extra = {}
@@ -46,7 +53,8 @@ def run(name, quick=False, seeds=None, out="experiments_out", jobs=1, data=None)
             raise ValueError(f"--data: the {name} experiment does not read a text "
                              f"(only {', '.join(TAKES_DATA)} does)")
         extra["data"] = data
-    report = module.run(quick=quick, seeds=seeds, out=out, jobs=jobs, **extra)
+    with executor_for(jobs, cluster) as executor:
+        report = module.run(quick=quick, seeds=seeds, out=out, executor=executor, **extra)
     failed = [claim for claim, ok in report.checks if not ok]
     if quick and failed:
         raise ClaimFailed(f"{name} --quick (seeds {','.join(map(str, seeds))}): the result "

@@ -63,11 +63,11 @@ def train_one(cell, T, hidden, steps, batch, lr, seed, eval_every):
     return hist
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     T, hidden, steps, batch, lr = (20, 8, 30, 8, 1e-2) if quick else (100, 32, 2000, 32, 5e-3)
     eval_every = max(1, steps // 15)
     runs = parallel_map(train_one, [(cell, T, hidden, steps, batch, lr, seed, eval_every)
-                                    for cell in CELLS for seed in seeds], jobs)
+                                    for cell in CELLS for seed in seeds], executor)
     rows, curves, per_seed = [], {}, {}
     for i, cell in enumerate(CELLS):
         hists = runs[i * len(seeds):(i + 1) * len(seeds)]

@@ -55,11 +55,11 @@ def one_run(bidirectional, T, K, hidden, steps, batch, lr, seed):
     return hist.evals
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     T, K, hidden, steps, batch, lr = (10, 4, 8, 120, 8, 2e-2) if quick \
         else (20, 8, 32, 400, 32, 1e-2)
     runs = parallel_map(one_run, [(bidirectional, T, K, hidden, steps, batch, lr, seed)
-                                  for bidirectional in (False, True) for seed in seeds], jobs)
+                                  for bidirectional in (False, True) for seed in seeds], executor)
     rows, curves, final, per_seed = [], {}, {}, {}
     for i, name in enumerate(("unidirectional", "bidirectional")):
         curves[name] = runs[i * len(seeds):(i + 1) * len(seeds)]

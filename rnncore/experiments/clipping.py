@@ -45,7 +45,7 @@ def one_run(data, gain, lr, clip, hidden, steps, seed):
             hist.diverged_at is not None, hist.losses)
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, gains, lrs = 16, 8, 8, 16, 20_000, (3.0,), (1.0,)
     else:
@@ -54,7 +54,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     data = LMData.make(chars, batch, seq)
     grid = list(itertools.product(gains, lrs, (None, THRESHOLD)))
     runs = parallel_map(one_run, [(data, gain, lr, clip, hidden, steps, seed)
-                                  for gain, lr, clip in grid for seed in seeds], jobs)
+                                  for gain, lr, clip in grid for seed in seeds], executor)
     rows, curves, peaks, per_seed = [], {}, [], {}
     for i, (gain, lr, clip) in enumerate(grid):
         vals, over, peak, diverged, losses = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

@@ -18,17 +18,16 @@ windows, as ``rnncore.train`` does).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .. import corpora, optim
 from ..charlm import CharLM, cross_entropy_backward, cross_entropy_forward
 from ..gradflow import GradFlowRecorder
 from ..train import Streams, Vocab, evaluate, split_text
+from .executors import InProcess
 
 LN2 = math.log(2.0)
 
@@ -106,29 +105,13 @@ def save_figure(fig, out_dir, name) -> str:
 
 
 # ============================================================================ parallel runs
-def _one_blas_thread():
-    """Worker initialiser: one BLAS/OpenMP thread in this process, for its lifetime."""
-    global _WORKER_LIMITS
-    _WORKER_LIMITS = threadpool_limits(limits=1)
+def parallel_map(fn, tasks, executor=None) -> list:
+    """``[fn(*task) for task in tasks]``, in order, on ``executor`` (``rnncore.experiments.
+    executors``: a local process pool, a Dask cluster; None: in this process).
 
-
-_WORKER_LIMITS = None
-
-
-def parallel_map(fn, tasks, jobs=1) -> list:
-    """``[fn(*task) for task in tasks]``, in order, over ``jobs`` worker processes if > 1.
-
-    Every task is one independent, seeded run, so the results do not depend on ``jobs``.
-    Workers are spawned (fresh interpreters) and each limits its BLAS and OpenMP pools to
-    one thread (``threadpoolctl``): several processes each running multi-threaded BLAS
-    on these small matrices oversubscribe the cores and run many times slower.
+    Every task is one independent, seeded run, so the results do not depend on where it ran.
     """
-    tasks = list(tasks)
-    if jobs <= 1 or len(tasks) <= 1:
-        return [fn(*task) for task in tasks]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(jobs, len(tasks)), initializer=_one_blas_thread) as pool:
-        return pool.starmap(fn, tasks)
+    return (executor or InProcess()).map(fn, list(tasks))
 
 
 # ============================================================================ heads

@@ -74,7 +74,7 @@ def one_run(data, depth, residual, hidden, steps, lr, seed):
     return ratio, train_lm(data, model, steps, lr, "adam", clip=1.0)[1], skip, cell
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     if quick:
         depths, hidden, steps, batch, seq, chars = (1, 2, 4), 16, 6, 8, 16, 20_000
     else:
@@ -83,7 +83,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     data = LMData.make(chars, batch, seq)
     grid = [(residual, depth) for residual in (None, "layers") for depth in depths]
     runs = parallel_map(one_run, [(data, depth, residual, hidden, steps, lr, seed)
-                                  for residual, depth in grid for seed in seeds], jobs)
+                                  for residual, depth in grid for seed in seeds], executor)
     rows, results, per_seed = [], {}, {}
     for i, (residual, depth) in enumerate(grid):
         ratios, vals, skips, cellp = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

@@ -43,7 +43,7 @@ def one_run(data, p, mode, hidden, steps, lr, seed):
     return lm_bpc(model, data.train, 50), val
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, settings = 16, 6, 4, 16, 4_000, SETTINGS[:2]
     else:
@@ -51,7 +51,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     lr = 3e-3
     data = LMData.make(chars, batch, seq, val_fraction=0.25)
     runs = parallel_map(one_run, [(data, p, mode, hidden, steps, lr, seed)
-                                  for p, mode in settings for seed in seeds], jobs)
+                                  for p, mode in settings for seed in seeds], executor)
     rows, results, gaps = [], {}, {}
     for i, (p, mode) in enumerate(settings):
         train, val = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

@@ -51,11 +51,11 @@ def train_one(arm, T, hidden, steps, batch, lr, seed, eval_every):
     return hist, time.perf_counter() - start
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     T, hidden, steps, batch, lr = (20, 8, 30, 8, 1e-2) if quick else (200, 32, 2000, 32, 1e-2)
     eval_every = max(1, steps // 20)
     runs = parallel_map(train_one, [(arm, T, hidden, steps, batch, lr, seed, eval_every)
-                                    for arm in ARMS for seed in seeds], jobs)
+                                    for arm in ARMS for seed in seeds], executor)
     rows, curves, per_seed = [], {}, {}
     for i, arm in enumerate(ARMS):
         res = runs[i * len(seeds):(i + 1) * len(seeds)]

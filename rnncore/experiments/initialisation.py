@@ -56,7 +56,7 @@ def one_run(data, state, weights, fb, hidden, steps, lr, seed):
     return saturated, hist.evals, val
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None) -> Report:
     if quick:
         hidden, steps, batch, seq, chars, chosen = 16, 8, 4, 16, 8_000, settings()[:4]
     else:
@@ -64,7 +64,7 @@ def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1) -> Report:
     lr = 3e-3
     data = LMData.make(chars, batch, seq)
     runs = parallel_map(one_run, [(data, *setting, hidden, steps, lr, seed)
-                                  for setting in chosen for seed in seeds], jobs)
+                                  for setting in chosen for seed in seeds], executor)
     rows, curves, finals, per_seed = [], {}, {}, {}
     for i, (state, weights, fb) in enumerate(chosen):
         sat, evals, final = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

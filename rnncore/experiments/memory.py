@@ -48,11 +48,11 @@ def _memory(values, T):
                                         if (values > T).any() else "")
 
 
-def run(quick=False, seeds=(0, 1, 2, 3, 4), out="experiments_out", jobs=1) -> Report:
+def run(quick=False, seeds=(0, 1, 2, 3, 4), out="experiments_out", executor=None) -> Report:
     hidden, T, batch = (8, 30, 2) if quick else (16, 100, 8)
     settings = [(init, fb) for fb in BIASES for init in INITS]
     runs = parallel_map(one_run, [(init, fb, hidden, T, batch, seed)
-                                  for init, fb in settings for seed in seeds], jobs)
+                                  for init, fb in settings for seed in seeds], executor)
     mem_c, mem_h, curves, rows = {}, {}, {}, []
     for i, key in enumerate(settings):
         mc, mh, sc, sh = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

@@ -101,13 +101,13 @@ def one_run(data, label, size, seed):
     return val, float(np.mean(hist.losses[-20:])) / math.log(2)
 
 
-def run(quick=False, seeds=(0, 1, 2), out="experiments_out", jobs=1, data=None) -> Report:
+def run(quick=False, seeds=(0, 1, 2), out="experiments_out", executor=None, data=None) -> Report:
     size = QUICK if quick else FULL
     text, source = load_text(data, size["train_chars"] + size["val_chars"])
     lm = make_data(text, size)
     labels = list(SETTINGS)
     runs = parallel_map(one_run, [(lm, label, size, seed) for label in labels
-                                  for seed in seeds], jobs)
+                                  for seed in seeds], executor)
     rows, results = [], {}
     for i, label in enumerate(labels):
         val, train = zip(*runs[i * len(seeds):(i + 1) * len(seeds)])

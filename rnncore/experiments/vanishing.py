@@ -79,8 +79,8 @@ def scaled_orthogonal(H, scale, seed):
     return scale * orthogonal(np.random.default_rng(seed), (H, H))
 
 
-def run(quick=False, seeds=(0,), out="experiments_out", jobs=1) -> Report:
-    """``jobs`` is accepted for a uniform interface; this experiment takes seconds."""
+def run(quick=False, seeds=(0,), out="experiments_out", executor=None) -> Report:
+    """``executor`` is accepted for a uniform interface; this experiment takes seconds."""
     T, H = (20, 8) if quick else (60, 64)
     seed = seeds[0]
     k = np.arange(T)
