@@ -40,19 +40,34 @@ template <typename T> struct Rows {
     int64_t count;
 };
 
-template <typename T> struct PackedA {
-    std::vector<T> data;  // [block][k][r], blocks of MR rows, the last padded with zeros
-    int64_t rows = 0, depth = 0;
+// A range of units [lo, hi): the rows lo … hi − 1 of every group of A's rows.
+struct Units {
+    int64_t lo, hi;
+};
 
-    PackedA(int64_t rows_, int64_t depth_) : rows(rows_), depth(depth_) {
-        data.assign(((rows + MR - 1) / MR) * MR * depth, T(0));
+// A (groups·rows × depth) packed: each group of `rows` rows (a gate's H rows) in blocks of
+// MR rows, the last block of a group padded with zeros, so that a range of units aligned to
+// MR is a range of blocks in every group.
+template <typename T> struct PackedA {
+    std::vector<T> data;  // [group][block][k][r]
+    int64_t groups = 0, rows = 0, depth = 0, blocks = 0;
+
+    PackedA(int64_t groups_, int64_t rows_, int64_t depth_)
+        : groups(groups_), rows(rows_), depth(depth_), blocks((rows_ + MR - 1) / MR) {
+        data.assign(groups * blocks * MR * depth, T(0));
     }
     // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs]
     void fill(int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
-        for (int64_t i = 0; i < rows; ++i) {
-            T* dst = data.data() + (i / MR) * depth * MR + i % MR;
-            for (int64_t k = 0; k < n; ++k) dst[(k0 + k) * MR] = a[i * rs + k * cs];
-        }
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t i = 0; i < rows; ++i) {
+                T* dst = block(g, i / MR) + i % MR;
+                const T* src = a + (g * rows + i) * rs;
+                for (int64_t k = 0; k < n; ++k) dst[(k0 + k) * MR] = src[k * cs];
+            }
+    }
+    T* block(int64_t g, int64_t b) { return data.data() + (g * blocks + b) * depth * MR; }
+    const T* block(int64_t g, int64_t b) const {
+        return data.data() + (g * blocks + b) * depth * MR;
     }
 };
 
@@ -79,20 +94,21 @@ inline void tile(const T* ap, const Rows<T>* segs, int nsegs, int64_t N, int64_t
         }
 }
 
-// C (a.rows × N, rows of N) = A · [segs stacked]  (+ C if accumulate); N: packed_ok.
+// The rows of `units` in every group of C (groups·rows × N, rows of N) = A · [segs stacked]
+// (+ C if accumulate); N: packed_ok; units.lo a multiple of MR.
 template <typename T>
 void gemm_packed(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
-                 bool accumulate) {
+                 bool accumulate, Units units) {
     constexpr int64_t L = lanes<T>();
-    const int64_t blocks = (a.rows + MR - 1) / MR;
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t i0 = blk * MR, rows = std::min(MR, a.rows - i0);
-        const T* ap = a.data.data() + blk * a.depth * MR;
-        int64_t col = 0;
-        for (; col + 2 * L <= N; col += 2 * L)
-            tile<T, 2>(ap, segs, nsegs, N, col, c + i0 * N, rows, accumulate);
-        if (col < N) tile<T, 1>(ap, segs, nsegs, N, col, c + i0 * N, rows, accumulate);
-    }
+    for (int64_t g = 0; g < a.groups; ++g)
+        for (int64_t blk = units.lo / MR; blk * MR < units.hi; ++blk) {
+            const int64_t i0 = blk * MR, rows = std::min(MR, units.hi - i0);
+            T* cb = c + (g * a.rows + i0) * N;
+            int64_t col = 0;
+            for (; col + 2 * L <= N; col += 2 * L)
+                tile<T, 2>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
+            if (col < N) tile<T, 1>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
+        }
 }
 
 }  // namespace cpu_loop

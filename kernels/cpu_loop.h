@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include <omp.h>
+
 #include "cpu_gemm.h"
 #include "cuda_on_host.h"
 
@@ -70,38 +72,45 @@ template <typename T> struct Args {
     const T* x;             // (T, I, B) or null: the input, when the step's product takes
     const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (packed_ok(B) only)
     int64_t input;          // I
+    int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
 // batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
-// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (rows × depth) row-major, or
-// (depth × rows) when transposed.
+// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (groups·rows × depth)
+// row-major, or its transpose (depth × rows, one group) when `transposed`. A thread computes
+// the rows of its units in every group (a gate's rows of the units whose step it runs).
 template <typename T> class StepProduct {
   public:
-    StepProduct(const Blas& blas, const T* w, bool transposed, int64_t rows, int64_t depth,
-                int64_t batch)
-        : blas_(blas), w_(w), trans_(transposed), rows_(rows), depth_(depth), batch_(batch),
-          packed_(packed_ok<T>(batch) ? rows : 0, packed_ok<T>(batch) ? depth : 0) {
+    StepProduct(const Blas& blas, const T* w, bool transposed, int64_t groups, int64_t rows,
+                int64_t depth, int64_t batch)
+        : blas_(blas), w_(w), trans_(transposed), rows_(groups * rows), depth_(depth),
+          batch_(batch), packed_(packed_ok<T>(batch) ? groups : 0, rows, depth) {
         if (packed_ok<T>(batch))
-            packed_.fill(0, depth, w, transposed ? 1 : depth, transposed ? rows : 1);
+            packed_.fill(0, depth, w, transposed ? 1 : depth, transposed ? rows_ : 1);
     }
-    // A second operand W_in (rows × in) over a second block of rows: C = W·X + W_in·X_in.
-    // Only with the packed kernel (the driver passes x only when packed_ok(batch)).
-    StepProduct(const Blas& blas, const T* w, const T* w_in, int64_t rows, int64_t depth,
-                int64_t in, int64_t batch)
-        : blas_(blas), w_(w), trans_(false), rows_(rows), depth_(depth), batch_(batch),
-          packed_(rows, depth + in), in_(in) {
+    // A second operand W_in (groups·rows × in) over a second block of rows:
+    // C = W·X + W_in·X_in. Only with the packed kernel (the driver passes x only then).
+    StepProduct(const Blas& blas, const T* w, const T* w_in, int64_t groups, int64_t rows,
+                int64_t depth, int64_t in, int64_t batch)
+        : blas_(blas), w_(w), trans_(false), rows_(groups * rows), depth_(depth),
+          batch_(batch), packed_(groups, rows, depth + in), in_(in) {
         packed_.fill(0, depth, w, depth, 1);
         packed_.fill(depth, in, w_in, in, 1);
     }
-    void operator()(const T* x, T* c, bool accumulate, const T* x_in = nullptr) const {
-        if (packed_.data.empty()) {
-            gemm<T>(blas_, trans_, false, rows_, batch_, depth_, w_, trans_ ? rows_ : depth_, x,
-                    batch_, accumulate ? T(1) : T(0), c, batch_);
+    // the threads the loop may run on: BLAS, called once per step, brings its own
+    int threads(int64_t wanted) const {
+        return packed_.groups ? int(std::max<int64_t>(1, wanted)) : 1;
+    }
+    void operator()(const T* x, T* c, bool accumulate, Units units,
+                    const T* x_in = nullptr) const {
+        if (!packed_.groups) {  // one thread, all units
+            gemm<T>(blas_, trans_, false, rows_, batch_, depth_, w_, trans_ ? rows_ : depth_,
+                    x, batch_, accumulate ? T(1) : T(0), c, batch_);
             return;
         }
         const Rows<T> segs[2] = {{x, depth_}, {x_in, in_}};
-        gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate);
+        gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate, units);
     }
 
   private:
@@ -112,6 +121,14 @@ template <typename T> class StepProduct {
     PackedA<T> packed_;
     int64_t in_ = 0;
 };
+
+// This thread's units of a parallel loop: the H units split over the team in whole blocks
+// of MR (cpu_gemm.h), so each thread's rows are whole blocks of the packed weights.
+inline Units my_units(int64_t H) {
+    const int64_t blocks = (H + MR - 1) / MR, n = omp_get_num_threads(),
+                  k = omp_get_thread_num();
+    return {std::min(H, blocks * k / n * MR), std::min(H, blocks * (k + 1) / n * MR)};
+}
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).
 struct Order {

@@ -21,51 +21,60 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     const ValidFlags flags(a.valid, B);
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
     // there is no xg and its rows read as zeros)
-    const StepProduct<T> recurrent = a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4 * H, H,
-                                                          a.input, B)
-                                         : StepProduct<T>(blas, a.w_hh, false, 4 * H, H, B);
+    const StepProduct<T> recurrent =
+        a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B)
+            : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B);
     const std::vector<T> zeros(a.xg ? 0 : B, T(0));
-    for (int64_t k = 0; k < a.steps; ++k) {
-        const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-        const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-        recurrent(hp, a.scratch, false, a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
-        const T* xt = a.xg ? block<const T>(a.xg, t, 4 * H, B) : nullptr;
-        T* gt = block<T>(a.saved[2], t, 4 * H, B);
-        T* ht = block<T>(a.saved[0], t, H, B);
-        T* ct = block<T>(a.saved[1], t, H, B);
-        T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
-        const uint8_t* valid = flags.at(t);
-        for (int64_t j = 0; j < H; ++j) {
-            const T *x[4], *r[4];
-            T* g_out[4];
-            T bias[4];
-            for (int q = 0; q < 4; ++q) {
-                const int64_t row = q * H + j;
-                x[q] = xt ? xt + row * B : zeros.data();
-                r[q] = a.scratch + row * B;
-                g_out[q] = gt + row * B;
-                bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
-            }
-            const T *hpj = hp + j * B, *cpj = cp + j * B;
-            T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct + j * B;
+    // each thread runs its units' rows of the product and their element loop; the step
+    // ends when every unit's h_t is written
+#pragma omp parallel num_threads(recurrent.threads(a.threads))
+    {
+        const Units mine = my_units(H);
+        for (int64_t k = 0; k < a.steps; ++k) {
+            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+            const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+            recurrent(hp, a.scratch, false, mine,
+                      a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
+            const T* xt = a.xg ? block<const T>(a.xg, t, 4 * H, B) : nullptr;
+            T* gt = block<T>(a.saved[2], t, 4 * H, B);
+            T* ht = block<T>(a.saved[0], t, H, B);
+            T* ct = block<T>(a.saved[1], t, H, B);
+            T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
+            const uint8_t* valid = flags.at(t);
+            for (int64_t j = mine.lo; j < mine.hi; ++j) {
+                const T *x[4], *r[4];
+                T* g_out[4];
+                T bias[4];
+                for (int q = 0; q < 4; ++q) {
+                    const int64_t row = q * H + j;
+                    x[q] = xt ? xt + row * B : zeros.data();
+                    r[q] = a.scratch + row * B;
+                    g_out[q] = gt + row * B;
+                    bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) +
+                              (a.bias_h ? a.bias_h[row] : T(0));
+                }
+                const T *hpj = hp + j * B, *cpj = cp + j * B;
+                T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct + j * B;
 #pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
-                const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
-                const T f = sigmoid<T>(x[1][b] + r[1][b] + bias[1]);
-                const T g = tanh_<T>(x[2][b] + r[2][b] + bias[2]);
-                const T o = sigmoid<T>(x[3][b] + r[3][b] + bias[3]);
-                const T c_new = f * cpj[b] + i * g;
-                const T tc = tanh_<T>(c_new);
-                g_out[0][b] = i;
-                g_out[1][b] = f;
-                g_out[2][b] = g;
-                g_out[3][b] = o;
-                tcj[b] = tc;
-                const bool keep = valid[b];
-                hj[b] = keep ? o * tc : hpj[b];
-                cj[b] = keep ? c_new : cpj[b];
+                for (int64_t b = 0; b < B; ++b) {
+                    const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
+                    const T f = sigmoid<T>(x[1][b] + r[1][b] + bias[1]);
+                    const T g = tanh_<T>(x[2][b] + r[2][b] + bias[2]);
+                    const T o = sigmoid<T>(x[3][b] + r[3][b] + bias[3]);
+                    const T c_new = f * cpj[b] + i * g;
+                    const T tc = tanh_<T>(c_new);
+                    g_out[0][b] = i;
+                    g_out[1][b] = f;
+                    g_out[2][b] = g;
+                    g_out[3][b] = o;
+                    tcj[b] = tc;
+                    const bool keep = valid[b];
+                    hj[b] = keep ? o * tc : hpj[b];
+                    cj[b] = keep ? c_new : cpj[b];
+                }
             }
+#pragma omp barrier
         }
     }
 }
@@ -74,55 +83,64 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, H, 4 * H, B);  // ∂h_{t−1} += W_hhᵀ ∂z_t
-    T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
-    T* dc_prev = a.dstate[1];
-    for (int64_t k = a.steps - 1; k >= 0; --k) {
-        const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-        T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
-        const T* gt = block<T>(a.saved[2], t, 4 * H, B);
-        const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
-        if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
-            const T* ct = block<T>(a.saved[1], t, H, B);
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 4 * H, B);  // W_hhᵀ ∂z_t
+    // each thread runs its units' element loop (∂z_t of its units) and, once every unit's
+    // ∂z_t is written, its units' rows of ∂h_{t−1} += W_hhᵀ ∂z_t, which is all that its next
+    // element loop reads
+#pragma omp parallel num_threads(recurrent_t.threads(a.threads))
+    {
+        const Units mine = my_units(H);
+        const int64_t lo = mine.lo * B, n = (mine.hi - mine.lo) * B;  // its part of a block
+        T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
+        T* dc_prev = a.dstate[1];
+        for (int64_t k = a.steps - 1; k >= 0; --k) {
+            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+            const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+            T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
+            const T* gt = block<T>(a.saved[2], t, 4 * H, B);
+            const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
+            if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
+                const T* ct = block<T>(a.saved[1], t, H, B);
 #pragma GCC ivdep
-            for (int64_t e = 0; e < H * B; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
-        }
-        const T* dht = block<T>(a.dh, t, H, B);
-        T* dzt = block<T>(a.grads[0], t, 4 * H, B);
-        const uint8_t* valid = flags.at(t);
-        if (a.grads[3] != nullptr) std::memcpy(block<T>(a.grads[3], t, H, B), dc, sizeof(T) * H * B);
-        for (int64_t j = 0; j < H; ++j) {
-            const T* gq[4];
-            T* dzq[4];
-            for (int q = 0; q < 4; ++q) {
-                gq[q] = gt + (q * H + j) * B;
-                dzq[q] = dzt + (q * H + j) * B;
+                for (int64_t e = lo; e < lo + n; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
             }
-            const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B, *dcj = dc + j * B;
-            T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
+            const T* dht = block<T>(a.dh, t, H, B);
+            T* dzt = block<T>(a.grads[0], t, 4 * H, B);
+            const uint8_t* valid = flags.at(t);
+            if (a.grads[3] != nullptr)
+                std::memcpy(block<T>(a.grads[3], t, H, B) + lo, dc + lo, sizeof(T) * n);
+            for (int64_t j = mine.lo; j < mine.hi; ++j) {
+                const T* gq[4];
+                T* dzq[4];
+                for (int q = 0; q < 4; ++q) {
+                    gq[q] = gt + (q * H + j) * B;
+                    dzq[q] = dzt + (q * H + j) * B;
+                }
+                const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
+                const T* dcj = dc + j * B;
+                T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
 #pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
-                const bool keep = valid[b];
-                const T dh_in = dhj[b], dc_in = dcj[b];
-                const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
-                const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
-                const T tc = tcj[b];
-                const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
-                dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
-                dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
-                dzq[2][b] = dcell * i * tanh_grad<T>(g);
-                dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
-                dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
-                dhpj[b] += keep ? T(0) : dh_in;
+                for (int64_t b = 0; b < B; ++b) {
+                    const bool keep = valid[b];
+                    const T dh_in = dhj[b], dc_in = dcj[b];
+                    const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
+                    const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
+                    const T tc = tcj[b];
+                    const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
+                    dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
+                    dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
+                    dzq[2][b] = dcell * i * tanh_grad<T>(g);
+                    dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
+                    dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
+                    dhpj[b] += keep ? T(0) : dh_in;
+                }
             }
+#pragma omp barrier
+            recurrent_t(dzt, dhp, true, mine);
+            std::swap(dc, dc_prev);
         }
-        recurrent_t(dzt, dhp, true);
-        T* swap = dc;
-        dc = dc_prev;
-        dc_prev = swap;
+        if (dc != a.dstate[0]) std::memcpy(a.dstate[0] + lo, dc + lo, sizeof(T) * n);
     }
-    if (dc != a.dstate[0]) std::memcpy(a.dstate[0], dc, sizeof(T) * H * B);
 }
 
 }  // namespace cpu_loop

@@ -5,6 +5,7 @@ gradients, repeat bit for bit, and leave cells it cannot run to the reference.""
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import rnncore
 from rnncore import fused, gradcheck, gradflow
@@ -81,6 +82,25 @@ def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
             for name in ref_grads:
                 np.testing.assert_allclose(our_grads[name], ref_grads[name],
                                            err_msg=f"B {batch} {name}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads):
+    """The loops run on as many threads as NumPy's BLAS is limited to, each taking whole
+    blocks of units (3 here, for hidden 25: 2 + 1 or 1 + 1 + 1)."""
+    lengths = np.array([6, 2, 5, 1] * 4)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        assert compiled_cpu.numpy_blas().get_num_threads() == threads
+        _, ours, our_grads = _run(cell, "compiled", "float64", dict(num_layers=2), lengths,
+                                  hidden=25, batch=16)
+    _, ref, ref_grads = _run(cell, "reference", "float64", dict(num_layers=2), lengths,
+                             hidden=25, batch=16)
+    for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
+    for name in ref_grads:
+        np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
+                                   **TOL["float64"])
 
 
 def test_the_input_projection_joins_the_step_only_at_whole_vectors():

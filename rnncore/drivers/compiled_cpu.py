@@ -43,9 +43,9 @@ from ..buffer_pool import BufferPool
 from ..cells.base import Dims
 from .python_loop import LayerCache, PythonLoop
 
-FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-w")
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-fopenmp", "-w")
 # linked without -ffast-math: its startup code would set flush-to-zero for the whole process
-LINK_FLAGS = ("-shared", "-lmvec", "-lm")
+LINK_FLAGS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
 CHUNK_BYTES = 1 << 19  # the backward keeps ∂z for about this many bytes of steps at a time
@@ -78,16 +78,22 @@ class Blas(ctypes.Structure):
     _fields_ = [("sgemm", ctypes.c_void_p), ("dgemm", ctypes.c_void_p),
                 ("ilp64", ctypes.c_int)]
 
+    get_num_threads = None  # OpenBLAS's current thread count (a ctypes function)
 
-# the cblas GEMMs of NumPy's OpenBLAS, by the names its builds export: (single, double, ILP64)
-_GEMM_SYMBOLS = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", 1),
-                 ("cblas_sgemm64_", "cblas_dgemm64_", 1),
-                 ("scipy_cblas_sgemm", "scipy_cblas_dgemm", 0),
-                 ("cblas_sgemm", "cblas_dgemm", 0))
+
+# the cblas GEMMs of NumPy's OpenBLAS, by the names its builds export: (single, double, ILP64,
+# its thread count)
+_GEMM_SYMBOLS = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", 1,
+                  "scipy_openblas_get_num_threads64_"),
+                 ("cblas_sgemm64_", "cblas_dgemm64_", 1, "openblas_get_num_threads64_"),
+                 ("scipy_cblas_sgemm", "scipy_cblas_dgemm", 0, "scipy_openblas_get_num_threads"),
+                 ("cblas_sgemm", "cblas_dgemm", 0, "openblas_get_num_threads"))
 
 
 def numpy_blas() -> Blas:
-    """The GEMMs of the BLAS NumPy itself uses (found through threadpoolctl)."""
+    """The GEMMs of the BLAS NumPy itself uses (found through threadpoolctl), and its
+    thread count: the loops' parallel regions run on as many threads as it does, so one
+    limit (``threadpoolctl``, ``OPENBLAS_NUM_THREADS``) governs both."""
     from threadpoolctl import threadpool_info
 
     np.ones((2, 2)) @ np.ones((2, 2))  # make sure the BLAS is loaded
@@ -97,13 +103,16 @@ def numpy_blas() -> Blas:
         if "numpy" not in info.get("filepath", ""):
             continue
         library = ctypes.CDLL(info["filepath"])
-        for single, double, ilp64 in _GEMM_SYMBOLS:
+        for single, double, ilp64, threads in _GEMM_SYMBOLS:
             try:
-                s, d = getattr(library, single), getattr(library, double)
+                s, d, n = (getattr(library, name) for name in (single, double, threads))
             except AttributeError:
                 continue
-            return Blas(ctypes.cast(s, ctypes.c_void_p).value,
+            blas = Blas(ctypes.cast(s, ctypes.c_void_p).value,
                         ctypes.cast(d, ctypes.c_void_p).value, ilp64)
+            n.restype = ctypes.c_int
+            blas.get_num_threads = n
+            return blas
     raise CompiledUnavailableError("NumPy's BLAS is not an OpenBLAS with cblas GEMMs")
 
 
@@ -147,7 +156,7 @@ def _args_type(ctype):
         ("reverse", ctypes.c_int64), ("xg", ptr), ("w_hh", ptr), ("bias_x", ptr),
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
-        ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64)]})
+        ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64)]})
 
 
 _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
@@ -230,7 +239,8 @@ class CompiledCPU:
         args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
-                              w_ih=_ptr(w_ih), input=x.shape[2])
+                              w_ih=_ptr(w_ih), input=x.shape[2],
+                              threads=self.blas.get_num_threads())
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
@@ -357,7 +367,8 @@ class CompiledCPU:
         args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
                               w_hh=_ptr(w_hh),
                               valid=None if valid_u8 is None else valid_u8[t_lo:].ctypes.data,
-                              dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before)
+                              dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before,
+                              threads=self.blas.get_num_threads())
         for k, st in enumerate(state_before):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
