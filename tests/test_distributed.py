@@ -23,7 +23,8 @@ TINY = ["--layers", "2", "--hidden", "16", "--embed", "8", "--batch-size", "4",
         "--log-every", "1", "--warmup", "2", "--quiet", "--no-plot"]
 # every draw a training step makes from the model's generator, in float64
 RANDOM = ["--dtype", "float64", "--dropout", "0.3", "--zoneout-h", "0.1",
-          "--recurrent-dropout", "0.2", "--init-state", "normal"]
+          "--recurrent-dropout", "0.2", "--init-state", "normal", "--grad-noise", "0.01",
+          "--h-detach", "0.3"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
 
 
