@@ -233,6 +233,11 @@ def _check_value(option: Option, value):
     return value
 
 
+def check_option(key: str, value):
+    """One option's value in its proper type, or ConfigError naming the flag."""
+    return _check_value(BY_KEY[key], value)
+
+
 def validate(cfg: dict) -> dict:
     """A checked copy of a full config (every key of OPTIONS); raises ConfigError."""
     if not isinstance(cfg, dict):

@@ -499,11 +499,13 @@ def resumed_config(cfg, argv, loaded, resume_path):
 
 
 def connect(argv):
-    """The MPI world when --distributed is given (rnncore.distributed), else None."""
-    cfg = runconfig.validate(vars(build_parser().parse_args(argv)))
-    if not cfg["distributed"]:
+    """The MPI world when --distributed is given (rnncore.distributed), else None. The
+    other flags are checked afterwards, so that rank 0 alone reports their problems."""
+    flags = vars(build_parser().parse_args(argv))
+    if not flags["distributed"]:
         return None
-    return distributed.connect(cfg["comm_timeout"], "rnncore.train")
+    timeout = runconfig.check_option("comm_timeout", flags["comm_timeout"])
+    return distributed.connect(timeout, "rnncore.train")
 
 
 def prepare(argv, world=None):

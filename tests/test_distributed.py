@@ -6,6 +6,8 @@ beside the interpreter; a missing mpiexec or mpi4py fails these tests, it does n
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from rnncore import backend, distributed, train
+from rnncore.checkpoint import load_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -189,12 +192,36 @@ def test_a_failed_rank_stops_the_job_and_keeps_the_checkpoint(tmp_path, how):
     assert checkpoint(tmp_path)["param/head.bias"].shape[0] > 0  # still a whole checkpoint
 
 
-def test_more_ranks_than_streams_is_one_line(tmp_path):
-    done = launch(3, TINY + ["--batch-size", "2", "--distributed", "--out", tmp_path])
+@pytest.mark.parametrize("ranks,flags,message", [
+    (3, ["--batch-size", "2"], "--distributed over 3 ranks needs at least one stream per "
+                               "rank, but --batch-size is 2"),
+    (2, ["--lr", "-1"], "--lr must be > 0, got -1.0"),
+], ids=["more-ranks-than-streams", "bad-flag"])
+def test_bad_input_is_one_line_from_rank_0(tmp_path, ranks, flags, message):
+    done = launch(ranks, TINY + flags + ["--distributed", "--out", tmp_path])
     assert done.returncode == 2
-    assert done.stderr.strip() == ("rnncore.train: error: --distributed over 3 ranks needs "
-                                   "at least one stream per rank, but --batch-size is 2")
+    assert done.stderr.strip() == "rnncore.train: error: " + message
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_saves(tmp_path):
+    """mpiexec hands SIGINT to every rank; the ranks' votes ride with the gradient sum."""
+    assert MPIEXEC.is_file()
+    job = subprocess.Popen([str(MPIEXEC), "-n", "2", sys.executable, "-m", "rnncore.train",
+                            *TINY, "--steps", "100000", "--eval-every", "100000",
+                            "--distributed", "--out", str(tmp_path)],
+                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ((tmp_path / "metrics.jsonl").is_file()
+               and (tmp_path / "metrics.jsonl").read_text().count('"train"') >= 3):
+        assert time.monotonic() < deadline and job.poll() is None, job.communicate()
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err
+    stopped = re.search(r"interrupted at step (\d+); saved", err)
+    assert stopped and f"continue with --resume {tmp_path}" in err, err
+    assert load_meta(tmp_path / "last.npz")["step"] == int(stopped.group(1)) >= 3
 
 
 def test_distributed_without_mpi4py_says_what_to_install(tmp_path, capsys, monkeypatch):
