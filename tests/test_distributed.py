@@ -192,6 +192,35 @@ def test_a_failed_rank_stops_the_job_and_keeps_the_checkpoint(tmp_path, how):
     assert checkpoint(tmp_path)["param/head.bias"].shape[0] > 0  # still a whole checkpoint
 
 
+RANK_1_DIVERGES = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from rnncore import train
+from rnncore.charlm import CharLM
+original, calls = CharLM.loss, []
+def poisoned(self, *args):
+    loss, state = original(self, *args)
+    calls.append(1)
+    if MPI.COMM_WORLD.Get_rank() == 1 and len(calls) > 4:
+        loss = loss * np.nan
+    return loss, state
+CharLM.loss = poisoned
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_diverging_share_stops_every_rank_with_one_line(tmp_path):
+    """Rank 1's loss turns NaN at step 5: the summed loss is NaN on every rank, so all
+    stop at the same log line; rank 0 says so once and its step-3 checkpoint is kept."""
+    done = launch(2, TINY + ["--log-every", "2", "--distributed", "--out", tmp_path],
+                  code=RANK_1_DIVERGES, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = [s for s in done.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1 and "loss became nan by step 6" in lines[0], done.stderr
+    assert load_meta(tmp_path / "last.npz")["step"] == 3
+
+
 @pytest.mark.parametrize("ranks,flags,message", [
     (3, ["--batch-size", "2"], "--distributed over 3 ranks needs at least one stream per "
                                "rank, but --batch-size is 2"),
