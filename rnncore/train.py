@@ -19,7 +19,8 @@ Files in the run directory (``--out``, default ``runs/<corpus>-<cell>``): ``conf
 RNG state, carried hidden state and step, so the resumed losses equal those of a run that
 was never stopped. Only the settings of a run's length and reporting may change on resume
 (--steps, --time, --eval-every, --eval-chars, --log-every, --sample-length, --temperature,
---device, --threads, --quiet, --no-plot). The cosine schedule's horizon (--schedule-steps,
+--device, --threads, --quiet, --no-plot; --distributed and --comm-timeout always come from
+the command line). The cosine schedule's horizon (--schedule-steps,
 default --steps) is fixed when the run starts: a resume that raises --steps goes on at
 --min-lr after the old horizon, bitwise as a run started with the new --steps and
 --schedule-steps set to the old one. Ctrl-C finishes the current step, saves, and exits.
@@ -569,35 +570,35 @@ def error(message) -> int:
 
 
 def start(argv, world):
-    """(run, reporter) ready to train, or (None, the one-line reason it cannot start).
-    Only rank 0 (or the one process) writes the run directory and has a reporter."""
+    """(run, reporter, None) ready to train, or (None, None, the one-line reason it cannot
+    start). Only rank 0 (or the one process) writes the run directory and has a reporter."""
     try:
         run = prepare(argv, world)
     except (CorpusError, CheckpointError, ValueError, RuntimeError) as err:
-        return None, str(err)
+        return None, None, str(err)
     except MemoryError:
-        return None, "out of memory while building the model; try smaller sizes"
+        return None, None, "out of memory while building the model; try smaller sizes"
     if run.out is None:
-        return run, None
+        return run, None, None
     try:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
-        return run, Reporter(run, run.step)
+        return run, Reporter(run, run.step), None
     except OSError as err:
-        return None, f"cannot write the run directory {run.out}: {err.strerror or err}"
+        return None, None, f"cannot write the run directory {run.out}: {err.strerror or err}"
 
 
 def start_together(argv, world):
     """``start`` on every rank; all go on only if all started. A problem every rank meets
-    (a bad flag or checkpoint) is printed once, by rank 0; one rank's own, by that rank."""
-    run, reporter = start(argv, world)
-    problem = reporter if run is None else None
+    (a bad flag value or checkpoint) is printed once, by rank 0; one rank's own, by that
+    rank. Returns (run, reporter), or (None, None) when a rank could not start."""
+    run, reporter, problem = start(argv, world)
     started = world.all_ok(problem is None, "starting the run")
     if all(started):
-        return run, reporter, 0
+        return run, reporter
     if problem is not None and (world.rank == 0 or started[0]):
         error(problem if world.rank == 0 else f"rank {world.rank}: {problem}")
-    return None, None, 2
+    return None, None
 
 
 def describe_resume(run: Run):
@@ -617,13 +618,13 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as err:
         return error(err)
     if world is None:
-        run, reporter = start(argv, None)
-        if run is None:
-            return error(reporter)
+        run, reporter, problem = start(argv, None)
+        if problem is not None:
+            return error(problem)
     else:
-        run, reporter, code = start_together(argv, world)
+        run, reporter = start_together(argv, world)
         if run is None:
-            return code
+            return 2
     lead = reporter is not None  # the one process, or rank 0
     if lead and not run.cfg["quiet"]:
         describe(run)
