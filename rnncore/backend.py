@@ -10,6 +10,7 @@ Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (device 0) or ``"cuda:
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 from typing import NamedTuple
@@ -249,6 +250,11 @@ class Generator:
 
     Numbers are drawn on the host by ``numpy.random.Generator`` and moved to the module's
     device, so a seed gives the same weights and masks on the CPU and on the GPU.
+
+    Inside ``batch_share(start, stop, total)`` a draw with a ``batch_axis`` is drawn for
+    all ``total`` rows of the batch and rows ``start:stop`` are kept: a data-parallel rank
+    holding those rows gets the very numbers a single process holding the whole batch
+    would, and its generator advances exactly as that process's does.
     """
 
     def __init__(self, seed=None):
@@ -257,18 +263,45 @@ class Generator:
             raise TypeError(f"seed must be None or a non-negative int, got {seed!r}")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._share = None  # (start, stop, total) inside batch_share
 
-    def normal(self, std, shape, dtype, device="cpu"):
-        return to_device((std * self._rng.standard_normal(size=shape)).astype(dtype), device)
+    @contextlib.contextmanager
+    def batch_share(self, start: int, stop: int, total: int):
+        """Draws along a batch axis are those of ``total`` rows, cut to ``start:stop``."""
+        self._share = (start, stop, total)
+        try:
+            yield self
+        finally:
+            self._share = None
 
-    def keep_mask(self, p, shape, dtype, device="cpu"):
+    def _random(self, draw, shape, batch_axis):
+        """``draw(size=shape)``, for the whole batch when inside ``batch_share``."""
+        if self._share is None or batch_axis is None:
+            return draw(size=shape)
+        start, stop, total = self._share
+        if shape[batch_axis] != stop - start:
+            raise ValueError(f"a draw for {shape[batch_axis]} batch rows inside a batch share "
+                             f"of {stop - start}")
+        whole = draw(size=shape[:batch_axis] + (total,) + shape[batch_axis + 1:])
+        return whole[(slice(None),) * batch_axis + (slice(start, stop),)]
+
+    def normal(self, std, shape, dtype, device="cpu", batch_axis=None):
+        draw = self._random(self._rng.standard_normal, tuple(shape), batch_axis)
+        return to_device((std * draw).astype(dtype), device)
+
+    def standard_normal(self, shape, batch_axis=None) -> np.ndarray:
+        """Host float64 N(0, 1) numbers."""
+        return self._random(self._rng.standard_normal, tuple(shape), batch_axis)
+
+    def keep_mask(self, p, shape, dtype, device="cpu", batch_axis=None):
         """Inverted-dropout mask: 1/(1-p) with probability 1-p, else 0."""
-        keep = self._rng.random(size=shape) >= p
+        keep = self._random(self._rng.random, tuple(shape), batch_axis) >= p
         return to_device((keep / (1.0 - p)).astype(dtype), device)
 
-    def bernoulli(self, p, shape, dtype, device="cpu"):
+    def bernoulli(self, p, shape, dtype, device="cpu", batch_axis=None):
         """A mask of 1 with probability p, else 0 (zoneout: 1 keeps the previous state)."""
-        return to_device((self._rng.random(size=shape) < p).astype(dtype), device)
+        draw = self._random(self._rng.random, tuple(shape), batch_axis)
+        return to_device((draw < p).astype(dtype), device)
 
     def get_state(self) -> dict:
         return self._rng.bit_generator.state

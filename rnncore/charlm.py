@@ -44,25 +44,28 @@ def one_hot(xp, ids, V, dtype):
     return (ids[..., None] == xp.arange(V)).astype(dtype)
 
 
-def cross_entropy_forward(z, targets):
+def cross_entropy_forward(z, targets, positions=None):
     """Mean negative log-likelihood (nats) of integer targets under logits z (N, V).
 
-    Returns (loss as a 0-d device array, cache for the backward).
+    ``positions`` (default N) is what the sum is divided by: a data-parallel rank holding
+    part of a batch passes the whole batch's count, so the ranks' losses and gradients
+    add up to the batch's. Returns (loss as a 0-d device array, cache for the backward).
     """
     xp = backend.xp_of(z)
     logp = log_softmax(xp, z)
     picked = xp.take_along_axis(logp, targets[:, None], axis=1)
-    return -picked.mean(), (logp, targets)
+    loss = -picked.mean() if positions is None else -picked.sum() / positions
+    return loss, (logp, targets, positions)
 
 
 def cross_entropy_backward(cache):
     """∂L/∂z = (softmax(z) − onehot(y)) / N for the mean loss above."""
-    logp, targets = cache
+    logp, targets, positions = cache
     xp = backend.xp_of(logp)
     N, V = logp.shape
     dz = xp.exp(logp)
     dz -= one_hot(xp, targets, V, dz.dtype)
-    dz /= N
+    dz /= N if positions is None else positions
     return dz
 
 
@@ -194,11 +197,14 @@ class CharLM:
         self._cache = (ids, out)
         return logits.reshape(T, B, -1), new_state
 
-    def loss(self, ids, targets, state=None):
-        """Forward and mean cross-entropy (nats, 0-d device array); returns (loss, state)."""
+    def loss(self, ids, targets, state=None, positions=None):
+        """Forward and mean cross-entropy (nats, 0-d device array); returns (loss, state).
+
+        ``positions``: divide the summed loss by this count instead of T·B (see
+        ``cross_entropy_forward``)."""
         logits, new_state = self.forward(ids, state)
         loss, self._loss_cache = cross_entropy_forward(
-            logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+            logits.reshape(-1, self.vocab_size), targets.reshape(-1), positions)
         return loss, new_state
 
     def backward(self, recorder=None):

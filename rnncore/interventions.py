@@ -50,7 +50,7 @@ class Interventions:
     h_detach: float = 0.0
     truncate: int = 0
     grad_noise: float = 0.0
-    rng: object = None  # a numpy Generator (the module's)
+    rng: object = None  # the module's rnncore.backend.Generator
 
     @property
     def active(self) -> bool:
@@ -78,7 +78,7 @@ class Interventions:
         """Called before step k (processing index) of T; returns what ``after_step``
         needs: a copy of ∂h_{t−1} as it stands when the step will be detached or cut."""
         self._cut = bool(self.truncate) and k > 0 and (T - k) % self.truncate == 0
-        self._detach = bool(self.h_detach) and self.rng.random() < self.h_detach
+        self._detach = bool(self.h_detach) and self.rng.numpy.random() < self.h_detach
         if self._cut or self._detach:
             return dstate_prev[0].copy()
         return None
@@ -90,7 +90,7 @@ class Interventions:
         if self.gate_clip or self.grad_noise:
             old = dxg.copy()
             if self.grad_noise:
-                noise = self.rng.standard_normal(dxg.shape) * self.grad_noise
+                noise = self.rng.standard_normal(dxg.shape, batch_axis=0) * self.grad_noise
                 dxg += to_device(noise.astype(dxg.dtype), _device_of(dxg))
             if self.gate_clip and np.isfinite(self.gate_clip):
                 xp.clip(dxg, -self.gate_clip, self.gate_clip, out=dxg)

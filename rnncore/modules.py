@@ -75,7 +75,7 @@ class Recurrent:
         shapes = parameter_shapes(self.spec)
         from .interventions import Interventions
 
-        self.interventions = Interventions.from_options(options, self.rng.numpy)
+        self.interventions = Interventions.from_options(options, self.rng)
         self.driver = self._select_driver(self.device)
         values = init_parameters(shapes, self.init, self.hidden_size, self.cell.num_gates,
                                  self.rng.numpy, self.forget_bias, self.cell.forget_gate,
@@ -371,7 +371,8 @@ class Recurrent:
             return tuple(xp.broadcast_to(self.params[name + "0"], (LD, B, w))
                          for name, w in zip(self.cell.state, widths)), True
         if self.init_state == "normal":
-            return tuple(self.rng.normal(INIT_STATE_STD, (LD, B, w), self.dtype, self.device)
+            return tuple(self.rng.normal(INIT_STATE_STD, (LD, B, w), self.dtype, self.device,
+                                         batch_axis=1)
                          for w in widths), False
         return tuple(xp.zeros((LD, B, w), dtype=self.dtype) for w in widths), False
 
@@ -380,7 +381,8 @@ class Recurrent:
             return None
         width = self.spec.out_size * self.num_directions
         steps = 1 if self.dropout_mode == "variational" else T
-        return [self.rng.keep_mask(self.dropout, (steps, B, width), self.dtype, self.device)
+        return [self.rng.keep_mask(self.dropout, (steps, B, width), self.dtype, self.device,
+                                   batch_axis=1)
                 for _ in range(self.num_layers - 1)] + [None]
 
     def _regulariser_masks(self, T, B):
@@ -407,10 +409,11 @@ class Recurrent:
                     if not p:
                         continue
                     shape = (T, B, widths[state])
-                    step[f"zoneout_{state}"] = rng.bernoulli(p, shape, dtype, dev) \
+                    step[f"zoneout_{state}"] = rng.bernoulli(p, shape, dtype, dev, batch_axis=1) \
                         if self.training else xp.broadcast_to(xp.full(shape[-1:], p, dtype), shape)
                 if self.recurrent_dropout and self.training:
-                    m = rng.keep_mask(self.recurrent_dropout, (B, widths["h"]), dtype, dev)
+                    m = rng.keep_mask(self.recurrent_dropout, (B, widths["h"]), dtype, dev,
+                                       batch_axis=0)
                     step["recurrent_dropout"] = xp.broadcast_to(m, (T, B, widths["h"]))
                 if self.weight_drop and self.training:
                     for key in self.cell.weight_drop:

@@ -9,7 +9,8 @@ Arrays (host NumPy, by name):
 Meta (JSON): ``config`` (every key of :mod:`rnncore.runconfig`), ``vocab`` (the sorted
 characters), ``step``, ``rng`` (the engine generator's state), ``optimizer`` (scalars),
 ``best_val`` (null before the first evaluation), ``elapsed`` (seconds), ``corpus`` (name
-and entropy floor) and ``text_sha256`` (of the training text, see textdata.text_hash).
+and entropy floor), ``text_sha256`` (of the training text, see textdata.text_hash) and
+``world_size`` (the ranks of the run that wrote it; the state is always the whole batch's).
 
 A checkpoint is untrusted input: :func:`read` validates the config with the command
 line's rules, checks the vocabulary and every declared array against what that config
@@ -69,6 +70,9 @@ def _check_meta(meta: dict):
     if best is not None and not (isinstance(best, (int, float)) and not isinstance(best, bool)
                                  and math.isfinite(best)):
         raise CheckpointError(f"its best_val must be null or a finite number, got {best!r:.40}")
+    ranks = meta.get("world_size", 1)
+    if not (isinstance(ranks, int) and not isinstance(ranks, bool) and ranks >= 1):
+        raise CheckpointError(f"its world_size must be an integer >= 1, got {ranks!r:.40}")
     for key in ("rng", "optimizer"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"its {key} entry must be a JSON object")

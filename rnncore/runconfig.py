@@ -29,8 +29,9 @@ CELLS = cells.names() + ("rnn",)
 # Settings that may change when a run is resumed; every other key must match.
 RESUMABLE = {"steps", "time", "device", "eval_every", "eval_chars", "log_every",
              "sample_length", "temperature", "quiet", "plot", "threads"}
-# Keys that describe the command invocation, not the run.
-INVOCATION = {"resume", "out", "overwrite"}
+# Keys that describe the command invocation, not the run: always the command line's, also
+# on --resume (a checkpoint of a distributed run resumes in one process, and the reverse).
+INVOCATION = {"resume", "out", "overwrite", "distributed", "comm_timeout"}
 
 
 class ConfigError(ValueError):
@@ -189,6 +190,13 @@ OPTIONS = (
       "every N steps record the layer x time gradient norms and gate saturation of that "
       "step's backward and write gradflow.png/gradflow.npz (0 = off)", rule=at_least(0)),
     O("quiet", False, bool, "run", "no progress bar or samples"),
+
+    O("distributed", False, bool, "distributed",
+      "data-parallel over MPI: run under 'mpiexec -n N'; each rank trains on B/N of the "
+      "streams and the gradients are summed (needs the distributed extra)"),
+    O("comm_timeout", 300.0, float, "distributed",
+      "seconds a rank waits for the others at a collective, which includes rank 0's "
+      "evaluations and checkpoint writes, before it stops the whole job", rule=positive),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
 DEFAULTS = {o.key: o.default for o in OPTIONS}
@@ -225,6 +233,11 @@ def _check_value(option: Option, value):
     return value
 
 
+def check_option(key: str, value):
+    """One option's value in its proper type, or ConfigError naming the flag."""
+    return _check_value(BY_KEY[key], value)
+
+
 def validate(cfg: dict) -> dict:
     """A checked copy of a full config (every key of OPTIONS); raises ConfigError."""
     if not isinstance(cfg, dict):
@@ -248,6 +261,9 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"--{option.rstrip(':').replace('_', '-')} {rest}") from None
     if out["nesterov"] and out["optimizer"] != "sgd":
         raise ConfigError("--nesterov needs --optimizer sgd")
+    if out["distributed"] and out["gradflow_every"]:
+        raise ConfigError("--gradflow-every records one process's backward pass; it cannot "
+                          "be used with --distributed")
     return out
 
 

@@ -60,6 +60,15 @@ class Streams:
         self.inputs = backend.to_device(np.ascontiguousarray(inputs), device)
         self.targets = backend.to_device(np.ascontiguousarray(targets), device)
 
+    def streams(self, start, stop) -> Streams:
+        """Streams ``start:stop`` alone (a data-parallel rank's share), same windows."""
+        part = object.__new__(Streams)
+        part.windows, part.seq_len = self.windows, self.seq_len
+        xp = backend.xp_of(self.inputs)
+        part.inputs = xp.ascontiguousarray(self.inputs[:, start:stop])
+        part.targets = xp.ascontiguousarray(self.targets[:, start:stop])
+        return part
+
     def window(self, w):
         s = slice(w * self.seq_len, (w + 1) * self.seq_len)
         return self.inputs[s], self.targets[s]

@@ -19,10 +19,16 @@ Files in the run directory (``--out``, default ``runs/<corpus>-<cell>``): ``conf
 RNG state, carried hidden state and step, so the resumed losses equal those of a run that
 was never stopped. Only the settings of a run's length and reporting may change on resume
 (--steps, --time, --eval-every, --eval-chars, --log-every, --sample-length, --temperature,
---device, --threads, --quiet, --no-plot). The cosine schedule's horizon (--schedule-steps,
+--device, --threads, --quiet, --no-plot; --distributed and --comm-timeout always come from
+the command line). The cosine schedule's horizon (--schedule-steps,
 default --steps) is fixed when the run starts: a resume that raises --steps goes on at
 --min-lr after the old horizon, bitwise as a run started with the new --steps and
 --schedule-steps set to the old one. Ctrl-C finishes the current step, saves, and exits.
+
+Data-parallel: ``mpiexec -n N python -m rnncore.train --distributed …`` trains on N ranks,
+each on B/N of the streams, summing the gradients (rnncore.distributed); rank 0 evaluates,
+logs and writes the checkpoints, which hold the whole batch's state, so a checkpoint
+resumes on any number of ranks, one process included.
 
 An --out that holds another run's checkpoints or metrics is never written without
 --overwrite, also on --resume. Checkpoints are written atomically; a diverging run stops
@@ -43,7 +49,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from . import backend, optim, runcheckpoint, runconfig
+from . import backend, distributed, optim, runcheckpoint, runconfig
 from .charlm import CharLM
 from .checkpoint import CheckpointError, save
 from .corpora import CorpusError
@@ -62,6 +68,10 @@ EXP_MAX = 709.0  # math.exp overflows a float above about 709.78
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss); the last good checkpoint is kept."""
+
+
+class StoppedByRankZero(Exception):
+    """Rank 0 stopped a distributed run and has said why."""
 
 
 # ============================================================================ command line
@@ -119,8 +129,8 @@ def blas_threads(n: int):
 class Run:
     """Everything a training run owns: model, optimizer, data, files, counters."""
 
-    def __init__(self, cfg, corpus, vocab, out_dir=None):
-        self.cfg, self.corpus, self.vocab = cfg, corpus, vocab
+    def __init__(self, cfg, corpus, vocab, out_dir=None, world=None):
+        self.cfg, self.corpus, self.vocab, self.world = cfg, corpus, vocab, world
         self.out = None if out_dir is None else Path(out_dir)
         ids = vocab.encode(corpus.text)
         train_ids, val_ids = split_text(ids, cfg["val_fraction"])
@@ -128,6 +138,12 @@ class Run:
         source = cfg["data"] or f"--corpus {corpus.name}"
         self.train = Streams(train_ids, cfg["batch_size"], cfg["seq_len"], device,
                              f"training split of {source}")
+        # this process's streams; a rank's loss is divided by the whole batch's positions
+        self.rows, self.positions = (0, cfg["batch_size"]), None
+        if world is not None:
+            self.rows = world.share(cfg["batch_size"])
+            self.train = self.train.streams(*self.rows)
+            self.positions = cfg["batch_size"] * cfg["seq_len"]
         eval_batch = cfg["batch_size"]
         self.val = Streams(val_ids, eval_batch, cfg["seq_len"], device,
                            f"validation split of {source} (--val-fraction "
@@ -145,14 +161,21 @@ class Run:
                                        min_lr=cfg["min_lr"])
         self.text_sha256 = text_hash(corpus.text)
         self.source_metrics = None  # metrics.jsonl of the run resumed from
+        self.resumed_world_size = 1  # ranks of the run resumed from
         self.step, self.state, self.best_val, self.elapsed = 0, None, math.inf, 0.0
         self.ext = "." + cfg["format"]
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_arrays(self):
+    def batch_share(self):
+        """The context of a training step: a rank draws masks for the whole batch."""
+        if self.world is None:
+            return nullcontext()
+        return self.model.rnn.rng.batch_share(*self.rows, self.cfg["batch_size"])
+
+    def checkpoint_arrays(self, state):
+        """Parameters, optimizer slots and ``state``, the whole batch's carried state."""
         params = {k: backend.to_numpy(v) for k, v in self.model.params.items()}
         slots, _ = self.optimizer.state_dict()
-        state = self.state
         if state is not None:
             parts = state if isinstance(state, tuple) else (state,)
             state = tuple(backend.to_numpy(s) for s in parts)
@@ -165,14 +188,15 @@ class Run:
                 "best_val": None if math.isinf(self.best_val) else self.best_val,
                 "elapsed": self.elapsed, "corpus": {"name": self.corpus.name,
                                                    "floor_bpc": self.corpus.floor_bpc},
-                "text_sha256": self.text_sha256}
+                "text_sha256": self.text_sha256,
+                "world_size": 1 if self.world is None else self.world.size}
 
-    def save(self, name):
+    def save(self, name, state):
         if not all(bool(backend.xp_of(v).isfinite(v).all())
                    for v in self.model.params.values()):
             raise TrainingError("parameters hold NaN/Inf; not overwriting the last good "
                                 f"checkpoint in {self.out}")
-        return save(self.out / (name + self.ext), self.checkpoint_arrays(),
+        return save(self.out / (name + self.ext), self.checkpoint_arrays(state),
                     self.checkpoint_meta())
 
     def restore(self, path, loaded):
@@ -182,7 +206,10 @@ class Run:
             self.optimizer.load_state_dict(loaded.slots, loaded.meta["optimizer"],
                                            self.cfg["device"])
             self.model.rnn.rng.set_state(loaded.meta["rng"])
-            parts = [backend.to_device(p, self.cfg["device"], self.model.dtype)
+            batch, (start, stop) = self.cfg["batch_size"], self.rows
+            if any(p.ndim != 3 or p.shape[1] != batch for p in loaded.state):
+                raise ValueError(f"its carried state is not {batch} streams wide")
+            parts = [backend.to_device(p[:, start:stop], self.cfg["device"], self.model.dtype)
                      for p in loaded.state]
             self.state = as_state(parts)
             self.step, self.elapsed = loaded.meta["step"], float(loaded.meta["elapsed"])
@@ -215,13 +242,13 @@ class Reporter:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def progress(self, step, loss, chars_per_s, lr, elapsed):
+    def progress(self, step, loss, chars_per_s, lr, elapsed, comm_ms=None):
         steps, budget = self.cfg["steps"], self.cfg["time"]
         fraction = max(step / steps, elapsed / budget if budget else 0.0)
         done = min(30, int(30 * fraction))
         line = (f"[{'#' * done}{'.' * (30 - done)}] step {step}/{steps}  {elapsed:.0f} s  "
                 f"loss {loss:.4f}  bpc {loss / LN2:.3f}  {chars_per_s / 1000:.1f}k chars/s  "
-                f"lr {lr:.2e}")
+                f"lr {lr:.2e}" + ("" if comm_ms is None else f"  comm {comm_ms:.1f} ms/step"))
         if self.tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif not self.cfg["quiet"] and step % (10 * self.cfg["log_every"]) == 0:
@@ -295,15 +322,18 @@ class StopFlag:
         self.requested = True
 
 
-def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
-    """Run steps until --steps, --time or Ctrl-C; returns why it stopped."""
-    cfg, model, xp = run.cfg, run.model, run.model.xp
+def train_loop(run: Run, reporter: Reporter | None, stop: StopFlag):
+    """Run steps until --steps, --time or Ctrl-C; returns why it stopped. On a distributed
+    run every rank calls it (``reporter`` None but on rank 0), and the ranks' stop votes
+    ride with the gradient sum, so all stop after the same step."""
+    cfg, model, xp, world = run.cfg, run.model, run.model.xp, run.world
     params, grads = model.params, model.grads
     loss_sum, loss_count = xp.zeros((), dtype=model.dtype), 0
     tick, chars = time.perf_counter(), 0
     start_elapsed = run.elapsed
     t0 = time.perf_counter()
     chars_per_step = cfg["batch_size"] * cfg["seq_len"]
+    comm_mark = 0.0 if world is None else world.comm_seconds
     ledger = None
     if cfg.get("gradflow_every"):  # rnncore.ledger: free when off
         from .ledger import Ledger
@@ -316,11 +346,17 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
         x, y = run.train.window(w)
         model.zero_grad()
         grads = model.grads
-        loss, run.state = model.loss(x, y, run.state)
         rec = ledger.recorder(run.step) if ledger is not None else None
-        model.backward(recorder=rec)
+        with run.batch_share():
+            loss, run.state = model.loss(x, y, run.state, run.positions)
+            model.backward(recorder=rec)
         if rec is not None:
             ledger.add(run.step, rec, model.rnn)
+        if world is not None:  # clipping and the update see the whole batch's gradient
+            out_of_time = bool(cfg["time"]) and \
+                start_elapsed + time.perf_counter() - t0 >= cfg["time"]
+            loss, interrupts, timeouts = world.all_reduce(grads, [loss, stop.requested,
+                                                                  out_of_time])
         grad_norm = optim.clip_grad_norm(grads, cfg["clip"])
         lr = run.schedule(run.step)
         run.optimizer.step(params, grads, lr)
@@ -334,17 +370,23 @@ def train_loop(run: Run, reporter: Reporter, stop: StopFlag):
                                     f"({kept_note(run)}); try a lower --lr or --clip")
             now = time.perf_counter()
             rate = chars / (now - tick)
-            reporter.record({"kind": "train", "step": run.step, "loss": mean,
-                             "bpc": mean / LN2, "grad_norm": float(grad_norm), "lr": lr,
-                             "chars_per_s": rate, "elapsed": run.elapsed})
-            reporter.progress(run.step, mean, rate, lr, run.elapsed)
+            entry = {"kind": "train", "step": run.step, "loss": mean, "bpc": mean / LN2,
+                     "grad_norm": float(grad_norm), "lr": lr, "chars_per_s": rate,
+                     "elapsed": run.elapsed}
+            if world is not None:  # time inside the gradient sum, waiting for peers included
+                entry["comm_ms_per_step"] = 1000 * (world.comm_seconds - comm_mark) / loss_count
+                comm_mark = world.comm_seconds
+            if reporter is not None:
+                reporter.record(entry)
+                reporter.progress(run.step, mean, rate, lr, run.elapsed,
+                                  entry.get("comm_ms_per_step"))
             loss_sum, loss_count, tick, chars = xp.zeros((), dtype=model.dtype), 0, now, 0
         if run.step % cfg["eval_every"] == 0 or run.step == cfg["steps"]:
             evaluate_and_save(run, reporter)
             tick = time.perf_counter()
-        if stop.requested:
+        if stop.requested if world is None else interrupts:
             return "interrupted"
-        if cfg["time"] and run.elapsed >= cfg["time"]:
+        if (cfg["time"] and run.elapsed >= cfg["time"]) if world is None else timeouts:
             return "time"
     return "steps"
 
@@ -355,7 +397,24 @@ def kept_note(run: Run) -> str:
     return "no checkpoint had been written yet"
 
 
-def evaluate_and_save(run: Run, reporter: Reporter):
+def evaluate_and_save(run: Run, reporter: Reporter | None):
+    """Validation, a sample and the checkpoints; on a distributed run rank 0 does them
+    with the state gathered from every rank, and tells the others whether to go on."""
+    world = run.world
+    if world is None:
+        return evaluate_and_save_here(run, reporter, run.state)
+    state = world.gather_rows(run.state, run.cfg["batch_size"])
+    if world.rank == 0:
+        try:
+            evaluate_and_save_here(run, reporter, state)
+        except (TrainingError, OSError):
+            world.broadcast_code(1, "rank 0's evaluation")
+            raise
+    if world.broadcast_code(0, "rank 0's evaluation and checkpoint"):
+        raise StoppedByRankZero
+
+
+def evaluate_and_save_here(run: Run, reporter: Reporter, state):
     val = evaluate(run.model, run.val, run.eval_windows)
     if not math.isfinite(val):
         raise TrainingError(f"validation loss is {val} at step {run.step}; stopped "
@@ -370,9 +429,9 @@ def evaluate_and_save(run: Run, reporter: Reporter):
     if improved:
         run.best_val = val
     reporter.evaluation(run.step, val, sample)
-    run.save("last")
+    run.save("last", state)
     if improved:
-        run.save("best")
+        run.save("best", state)
     reporter.plot()
     if getattr(run, "ledger", None) is not None:
         run.ledger.save(run.out)
@@ -440,8 +499,19 @@ def resumed_config(cfg, argv, loaded, resume_path):
     return runconfig.validate(merged)
 
 
-def prepare(argv):
-    """Parse, validate, load data and any checkpoint; nothing is written yet."""
+def connect(argv):
+    """The MPI world when --distributed is given (rnncore.distributed), else None. The
+    other flags are checked afterwards, so that rank 0 alone reports their problems."""
+    flags = vars(build_parser().parse_args(argv))
+    if not flags["distributed"]:
+        return None
+    timeout = runconfig.check_option("comm_timeout", flags["comm_timeout"])
+    return distributed.connect(timeout, "rnncore.train")
+
+
+def prepare(argv, world=None):
+    """Parse, validate, load data and any checkpoint; nothing is written yet. Only rank 0
+    of a distributed run (``world``) gets a run directory."""
     cfg = runconfig.validate(vars(build_parser().parse_args(argv)))
     resume_path = loaded = None
     if cfg["resume"]:
@@ -451,15 +521,23 @@ def prepare(argv):
         vocab = Vocab(loaded.vocab)
     elif not cfg["schedule_steps"]:
         cfg["schedule_steps"] = cfg["steps"]
+    if world is not None:
+        if world.size > cfg["batch_size"]:
+            raise ConfigError(f"--distributed over {world.size} ranks needs at least one "
+                              f"stream per rank, but --batch-size is {cfg['batch_size']}")
+        if cfg["device"] == "cuda":  # one GPU per rank on each machine
+            cfg["device"] = f"cuda:{world.local_rank}"
     corpus = load_text(cfg)
     if resume_path is None:
         vocab = Vocab.from_text(corpus.text)
     runconfig.check_memory(cfg, len(vocab.chars))
-    run = Run(cfg, corpus, vocab)  # checks that both splits hold a window
-    run.out = resolve_out_dir(cfg, resume_path)
+    run = Run(cfg, corpus, vocab, world=world)  # checks that both splits hold a window
+    if world is None or world.rank == 0:
+        run.out = resolve_out_dir(cfg, resume_path)
     if resume_path is not None:
         run.restore(resume_path, loaded)
         run.source_metrics = resume_path.parent / "metrics.jsonl"
+        run.resumed_world_size = loaded.meta.get("world_size", 1)
         stored = loaded.meta.get("text_sha256")
         if stored is not None and stored != run.text_sha256:
             source = cfg["data"] or f"--corpus {cfg['corpus']}"
@@ -480,6 +558,10 @@ def describe(run: Run):
     print(f"training: {cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), batch "
           f"{cfg['batch_size']} × seq {cfg['seq_len']}, {cfg['steps']} steps"
           + (f" or {cfg['time']:.0f} s" if cfg["time"] else "") + f"; run dir {run.out}")
+    if run.world is not None:
+        B, N = cfg["batch_size"], run.world.size
+        print(f"distributed: {N} rank(s), {B // N}" + ("" if B % N == 0 else f"–{-(-B // N)}")
+              + " streams each; rank 0 evaluates and writes the checkpoints")
 
 
 def error(message) -> int:
@@ -487,24 +569,67 @@ def error(message) -> int:
     return 2
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def start(argv, world):
+    """(run, reporter, None) ready to train, or (None, None, the one-line reason it cannot
+    start). Only rank 0 (or the one process) writes the run directory and has a reporter."""
     try:
-        run = prepare(argv)
+        run = prepare(argv, world)
     except (CorpusError, CheckpointError, ValueError, RuntimeError) as err:
-        return error(err)
+        return None, None, str(err)
     except MemoryError:
-        return error("out of memory while building the model; try smaller sizes")
+        return None, None, "out of memory while building the model; try smaller sizes"
+    if run.out is None:
+        return run, None, None
     try:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
-        reporter = Reporter(run, run.step)
+        return run, Reporter(run, run.step), None
     except OSError as err:
-        return error(f"cannot write the run directory {run.out}: {err.strerror or err}")
-    if not run.cfg["quiet"]:
+        return None, None, f"cannot write the run directory {run.out}: {err.strerror or err}"
+
+
+def start_together(argv, world):
+    """``start`` on every rank; all go on only if all started. A problem every rank meets
+    (a bad flag value or checkpoint) is printed once, by rank 0; one rank's own, by that
+    rank. Returns (run, reporter), or (None, None) when a rank could not start."""
+    run, reporter, problem = start(argv, world)
+    started = world.all_ok(problem is None, "starting the run")
+    if all(started):
+        return run, reporter
+    if problem is not None and (world.rank == 0 or started[0]):
+        error(problem if world.rank == 0 else f"rank {world.rank}: {problem}")
+    return None, None
+
+
+def describe_resume(run: Run):
+    print(f"resumed at step {run.step}")
+    before, now = run.resumed_world_size, 1 if run.world is None else run.world.size
+    if before != now:
+        print(f"the checkpoint was written by {before} rank(s), this run has {now}: the "
+              f"{run.cfg['batch_size']} streams and their carried state are re-split; the "
+              "gradient sum runs in another order, so the losses agree with an unbroken run "
+              "to float rounding, not bitwise")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        world = connect(argv)
+    except (ValueError, RuntimeError) as err:
+        return error(err)
+    if world is None:
+        run, reporter, problem = start(argv, None)
+        if problem is not None:
+            return error(problem)
+    else:
+        run, reporter = start_together(argv, world)
+        if run is None:
+            return 2
+    lead = reporter is not None  # the one process, or rank 0
+    if lead and not run.cfg["quiet"]:
         describe(run)
         if run.step:
-            print(f"resumed at step {run.step}")
+            describe_resume(run)
     stop = StopFlag()
     previous = signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
@@ -514,7 +639,10 @@ def main(argv=None) -> int:
             if run.step % run.cfg["eval_every"] and run.step < run.cfg["steps"]:
                 evaluate_and_save(run, reporter)  # stopped between evaluations: save here
     except TrainingError as err:
-        print(f"\nrnncore.train: error: {err}", file=sys.stderr)
+        if lead:
+            print(f"\nrnncore.train: error: {err}", file=sys.stderr)
+        return 1
+    except StoppedByRankZero:
         return 1
     except OSError as err:
         print(f"\nrnncore.train: error: cannot write to {run.out}: {err.strerror or err}; "
@@ -523,6 +651,8 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     wall = time.perf_counter() - started
+    if not lead:
+        return 130 if why == "interrupted" else 0
     last = run.out / ("last" + run.ext)
     if why == "interrupted":
         print(f"\ninterrupted at step {run.step}; saved {last}; continue with "

@@ -14,6 +14,7 @@ in a cheap form:
 - ``make T``: T is a target of the Makefile. ``pip install -e '.[E]'``: extra E exists in
   pyproject.toml. ``jupyter lab DIR``: the notebooks extra installs jupyter, DIR exists.
   ``pytest -m M``: marker M is declared. ``scripts/X``: an executable file.
+  ``mpiexec -n N COMMAND``: N ≥ 1, COMMAND is checked as above and passes --distributed.
   ``git clone URL DIR && cd DIR``: the two names agree.
 
 Placeholders in the documents (``NAME``, ``DIR``, ``…/best.npz``) are filled in first.
@@ -290,6 +291,12 @@ def test_quoted_command(doc, line, argv, tmp_path, monkeypatch):
         for i, arg in enumerate(argv):
             if arg == "-m":
                 assert argv[i + 1].removeprefix("not ") in markers, f"{doc}: `{line}`"
+    elif program == "mpiexec":
+        assert argv[1:2] == ["-n"] and argv[2].isdigit() and int(argv[2]) >= 1, \
+            f"{doc}: `{line}`: quote mpiexec as mpiexec -n N COMMAND"
+        assert "--distributed" in argv, f"{doc}: `{line}`: without --distributed each rank " \
+            "would train alone"
+        test_quoted_command(doc, line, argv[3:], tmp_path, monkeypatch)
     elif program.startswith("scripts/"):
         assert os.access(ROOT / program, os.X_OK), f"{doc}: `{line}`: not an executable file"
     else:
@@ -348,6 +355,8 @@ def test_quoted_sample_commands_run(tmp_path, monkeypatch):
     "make labs",
     ".venv/bin/pip install -e '.[notebook]'",
     "pytest -m gpus",
+    ".venv/bin/mpiexec -n 2 .venv/bin/python -m rnncore.train --steps 10",
+    ".venv/bin/mpiexec -n 2 .venv/bin/python -m rnncore.train --distributed --stepz 10",
 ])
 def test_a_wrong_command_is_caught(line, tmp_path, monkeypatch):
     """The checks above fail on a mistyped command (so a passing run means something)."""

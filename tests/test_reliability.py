@@ -126,6 +126,8 @@ def test_out_naming_a_file_or_a_path_under_one(tmp_path, capsys):
     (lambda m: m["config"].update(hidden=8, embed=4), "more values than its config allows"),
     (lambda m: m.update(vocab="abc"), "vocab"),
     (lambda m: m.update(step=-3), "step"),
+    (lambda m: m.update(world_size=0), "world_size"),
+    (lambda m: m.update(world_size="2"), "world_size"),
     (lambda m: m["config"].update(hidden=25), "shape"),
 ])
 def test_checkpoint_config_is_validated_before_anything_is_built(tmp_path, capsys, run_a,

@@ -237,8 +237,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
     real_loss = CharLM.loss
     calls = {"train": 0}
 
-    def poisoned(self, ids, targets, state=None):
-        loss, state = real_loss(self, ids, targets, state)
+    def poisoned(self, ids, targets, state=None, positions=None):
+        loss, state = real_loss(self, ids, targets, state, positions)
         if self.rnn.training:
             calls["train"] += 1
             if calls["train"] > 5:
