@@ -34,10 +34,10 @@ template <typename T> bool packed_ok(int64_t n) { return n > 0 && n % lanes<T>()
 
 constexpr int64_t MR = 12;  // rows of a tile: 12 × 2 vectors = 24 accumulators
 
-// Rows of X: `count` rows of N values each, row k at x + k·N.
+// Rows of X: `count` rows of N values each, row k at x + k·stride.
 template <typename T> struct Rows {
     const T* x;
-    int64_t count;
+    int64_t count, stride;
 };
 
 // A range of units [lo, hi): the rows lo … hi − 1 of every group of A's rows.
@@ -78,7 +78,7 @@ inline void tile(const T* ap, const Rows<T>* segs, int nsegs, int64_t N, int64_t
     vec<T> acc[MR][V] = {};
     for (int s = 0; s < nsegs; ++s) {
         const T* x = segs[s].x + col;
-        for (int64_t k = 0; k < segs[s].count; ++k, ap += MR, x += N) {
+        for (int64_t k = 0; k < segs[s].count; ++k, ap += MR, x += segs[s].stride) {
             vec<T> xv[V];
             for (int v = 0; v < V; ++v) xv[v] = *reinterpret_cast<const vec<T>*>(x + v * L);
             for (int64_t r = 0; r < MR; ++r) {

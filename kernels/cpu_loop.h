@@ -68,11 +68,14 @@ template <typename T> struct Args {
     T* dh;                  // (T, H, B): ∂L/∂h_t, accumulated; starts as the masked ∂L/∂out
     T* dh0;                 // (H, B): ∂L/∂h_0, starts at zero
     T* dstate[2];           // (H, B) each: the second state's gradient, in and out (LSTM)
-    T* grads[4];            // (T, W, B) buffers the backward writes
+    T* grads[4];            // buffers the backward writes: [0], [1] (W, ·, B) with row
+                            //   stride grad_stride, step t at grads + t·B (the layout the
+                            //   weight-gradient GEMMs read); [3] (T, W, B)
     const T* x;             // (T, I, B) or null: the input, when the step's product takes
     const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (packed_ok(B) only)
     int64_t input;          // I
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
+    int64_t grad_stride;    // of grads[0], grads[1]
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
@@ -102,14 +105,16 @@ template <typename T> class StepProduct {
     int threads(int64_t wanted) const {
         return packed_.groups ? int(std::max<int64_t>(1, wanted)) : 1;
     }
-    void operator()(const T* x, T* c, bool accumulate, Units units,
-                    const T* x_in = nullptr) const {
+    // X's row k at x + k·stride (B when 0); X_in's at x_in + k·B
+    void operator()(const T* x, T* c, bool accumulate, Units units, const T* x_in = nullptr,
+                    int64_t stride = 0) const {
+        stride = stride ? stride : batch_;
         if (!packed_.groups) {  // one thread, all units
             gemm<T>(blas_, trans_, false, rows_, batch_, depth_, w_, trans_ ? rows_ : depth_,
-                    x, batch_, accumulate ? T(1) : T(0), c, batch_);
+                    x, stride, accumulate ? T(1) : T(0), c, batch_);
             return;
         }
-        const Rows<T> segs[2] = {{x, depth_}, {x_in, in_}};
+        const Rows<T> segs[2] = {{x, depth_, stride}, {x_in, in_, batch_}};
         gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate, units);
     }
 
@@ -165,7 +170,8 @@ template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
 extern "C" int64_t cpu_loop_lanes_f32() { return cpu_loop::lanes<float>(); }
 extern "C" int64_t cpu_loop_lanes_f64() { return cpu_loop::lanes<double>(); }
 
-#define RNNCORE_CPU_EXPORT(name, fn, T)                                          \
-    extern "C" void name(const cpu_loop::Blas* blas, const cpu_loop::Args<T>* a) { \
-        fn<T>(*blas, *a);                                                        \
+#define RNNCORE_CPU_EXPORT_WITH(name, fn, T, ArgsType)                                \
+    extern "C" void name(const cpu_loop::Blas* blas, const cpu_loop::ArgsType<T>* a) { \
+        fn<T>(*blas, *a);                                                              \
     }
+#define RNNCORE_CPU_EXPORT(name, fn, T) RNNCORE_CPU_EXPORT_WITH(name, fn, T, Args)

@@ -4,7 +4,7 @@
 // rnncore/cells/gru.py's ``cpu_forward`` / ``cpu_backward``.
 //
 // saved: [0] h (T,H,B)  [1] r  [2] z  [3] n  [4] h_n = the recurrent n-block with b_hn
-// grads: [0] ∂x_g (T,3H,B)  [1] ∂h_g (T,3H,B)
+// grads: [0] ∂x_g (3H,·,B)  [1] ∂h_g (3H,·,B)
 #include "cpu_loop.h"
 
 namespace cpu_loop {
@@ -63,6 +63,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
     const ValidFlags flags(a.valid, B);
     // ∂h_{t−1} += W_hhᵀ ∂h_g
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);
+    const int64_t ld = a.grad_stride;
 #pragma omp parallel num_threads(recurrent_t.threads(a.threads))
     {
         const Units mine = my_units(H);
@@ -73,14 +74,14 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
             const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
             const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
             const T* dht = block<T>(a.dh, t, H, B);
-            T *dxt = block<T>(a.grads[0], t, 3 * H, B), *dut = block<T>(a.grads[1], t, 3 * H, B);
+            T *dxt = a.grads[0] + t * B, *dut = a.grads[1] + t * B;  // row r at + r·ld
             const uint8_t* valid = flags.at(t);
             for (int64_t j = mine.lo; j < mine.hi; ++j) {
                 const int64_t s = j * B;
                 T *dx[3], *du[3];
                 for (int q = 0; q < 3; ++q) {
-                    dx[q] = dxt + (q * H + j) * B;
-                    du[q] = dut + (q * H + j) * B;
+                    dx[q] = dxt + (q * H + j) * ld;
+                    du[q] = dut + (q * H + j) * ld;
                 }
                 const T* hpj = hp + s;
                 T* dhpj = dhp + s;
@@ -103,7 +104,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
                 }
             }
 #pragma omp barrier
-            recurrent_t(dut, dhp, true, mine);
+            recurrent_t(dut, dhp, true, mine, nullptr, ld);
         }
     }
 }

@@ -8,7 +8,7 @@
 //        the value differs but is multiplied by that step's zero ∂h, as before)
 //        [4] (H,B) scratch, used when [3] is null: the step's tanh(c) (forward: written and
 //        dropped; backward: recomputed there first, so the element loops stay branch-free)
-// grads: [0] dz (T,4H,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
+// grads: [0] dz (4H,·,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
 //        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
 #include "cpu_loop.h"
@@ -84,6 +84,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 4 * H, B);  // W_hhᵀ ∂z_t
+    const int64_t ld = a.grad_stride;
     // each thread runs its units' element loop (∂z_t of its units) and, once every unit's
     // ∂z_t is written, its units' rows of ∂h_{t−1} += W_hhᵀ ∂z_t, which is all that its next
     // element loop reads
@@ -105,7 +106,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 for (int64_t e = lo; e < lo + n; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
             }
             const T* dht = block<T>(a.dh, t, H, B);
-            T* dzt = block<T>(a.grads[0], t, 4 * H, B);
+            T* dzt = a.grads[0] + t * B;  // row r at dzt + r·ld
             const uint8_t* valid = flags.at(t);
             if (a.grads[3] != nullptr)
                 std::memcpy(block<T>(a.grads[3], t, H, B) + lo, dc + lo, sizeof(T) * n);
@@ -114,7 +115,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 T* dzq[4];
                 for (int q = 0; q < 4; ++q) {
                     gq[q] = gt + (q * H + j) * B;
-                    dzq[q] = dzt + (q * H + j) * B;
+                    dzq[q] = dzt + (q * H + j) * ld;
                 }
                 const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
                 const T* dcj = dc + j * B;
@@ -136,7 +137,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
                 }
             }
 #pragma omp barrier
-            recurrent_t(dzt, dhp, true, mine);
+            recurrent_t(dzt, dhp, true, mine, nullptr, ld);
             std::swap(dc, dc_prev);
         }
         if (dc != a.dstate[0]) std::memcpy(a.dstate[0] + lo, dc + lo, sizeof(T) * n);

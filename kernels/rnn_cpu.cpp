@@ -4,7 +4,7 @@
 // ``cpu_forward`` / ``cpu_backward``.
 //
 // saved: [0] h (T,H,B)  [1] φ(a), the new value before the padding carry
-// grads: [0] ∂a (T,H,B) = ∂x_g = ∂h_g
+// grads: [0] ∂a (H,·,B) = ∂x_g = ∂h_g
 #include "cpu_loop.h"
 
 namespace cpu_loop {
@@ -45,6 +45,7 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, H, B);  // += W_hhᵀ ∂a_t
+    const int64_t ld = a.grad_stride;
 #pragma omp parallel num_threads(recurrent_t.threads(a.threads))
     {
         const Units mine = my_units(H);
@@ -52,7 +53,7 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
             const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
-            T* dat = block<T>(a.grads[0], t, H, B);
+            T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
             const uint8_t* valid = flags.at(t);
             for (int64_t j = mine.lo; j < mine.hi; ++j) {
                 const int64_t s = j * B;
@@ -61,12 +62,12 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
                     const bool keep = valid[b];
                     const T dh_in = dht[s + b], y = yt[s + b];
                     const T slope = Relu ? relu_grad<T>(y) : tanh_grad<T>(y);
-                    dat[s + b] = keep ? dh_in * slope : T(0);
+                    dat[j * ld + b] = keep ? dh_in * slope : T(0);
                     dhp[s + b] += keep ? T(0) : dh_in;
                 }
             }
 #pragma omp barrier
-            recurrent_t(dat, dhp, true, mine);
+            recurrent_t(dat, dhp, true, mine, nullptr, ld);
         }
     }
 }

@@ -2,29 +2,37 @@
 
 For a cell that declares a CPU loop (``Cell.cpu_loop_for``; ``kernels/<name>_cpu.cpp``),
 forward and backward each are one call into a library built from those files and
-``kernels/cpu_loop.h`` with the host compiler (``-O3 -march=native -ffast-math``: the
-element loops vectorise, with glibc's vector expf/tanhf), which
+``kernels/cpu_loop.h`` with the host compiler (``-O3 -march=native -ffast-math -fopenmp``:
+the element loops vectorise, with glibc's vector expf/tanhf), which
 
 - lays every per-step buffer out time-major and feature-major within a step, (T, width,
-  B), so that the recurrent product of a step is the row-major GEMM  W_hh · h_{t−1}  into
-  a (G·H, B) buffer: on this machine's OpenBLAS about 1.5× faster than the batch-major
-  h_{t−1} W_hhᵀ (measured: 94 against 64 GFLOP/s at B 64, H 512; 87 against 53 at B 32,
-  H 128), and each step reads and writes contiguous blocks;
+  B), so that the recurrent product of a step is  W_hh · h_{t−1}  into a (G·H, B) buffer
+  and each step reads and writes contiguous blocks;
+- runs that product through its own kernel with W_hh packed once per call
+  (``kernels/cpu_gemm.h``) when B is a multiple of 16 floats (8 doubles): BLAS would pack
+  both operands at every step. The LSTM then also takes W_ih x_t into the step's product,
+  so its forward has no hoisted X_g at all. Other batches call NumPy's own OpenBLAS (its
+  ``cblas_?gemm``, found in the loaded library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
   kernels (common.cuh), so no NumPy temporaries and no Python per step;
-- calls NumPy's own OpenBLAS (its ``cblas_?gemm`` found in the loaded library), so one BLAS
-  thread pool serves every GEMM and ``threadpoolctl`` limits it.
+- runs on as many threads as NumPy's BLAS is limited to (``threadpoolctl``,
+  ``OPENBLAS_NUM_THREADS``): one OpenMP team per call, each thread taking whole blocks of
+  units (their rows of the product and their element loop; one barrier a step), with BLAS
+  set to one thread meanwhile and called by each team thread for its share.
 
-Before and after the loop, the hoisted GEMMs are NumPy's:
+Before and after the loop, the hoisted products (``kernels/hoisted_cpu.cpp``, on the same
+threads):
 
-    X_g[t] = W_ih X[t]ᵀ  (one batched matmul)     ∂X = ∂X_gᵀ W_ih
-    ∂W_ih = ∂X_g X     ∂W_hh = ∂H_g H_prev        ∂b = Σ_columns
+    X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih
+    ∂W_ih += ∂X_g X     ∂W_hh += ∂H_g H_prev              ∂b += Σ_columns
 
-with ∂X_g and ∂H_g rearranged once into (G·H, T·B) matrices and X, H_prev as (T·B, ·).
+a chunk of steps at a time, the backward loop writing ∂X_g and ∂H_g straight into (G·H,
+chunk·B) rows, as these GEMMs read them, and X, H_prev as (chunk·B, ·) rows.
 
 Results equal the reference driver's to rounding (the GEMM shapes and -ffast-math change
-the order of additions), not bit for bit; the tests hold it to 1e-12 in float64. A cell
-without a CPU loop (or LSTMP, the reset-before GRU) runs on the reference driver.
+the order of additions), not bit for bit; the tests hold it to 1e-12 in float64, at one
+thread and more. A cell without a CPU loop (or LSTMP, the reset-before GRU) runs on the
+reference driver.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -78,16 +87,12 @@ class Blas(ctypes.Structure):
     _fields_ = [("sgemm", ctypes.c_void_p), ("dgemm", ctypes.c_void_p),
                 ("ilp64", ctypes.c_int)]
 
-    get_num_threads = None  # OpenBLAS's current thread count (a ctypes function)
+    get_num_threads = set_num_threads = None  # OpenBLAS's thread count (ctypes functions)
 
 
-# the cblas GEMMs of NumPy's OpenBLAS, by the names its builds export: (single, double, ILP64,
-# its thread count)
-_GEMM_SYMBOLS = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", 1,
-                  "scipy_openblas_get_num_threads64_"),
-                 ("cblas_sgemm64_", "cblas_dgemm64_", 1, "openblas_get_num_threads64_"),
-                 ("scipy_cblas_sgemm", "scipy_cblas_dgemm", 0, "scipy_openblas_get_num_threads"),
-                 ("cblas_sgemm", "cblas_dgemm", 0, "openblas_get_num_threads"))
+# the cblas GEMMs of NumPy's OpenBLAS and its thread count, by the names its builds export:
+# (prefix, suffix, ILP64): cblas_sgemm, cblas_dgemm, openblas_{get,set}_num_threads
+_BLAS_NAMES = (("scipy_", "64_", 1), ("", "64_", 1), ("scipy_", "", 0), ("", "", 0))
 
 
 def numpy_blas() -> Blas:
@@ -103,15 +108,18 @@ def numpy_blas() -> Blas:
         if "numpy" not in info.get("filepath", ""):
             continue
         library = ctypes.CDLL(info["filepath"])
-        for single, double, ilp64, threads in _GEMM_SYMBOLS:
+        for prefix, suffix, ilp64 in _BLAS_NAMES:
+            names = ("cblas_sgemm", "cblas_dgemm", "openblas_get_num_threads",
+                     "openblas_set_num_threads")
             try:
-                s, d, n = (getattr(library, name) for name in (single, double, threads))
+                s, d, get, set_ = (getattr(library, prefix + name + suffix) for name in names)
             except AttributeError:
                 continue
             blas = Blas(ctypes.cast(s, ctypes.c_void_p).value,
                         ctypes.cast(d, ctypes.c_void_p).value, ilp64)
-            n.restype = ctypes.c_int
-            blas.get_num_threads = n
+            get.restype = ctypes.c_int
+            set_.argtypes = [ctypes.c_int]
+            blas.get_num_threads, blas.set_num_threads = get, set_
             return blas
     raise CompiledUnavailableError("NumPy's BLAS is not an OpenBLAS with cblas GEMMs")
 
@@ -156,7 +164,16 @@ def _args_type(ctype):
         ("reverse", ctypes.c_int64), ("xg", ptr), ("w_hh", ptr), ("bias_x", ptr),
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
-        ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64)]})
+        ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
+        ("grad_stride", ctypes.c_int64)]})
+
+
+class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("groups", "hidden", "input", "columns", "stride", "threads")] + \
+               [(name, ctypes.c_void_p) for name in
+                ("w_ih", "x", "xg", "dxg", "dhg", "h_prev", "dw_ih", "dw_hh", "db_ih", "db_hh",
+                 "dx")] + [("batch", ctypes.c_int64)]
 
 
 _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
@@ -202,6 +219,24 @@ class CompiledCPU:
         getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(args))
 
+    def _hoisted(self, name, dtype, **fields):
+        getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
+            ctypes.byref(self.blas), ctypes.byref(HoistedArgs(**fields)))
+
+    @contextmanager
+    def _one_pool(self):
+        """NumPy's BLAS thread count, for the C++ loops' OpenMP team, with BLAS itself on one
+        thread meanwhile: each of the team's threads calls it for its share
+        (kernels/hoisted_cpu.cpp says why)."""
+        threads = max(1, self.blas.get_num_threads())
+        if threads > 1:
+            self.blas.set_num_threads(1)
+        try:
+            yield threads
+        finally:
+            if threads > 1:
+                self.blas.set_num_threads(threads)
+
     checkpoint_every = 0  # > 0: keep the state every k steps, recompute segments (backward)
 
     def _bias(self, loop, p):
@@ -216,9 +251,10 @@ class CompiledCPU:
         lanes.restype = ctypes.c_int64
         return loop.joins_input and batch % lanes() == 0
 
-    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, fm=None):
+    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None):
         """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
-        ``state_fm``; returns the segment's feature-major saved buffers (n, W·H, B)."""
+        ``state_fm`` on ``threads``; returns the segment's feature-major saved buffers
+        (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
         xg = x_fm = w_ih = None
@@ -228,7 +264,10 @@ class CompiledCPU:
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
             xg = _POOL.empty((n, GH, B), dt)
-            np.matmul(p["w_ih"], x[lo:hi].transpose(0, 2, 1), out=xg)
+            self._hoisted("input_projection", dt, groups=GH // hidden, hidden=hidden,
+                          input=x.shape[2], columns=n * B, threads=threads, batch=B,
+                          w_ih=_ptr(np.ascontiguousarray(p["w_ih"])),
+                          x=_ptr(np.ascontiguousarray(x[lo:hi])), xg=_ptr(xg))
         if fm is None:
             skip = _NOT_KEPT.get(loop.name, ())
             fm = {name: _POOL.empty((n, width * hidden, B), dt) for name, width in loop.saved
@@ -239,8 +278,7 @@ class CompiledCPU:
         args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
-                              w_ih=_ptr(w_ih), input=x.shape[2],
-                              threads=self.blas.get_num_threads())
+                              w_ih=_ptr(w_ih), input=x.shape[2], threads=threads)
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
@@ -264,13 +302,14 @@ class CompiledCPU:
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
         h = _POOL.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
         checkpoints, fm, state = [], None, state0_fm
-        for _, lo, hi in _segments(T, reverse, every):
-            checkpoints.append(state)
-            fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8,
-                                   fm if fm is not None and len(fm["h"]) == hi - lo else None)
-            h[lo:hi] = fm["h"].transpose(0, 2, 1)
-            last = 0 if reverse else hi - lo - 1
-            state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
+        with self._one_pool() as threads:
+            for _, lo, hi in _segments(T, reverse, every):
+                checkpoints.append(state)
+                fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
+                                       fm if fm is not None and len(fm["h"]) == hi - lo else None)
+                h[lo:hi] = fm["h"].transpose(0, 2, 1)
+                last = 0 if reverse else hi - lo - 1
+                state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         out = h if valid is None else h * valid
         if every < T:
@@ -301,10 +340,7 @@ class CompiledCPU:
         dh[last] += dstate[0].T
         dh0 = np.zeros((H, B), dt)
         rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
-        scratch = [np.empty((H, B), dt) for _ in rest]
         history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
-        w_hh = np.ascontiguousarray(p["w_hh"])
-        item = np.dtype(dt).itemsize
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
         # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
@@ -312,40 +348,46 @@ class CompiledCPU:
         # measured 10 % slower), so the arithmetic does not depend on checkpoint_every; the
         # C++ loop is called once per piece (a chunk within a segment), which does not
         # change its arithmetic either.
+        item = np.dtype(dt).itemsize
         chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
-        zbuf = {name: np.empty((chunk, width * H, B), dt) for name, width in loop.grads}
+        # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
+        zbuf = {name: np.empty((width * H, chunk, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
         dx = _POOL.empty((T, B, I), dt) if need_dx else None
-        extra = np.empty((H, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        piece = _Piece(loop, dt, B, H, reverse, np.ascontiguousarray(p["w_hh"]), valid_u8, dh,
+                       dh0, rest, [np.empty((H, B), dt) for _ in rest], zbuf, chunk, history,
+                       np.empty((H, B), dt))
+        x = np.ascontiguousarray(x)
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         segments = _segments(T, reverse, every)
         seg_fm = None
-        for s in range(len(segments) - 1, -1, -1):
-            k0, lo, hi = segments[s]
-            n = hi - lo
-            if fm is not None:
-                seg = fm
-            else:
-                seg_fm = self._run_forward(loop, p, x, checkpoints[s], lo, hi, reverse,
-                                           valid_u8, seg_fm if seg_fm is not None
-                                           and len(seg_fm["h"]) == n else None)
-                seg = seg_fm
-            p1 = k0 + n
-            while p1 > k0:
-                p0 = max(k0, (p1 - 1) // chunk * chunk)  # the piece [p0, p1), loop positions
-                c0 = p0 // chunk * chunk  # its chunk's first loop position
-                t_lo = min(step_of(p0), step_of(p1 - 1))  # the piece's first time step
-                c_lo = min(step_of(c0), step_of(min(T, c0 + chunk) - 1))
-                self._backward_piece(loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest,
-                                     scratch, seg, lo, checkpoints[s] if p0 == k0 else tuple(
-                                         None if seg.get(name) is None else
-                                         seg[name][step_of(p0 - 1) - lo] for name in cell.state),
-                                     p0, p1, t_lo, step_of, zbuf, c_lo, history, extra)
-                if p0 == c0:  # the chunk is complete
-                    self._flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH,
-                                      reverse, step_of)
-                p1 = p0
+        with self._one_pool() as threads:
+            for s in range(len(segments) - 1, -1, -1):
+                k0, lo, hi = segments[s]
+                n = hi - lo
+                if fm is not None:
+                    seg = fm
+                else:
+                    seg_fm = self._run_forward(loop, p, x, checkpoints[s], lo, hi, reverse,
+                                               valid_u8, threads, seg_fm if seg_fm is not None
+                                               and len(seg_fm["h"]) == n else None)
+                    seg = seg_fm
+                p1 = k0 + n
+                while p1 > k0:
+                    p0 = max(k0, (p1 - 1) // chunk * chunk)  # the piece [p0, p1), loop positions
+                    c0 = p0 // chunk * chunk  # its chunk's first loop position
+                    t_lo = min(step_of(p0), step_of(p1 - 1))  # the piece's first time step
+                    c_lo = min(step_of(c0), step_of(min(T, c0 + chunk) - 1))
+                    before = checkpoints[s] if p0 == k0 else tuple(
+                        None if seg.get(name) is None else seg[name][step_of(p0 - 1) - lo]
+                        for name in cell.state)
+                    self._backward_piece(piece, seg, lo, before, p0, p1, t_lo, c_lo, step_of,
+                                         threads)
+                    if p0 == c0:  # the chunk is complete
+                        self._weight_grads(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H,
+                                           GH, reverse, step_of, threads)
+                    p1 = p0
         del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
@@ -356,54 +398,72 @@ class CompiledCPU:
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 
-    def _backward_piece(self, loop, dt, B, H, reverse, w_hh, valid_u8, dh, dh0, rest, scratch,
-                        seg, seg_lo, state_before, p0, p1, t_lo, step_of, zbuf, c_lo, history,
-                        extra):
+    def _backward_piece(self, piece, seg, seg_lo, state_before, p0, p1, t_lo, c_lo, step_of,
+                        threads):
         """The C++ backward over loop positions p0..p1−1 (times t_lo..t_lo+n−1)."""
+        dt, B, H, dh = piece.dtype, piece.batch, piece.hidden, piece.dh
         item = np.dtype(dt).itemsize
-        n = p1 - p0
-        dh_before = dh0.ctypes.data if p0 == 0 else \
+        dh_before = piece.dh0.ctypes.data if p0 == 0 else \
             dh.ctypes.data + step_of(p0 - 1) * H * B * item
-        args = _ARGS[dt.name](steps=n, batch=B, hidden=H, reverse=int(bool(reverse)),
-                              w_hh=_ptr(w_hh),
-                              valid=None if valid_u8 is None else valid_u8[t_lo:].ctypes.data,
+        valid = piece.valid_u8
+        args = _ARGS[dt.name](steps=p1 - p0, batch=B, hidden=H, reverse=int(bool(piece.reverse)),
+                              w_hh=_ptr(piece.w_hh),
+                              valid=None if valid is None else valid[t_lo:].ctypes.data,
                               dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before,
-                              threads=self.blas.get_num_threads())
+                              threads=threads, grad_stride=piece.chunk * B)
         for k, st in enumerate(state_before):
             args.state0[k] = _ptr(st)
-        for k, (name, _) in enumerate(loop.saved):
+        for k, (name, _) in enumerate(piece.loop.saved):
             a = seg.get(name)
             args.saved[k] = None if a is None else a.ctypes.data + (t_lo - seg_lo) * a[0].nbytes
-        args.saved[len(loop.saved)] = _ptr(extra)
-        for k, (d, sc) in enumerate(zip(rest, scratch)):
+        args.saved[len(piece.loop.saved)] = _ptr(piece.extra)
+        for k, (d, sc) in enumerate(zip(piece.rest, piece.scratch)):
             args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
-        for k, (name, _) in enumerate(loop.grads):
-            z = zbuf[name]
-            args.grads[k] = z.ctypes.data + (t_lo - c_lo) * z[0].nbytes
+        for k, (name, _) in enumerate(piece.loop.grads):  # step t_lo's columns of the chunk
+            args.grads[k] = piece.zbuf[name].ctypes.data + (t_lo - c_lo) * B * item
+        history = piece.history
         args.grads[3] = None if history is None else history.ctypes.data + t_lo * H * B * item
-        self._call(loop, "backward", dt, args)
+        self._call(piece.loop, "backward", dt, args)
 
-    @staticmethod
-    def _flush_chunk(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH, reverse, step_of):
-        """The hoisted GEMMs of one complete chunk of ∂z (loop positions c0..)."""
+    def _weight_grads(self, x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH, reverse,
+                      step_of, threads):
+        """The hoisted GEMMs of one complete chunk of ∂z (loop positions c0..), in C++."""
         c1 = min(T, c0 + chunk)
         n = c1 - c0
         a = min(step_of(c0), step_of(c1 - 1))
         b = a + n
-        dzc = np.ascontiguousarray(zbuf["dxg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
-        dhc = dzc if "dhg" not in zbuf else \
-            np.ascontiguousarray(zbuf["dhg"][:n].transpose(1, 0, 2)).reshape(GH, n * B)
         if not reverse:
             hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
         else:
             hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
-        wg["w_ih"] += dzc @ x[a:b].reshape(n * B, I)
-        wg["w_hh"] += dhc @ hp.reshape(n * B, H)
-        wg["b_ih"] += dzc.sum(axis=1)
-        if wg["b_hh"] is not None:
-            wg["b_hh"] += dhc.sum(axis=1)
-        if dx is not None:
-            np.matmul(dzc.T, p["w_ih"], out=dx[a:b].reshape(n * B, I))
+        hp = np.ascontiguousarray(hp)
+        dxg = zbuf["dxg"]
+        self._hoisted("weight_grads", dxg.dtype, groups=GH // H, hidden=H, input=I,
+                      columns=n * B, stride=chunk * B, threads=threads,
+                      w_ih=_ptr(np.ascontiguousarray(p["w_ih"])), x=_ptr(x[a:b]),
+                      dxg=_ptr(dxg), dhg=_ptr(zbuf.get("dhg")), h_prev=_ptr(hp),
+                      dw_ih=_ptr(wg["w_ih"]), dw_hh=_ptr(wg["w_hh"]), db_ih=_ptr(wg["b_ih"]),
+                      db_hh=_ptr(wg["b_hh"]), dx=None if dx is None else _ptr(dx[a:b]))
+
+
+class _Piece(NamedTuple):
+    """What every piece of one backward call hands the C++ loop."""
+
+    loop: object
+    dtype: object
+    batch: int
+    hidden: int
+    reverse: bool
+    w_hh: object
+    valid_u8: object
+    dh: object
+    dh0: object
+    rest: list  # the other states' gradients, feature-major
+    scratch: list  # one (H, B) buffer for each
+    zbuf: dict
+    chunk: int
+    history: object
+    extra: object  # saved[len(loop.saved)]: a step's scratch
 
 
 # the driver's large per-call arrays, reused across calls once nothing holds them: a fresh
