@@ -176,6 +176,11 @@ class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
                  "dx")] + [("batch", ctypes.c_int64)]
 
 
+class TransposeArgs(ctypes.Structure):  # kernels/layout_cpu.cpp
+    _fields_ = [(name, ctypes.c_int64) for name in ("steps", "rows", "cols", "threads")] + \
+               [("src", ctypes.c_void_p), ("dst", ctypes.c_void_p)]
+
+
 _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
 
 
@@ -223,6 +228,15 @@ class CompiledCPU:
         getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(HoistedArgs(**fields)))
 
+    def _transpose_steps(self, src, dst, threads):
+        """dst[t] = src[t]ᵀ for (steps, rows, cols) → (steps, cols, rows), both contiguous."""
+        assert src.flags.c_contiguous and dst.flags.c_contiguous and src.dtype == dst.dtype
+        steps, rows, cols = src.shape
+        getattr(self.lib, f"cpu_transpose_steps_{SUFFIX[src.dtype.name]}")(
+            ctypes.byref(self.blas), ctypes.byref(TransposeArgs(
+                steps=steps, rows=rows, cols=cols, threads=threads, src=_ptr(src),
+                dst=_ptr(dst))))
+
     @contextmanager
     def _one_pool(self):
         """NumPy's BLAS thread count, for the C++ loops' OpenMP team, with BLAS itself on one
@@ -260,7 +274,7 @@ class CompiledCPU:
         xg = x_fm = w_ih = None
         if self._joins_input(loop, dt, B):
             x_fm = _POOL.empty((n, x.shape[2], B), dt)  # (n, I, B)
-            x_fm[...] = x[lo:hi].transpose(0, 2, 1)
+            self._transpose_steps(x[lo:hi], x_fm, threads)
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
             xg = _POOL.empty((n, GH, B), dt)
@@ -296,6 +310,7 @@ class CompiledCPU:
         if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         T, B, I = x.shape
+        x = np.ascontiguousarray(x)
         state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
@@ -307,7 +322,7 @@ class CompiledCPU:
                 checkpoints.append(state)
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
                                        fm if fm is not None and len(fm["h"]) == hi - lo else None)
-                h[lo:hi] = fm["h"].transpose(0, 2, 1)
+                self._transpose_steps(fm["h"], h[lo:hi], threads)
                 last = 0 if reverse else hi - lo - 1
                 state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
@@ -335,7 +350,9 @@ class CompiledCPU:
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
         valid = inputs.get("valid")
         dh = _POOL.empty((T, H, B), dt)
-        dh[...] = (dout if valid is None else dout * valid).transpose(0, 2, 1)
+        with self._one_pool() as threads:
+            self._transpose_steps(np.ascontiguousarray(dout if valid is None else dout * valid),
+                                  dh, threads)
         last = 0 if reverse else T - 1
         dh[last] += dstate[0].T
         dh0 = np.zeros((H, B), dt)
