@@ -6,8 +6,8 @@
 // saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c), or null: not
 //        kept (the backward recomputes tanh(c_t) from c_t; where a padded step kept c_{t−1},
 //        the value differs but is multiplied by that step's zero ∂h, as before)
-//        [4] (H,B) scratch, used when [3] is null: the step's tanh(c) (forward: written and
-//        dropped; backward: recomputed there first, so the element loops stay branch-free)
+//        [4] (H,B) scratch, used when [3] is null: the step's tanh(c), recomputed by the
+//        backward before its element loop, which then stays branch-free
 // grads: [0] dz (4H,·,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
 //        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
@@ -15,16 +15,59 @@
 
 namespace cpu_loop {
 
+// Step t's element loop over units [lo, hi): reading the pre-activations (+ x_g unless the
+// input joined the product, Joined), writing the gates, h_t, c_t and (KeepTanh) tanh(c_t).
+template <typename T, bool Joined, bool KeepTanh>
+void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp,
+                        const uint8_t* valid, Units units) {
+    const int64_t H = a.hidden, B = a.batch;
+    const T* xt = Joined ? nullptr : block<const T>(a.xg, t, 4 * H, B);
+    T* gt = block<T>(a.saved[2], t, 4 * H, B);
+    T* ht = block<T>(a.saved[0], t, H, B);
+    T* ct = block<T>(a.saved[1], t, H, B);
+    T* tct = KeepTanh ? block<T>(a.saved[3], t, H, B) : nullptr;
+    for (int64_t j = units.lo; j < units.hi; ++j) {
+        const T *x[4], *r[4];
+        T* g_out[4];
+        T bias[4];
+        for (int q = 0; q < 4; ++q) {
+            const int64_t row = q * H + j;
+            x[q] = Joined ? nullptr : xt + row * B;
+            r[q] = a.scratch + row * B;
+            g_out[q] = gt + row * B;
+            bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
+        }
+        const T *hpj = hp + j * B, *cpj = cp + j * B;
+        T *hj = ht + j * B, *cj = ct + j * B, *tcj = KeepTanh ? tct + j * B : nullptr;
+#pragma GCC ivdep
+        for (int64_t b = 0; b < B; ++b) {
+            const T i = sigmoid<T>((Joined ? T(0) : x[0][b]) + r[0][b] + bias[0]);
+            const T f = sigmoid<T>((Joined ? T(0) : x[1][b]) + r[1][b] + bias[1]);
+            const T g = tanh_<T>((Joined ? T(0) : x[2][b]) + r[2][b] + bias[2]);
+            const T o = sigmoid<T>((Joined ? T(0) : x[3][b]) + r[3][b] + bias[3]);
+            const T c_new = f * cpj[b] + i * g;
+            const T tc = tanh_<T>(c_new);
+            g_out[0][b] = i;
+            g_out[1][b] = f;
+            g_out[2][b] = g;
+            g_out[3][b] = o;
+            if (KeepTanh) tcj[b] = tc;
+            const bool keep = valid[b];
+            hj[b] = keep ? o * tc : hpj[b];
+            cj[b] = keep ? c_new : cpj[b];
+        }
+    }
+}
+
 template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
-    // there is no xg and its rows read as zeros)
+    // there is no xg)
     const StepProduct<T> recurrent =
         a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B)
             : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B);
-    const std::vector<T> zeros(a.xg ? 0 : B, T(0));
     // each thread runs its units' rows of the product and their element loop; the step
     // ends when every unit's h_t is written
 #pragma omp parallel num_threads(recurrent.threads(a.threads))
@@ -36,44 +79,12 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
             const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
             recurrent(hp, a.scratch, false, mine,
                       a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
-            const T* xt = a.xg ? block<const T>(a.xg, t, 4 * H, B) : nullptr;
-            T* gt = block<T>(a.saved[2], t, 4 * H, B);
-            T* ht = block<T>(a.saved[0], t, H, B);
-            T* ct = block<T>(a.saved[1], t, H, B);
-            T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
             const uint8_t* valid = flags.at(t);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const T *x[4], *r[4];
-                T* g_out[4];
-                T bias[4];
-                for (int q = 0; q < 4; ++q) {
-                    const int64_t row = q * H + j;
-                    x[q] = xt ? xt + row * B : zeros.data();
-                    r[q] = a.scratch + row * B;
-                    g_out[q] = gt + row * B;
-                    bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) +
-                              (a.bias_h ? a.bias_h[row] : T(0));
-                }
-                const T *hpj = hp + j * B, *cpj = cp + j * B;
-                T *hj = ht + j * B, *cj = ct + j * B, *tcj = tct + j * B;
-#pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const T i = sigmoid<T>(x[0][b] + r[0][b] + bias[0]);
-                    const T f = sigmoid<T>(x[1][b] + r[1][b] + bias[1]);
-                    const T g = tanh_<T>(x[2][b] + r[2][b] + bias[2]);
-                    const T o = sigmoid<T>(x[3][b] + r[3][b] + bias[3]);
-                    const T c_new = f * cpj[b] + i * g;
-                    const T tc = tanh_<T>(c_new);
-                    g_out[0][b] = i;
-                    g_out[1][b] = f;
-                    g_out[2][b] = g;
-                    g_out[3][b] = o;
-                    tcj[b] = tc;
-                    const bool keep = valid[b];
-                    hj[b] = keep ? o * tc : hpj[b];
-                    cj[b] = keep ? c_new : cpj[b];
-                }
-            }
+            if (a.x && a.saved[3]) lstm_step_elements<T, true, true>(a, t, hp, cp, valid, mine);
+            if (a.x && !a.saved[3]) lstm_step_elements<T, true, false>(a, t, hp, cp, valid, mine);
+            if (!a.x && a.saved[3]) lstm_step_elements<T, false, true>(a, t, hp, cp, valid, mine);
+            if (!a.x && !a.saved[3])
+                lstm_step_elements<T, false, false>(a, t, hp, cp, valid, mine);
 #pragma omp barrier
         }
     }
