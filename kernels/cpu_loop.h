@@ -76,6 +76,7 @@ template <typename T> struct Args {
     int64_t input;          // I
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
     int64_t grad_stride;    // of grads[0], grads[1]
+    T* out;                 // (T, B, H) or null: the forward also writes h batch-major here
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
@@ -133,6 +134,41 @@ inline Units my_units(int64_t H) {
     const int64_t blocks = (H + MR - 1) / MR, n = omp_get_num_threads(),
                   k = omp_get_thread_num();
     return {std::min(H, blocks * k / n * MR), std::min(H, blocks * (k + 1) / n * MR)};
+}
+
+// dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: in 16 × 16 tiles through a
+// buffer in L1, so that both the reads and the writes run along cache lines.
+constexpr int64_t TILE = 16;
+
+template <typename T>
+inline void transpose_tile(const T* __restrict src, int64_t ld_src, T* __restrict dst,
+                           int64_t ld_dst) {
+    T tile[TILE][TILE];
+    for (int64_t r = 0; r < TILE; ++r)
+        for (int64_t c = 0; c < TILE; ++c) tile[c][r] = src[r * ld_src + c];
+    for (int64_t c = 0; c < TILE; ++c)
+        for (int64_t r = 0; r < TILE; ++r) dst[c * ld_dst + r] = tile[c][r];
+}
+
+template <typename T>
+void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
+                    int64_t cols) {
+    const int64_t R16 = rows / TILE * TILE, C16 = cols / TILE * TILE;
+    for (int64_t r0 = 0; r0 < R16; r0 += TILE)
+        for (int64_t c0 = 0; c0 < C16; c0 += TILE)
+            transpose_tile(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst);
+    for (int64_t r = 0; r < rows; ++r)  // the edges: rows past R16, columns past C16
+        for (int64_t c = r < R16 ? C16 : 0; c < cols; ++c)
+            dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+// A thread's units of step t's h_t (H, B block) into the batch-major output (T, B, H), if
+// the driver asked for it (Args::out): done in the loop, while the block is in cache.
+template <typename T> void emit_output(const Args<T>& a, int64_t t, const T* ht, Units units) {
+    if (a.out == nullptr) return;
+    const int64_t H = a.hidden, B = a.batch;
+    transpose_rect(ht + units.lo * B, B, a.out + t * B * H + units.lo, H, units.hi - units.lo,
+                   B);
 }
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).

@@ -52,6 +52,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
                     ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
                 }
             }
+            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
 #pragma omp barrier
         }
     }

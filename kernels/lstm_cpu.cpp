@@ -85,6 +85,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
             if (!a.x && a.saved[3]) lstm_step_elements<T, false, true>(a, t, hp, cp, valid, mine);
             if (!a.x && !a.saved[3])
                 lstm_step_elements<T, false, false>(a, t, hp, cp, valid, mine);
+            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
 #pragma omp barrier
         }
     }

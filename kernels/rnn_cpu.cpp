@@ -35,6 +35,7 @@ template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T
                     ht[s + b] = valid[b] ? y : hp[s + b];
                 }
             }
+            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
 #pragma omp barrier
         }
     }

@@ -169,7 +169,7 @@ def _args_type(ctype):
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
         ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
-        ("grad_stride", ctypes.c_int64)]})
+        ("grad_stride", ctypes.c_int64), ("out", ptr)]})
 
 
 class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
@@ -269,10 +269,11 @@ class CompiledCPU:
         lanes.restype = ctypes.c_int64
         return loop.joins_input and batch % lanes() == 0
 
-    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None):
+    def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None,
+                     out=None):
         """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
-        ``state_fm`` on ``threads``; returns the segment's feature-major saved buffers
-        (n, W·H, B)."""
+        ``state_fm`` on ``threads``, also writing h batch-major into ``out`` (n, B, H) if
+        given; returns the segment's feature-major saved buffers (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
         xg = x_fm = w_ih = None
@@ -296,7 +297,8 @@ class CompiledCPU:
         args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
-                              w_ih=_ptr(w_ih), input=x.shape[2], threads=threads)
+                              w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
+                              out=_ptr(out))
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
@@ -325,8 +327,8 @@ class CompiledCPU:
             for _, lo, hi in _segments(T, reverse, every):
                 checkpoints.append(state)
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
-                                       fm if fm is not None and len(fm["h"]) == hi - lo else None)
-                self._transpose_steps(fm["h"], h[lo:hi], threads)
+                                       fm if fm is not None and len(fm["h"]) == hi - lo else None,
+                                       out=h[lo:hi])
                 last = 0 if reverse else hi - lo - 1
                 state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
