@@ -7,8 +7,7 @@
 // columns at row stride `stride`; X, H_prev the chunk's (n·B, ·) rows, batch-major).
 //
 // Each thread calls BLAS on its share, with BLAS itself on one thread (the driver sets
-// that): the weight rows of its units in every gate, and a range of the n·B columns for
-// ∂X. One pool of threads (OpenMP's) then runs the whole layer, loops and products: a BLAS
+// that): a range of the weight rows, and a range of the n·B columns for ∂X. One pool of threads (OpenMP's) then runs the whole layer, loops and products: a BLAS
 // pool of its own beside it spins after each call and takes the cores the loop's threads
 // need (measured at 2 threads: the backward ran 3× slower).
 #include "cpu_loop.h"
@@ -49,25 +48,25 @@ template <typename T> void input_projection(const Blas& blas, const HoistedArgs<
 }
 
 template <typename T> void weight_grads(const Blas& blas, const HoistedArgs<T>& a) {
-    const int64_t H = a.hidden, I = a.input, N = a.columns, ld = a.stride;
+    const int64_t H = a.hidden, I = a.input, N = a.columns, ld = a.stride, GH = a.groups * H;
     const T* dhg = a.dhg ? a.dhg : a.dxg;
 #pragma omp parallel num_threads(int(a.threads))
     {
-        const Units mine = my_units(H);
-        for (int64_t g = 0; g < a.groups; ++g) {
-            const int64_t r0 = g * H + mine.lo, rows = mine.hi - mine.lo;
-            if (rows == 0) break;
+        // a thread's share: a contiguous range of the G·H weight rows (one GEMM each: BLAS
+        // packs X once a call) and a range of the N columns for ∂X
+        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+        const int64_t r0 = GH * k / n, rows = GH * (k + 1) / n - r0;
+        if (rows > 0) {
             gemm<T>(blas, false, false, rows, I, N, a.dxg + r0 * ld, ld, a.x, I, T(1),
                     a.dw_ih + r0 * I, I);
             gemm<T>(blas, false, false, rows, H, N, dhg + r0 * ld, ld, a.h_prev, H, T(1),
                     a.dw_hh + r0 * H, H);
-            for (int64_t r = r0; r < r0 + rows; ++r) {  // ∂b += Σ_columns
-                a.db_ih[r] += row_sum(a.dxg + r * ld, N);
-                if (a.db_hh) a.db_hh[r] += row_sum(dhg + r * ld, N);
-            }
+        }
+        for (int64_t r = r0; r < r0 + rows; ++r) {  // ∂b += Σ_columns
+            a.db_ih[r] += row_sum(a.dxg + r * ld, N);
+            if (a.db_hh) a.db_hh[r] += row_sum(dhg + r * ld, N);
         }
         if (a.dx) {
-            const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
             const int64_t c0 = N * k / n, c1 = N * (k + 1) / n;
             if (c1 > c0)  // ∂X[c0:c1] = ∂X_g[:, c0:c1]ᵀ W_ih
                 gemm<T>(blas, true, false, c1 - c0, I, a.groups * H, a.dxg + c0, ld, a.w_ih,
