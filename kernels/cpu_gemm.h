@@ -56,13 +56,21 @@ template <typename T> struct PackedA {
         : groups(groups_), rows(rows_), depth(depth_), blocks((rows_ + MR - 1) / MR) {
         data.assign(groups * blocks * MR * depth, T(0));
     }
-    // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs]
+    // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs],
+    // read along whichever of i and k is contiguous in it
     void fill(int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
         for (int64_t g = 0; g < groups; ++g)
-            for (int64_t i = 0; i < rows; ++i) {
-                T* dst = block(g, i / MR) + i % MR;
-                const T* src = a + (g * rows + i) * rs;
-                for (int64_t k = 0; k < n; ++k) dst[(k0 + k) * MR] = src[k * cs];
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t i0 = b * MR, m = std::min(MR, rows - i0);
+                const T* src = a + (g * rows + i0) * rs;
+                T* dst = block(g, b) + k0 * MR;
+                if (cs == 1) {  // rows of the source contiguous: one row at a time
+                    for (int64_t r = 0; r < m; ++r)
+                        for (int64_t k = 0; k < n; ++k) dst[k * MR + r] = src[r * rs + k];
+                } else {  // columns contiguous (a transposed source): MR values per k
+                    for (int64_t k = 0; k < n; ++k)
+                        for (int64_t r = 0; r < m; ++r) dst[k * MR + r] = src[r * rs + k * cs];
+                }
             }
     }
     T* block(int64_t g, int64_t b) { return data.data() + (g * blocks + b) * depth * MR; }
