@@ -181,7 +181,8 @@ struct Order {
 // Step t's valid flags: that row of the (T, B) array, or all ones when there is none. Never
 // null, so the element loops read it unconditionally: a vectorised `valid == nullptr ||
 // valid[b]` becomes a masked load from address 0 + b, and on this machine (Zen 4) each
-// such masked-off fault costs a microcode assist: it took half of the LSTM forward's time.
+// such masked-off fault costs a microcode assist: half the time of the LSTM forward's
+// element loop went there.
 class ValidFlags {
   public:
     ValidFlags(const uint8_t* valid, int64_t batch)

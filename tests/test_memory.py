@@ -91,7 +91,7 @@ IMPLS = ["reference", pytest.param("compiled", marks=needs_compiled)]
 @pytest.mark.parametrize("bidir", [False, True], ids=["uni", "bi"])
 def test_checkpoint_every_is_bitwise(impl, cell, lengths, bidir, monkeypatch):
     # small ∂z chunks in the compiled backward, so chunks and segments interleave
-    monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", 3 * 4 * 7 * 3 * 8)
+    monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", (3 * 4 * 7 * 3 * 8,) * 2)
     monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 1)
     plain = _run(cell, impl, lengths, bidir)
     for options in ({"checkpoint_every": 1}, {"checkpoint_every": 3},
@@ -104,7 +104,7 @@ def test_checkpoint_every_is_bitwise(impl, cell, lengths, bidir, monkeypatch):
 
 @needs_compiled
 def test_compiled_chunks_agree_with_the_reference(monkeypatch):
-    monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", 2 * 4 * 7 * 3 * 8)
+    monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", (2 * 4 * 7 * 3 * 8,) * 2)
     monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 1)
     for cell in ("lstm", "gru", "rnn_tanh"):
         ref = _run(cell, "reference", [11, 7, 3], True)

@@ -57,11 +57,13 @@ FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-fopenmp
 LINK_FLAGS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
 MAX_STATES = 2
-# the backward keeps ∂z for at most this many bytes of steps at a time (a layer's whole
-# ∂z up to 64 MiB): the longer the chunk, the longer the weight-gradient GEMMs' inner
-# dimension (chunk·B); measured at LSTM 3×512, B 64, T 100: whole-T chunks 7 % faster
-# than 512 KiB ones (an extra 52 MB at the peak), no difference at 1×128
-CHUNK_BYTES = 64 << 20
+# the backward keeps ∂z for an eighth of a layer's steps at a time, within these bytes:
+# the longer the chunk, the longer the weight-gradient GEMMs' inner dimension (chunk·B).
+# Measured at LSTM 3×512, B 64, T 100, one thread: 8 MiB chunks about 3 % faster than
+# 512 KiB ones, whole-T chunks (52 MB) 7 %, but those put the peak RSS above torch's; no
+# difference at 1×128
+CHUNK_BYTES = (1 << 19, 8 << 20)
+CHUNK_SHARE = 8
 CHUNK_MIN_COLUMNS = 512  # … and at least this many (step, sequence) columns per GEMM
 
 
@@ -282,7 +284,9 @@ class CompiledCPU:
             self._transpose_steps(x[lo:hi], x_fm, threads)
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
-            xg = _POOL.empty((n, GH, B), dt)
+            # not pooled: a free buffer this large would stay resident through the backward
+            # (measured: the GRU 3×512's peak RSS above torch's)
+            xg = np.empty((n, GH, B), dt)
             self._hoisted("input_projection", dt, groups=GH // hidden, hidden=hidden,
                           input=x.shape[2], columns=n * B, threads=threads, batch=B,
                           w_ih=_ptr(np.ascontiguousarray(p["w_ih"])),
@@ -367,12 +371,14 @@ class CompiledCPU:
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
         # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
-        # function of the shapes (at most CHUNK_BYTES of ∂z, at least 512 columns: 2-step
+        # function of the shapes (CHUNK_BYTES, CHUNK_SHARE; at least 512 columns: 2-step
         # chunks measured 10 % slower), so the arithmetic does not depend on
         # checkpoint_every; the C++ loop is called once per piece (a chunk within a
         # segment), which does not change its arithmetic either.
         item = np.dtype(dt).itemsize
-        chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), CHUNK_BYTES // (GH * B * item)))
+        step_bytes = GH * B * item
+        chunk_bytes = min(max(T * step_bytes // CHUNK_SHARE, CHUNK_BYTES[0]), CHUNK_BYTES[1])
+        chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), chunk_bytes // step_bytes))
         # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
         zbuf = {name: np.empty((width * H, chunk, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
