@@ -200,6 +200,55 @@ template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
     return base + t * W * B;
 }
 
+// The time loop of every cell's compiled forward: one OpenMP team for the call; at each
+// step each thread computes its units' rows of the step's product into scratch, runs the
+// cell's element step on its units,
+//     elements(t, tp, h_{t−1}, valid flags, units)     (tp: the previous step, −1 at the first)
+// writes them into the batch-major output, and waits for the others (h_t complete).
+template <typename T, typename Elements>
+void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements elements) {
+    const int64_t H = a.hidden, B = a.batch;
+    const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
+#pragma omp parallel num_threads(product.threads(a.threads))
+    {
+        const Units mine = my_units(H);
+        for (int64_t k = 0; k < a.steps; ++k) {
+            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+            product(hp, a.scratch, false, mine,
+                    a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
+            elements(t, tp, hp, flags.at(t), mine);
+            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
+#pragma omp barrier
+        }
+    }
+}
+
+// The time loop of every cell's compiled backward, from the last step to the first: each
+// thread runs the cell's element step on its units,
+//     d = elements(k, t, tp, ∂h_{t−1}, valid flags, units)     (k: the loop position)
+// writing its units' rows of d, the gradient of step t's product (row stride grad_stride);
+// once every thread has, it computes its units' rows of  ∂h_{t−1} += W_hhᵀ d, which is all
+// its next element step reads.
+template <typename T, typename Elements>
+void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
+    const int64_t H = a.hidden, B = a.batch;
+    const Order order{a.steps, a.reverse != 0};
+    const ValidFlags flags(a.valid, B);
+#pragma omp parallel num_threads(product_t.threads(a.threads))
+    {
+        const Units mine = my_units(H);
+        for (int64_t k = a.steps - 1; k >= 0; --k) {
+            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
+            T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
+            const T* d = elements(k, t, tp, dhp, flags.at(t), mine);
+#pragma omp barrier
+            product_t(d, dhp, true, mine, nullptr, a.grad_stride);
+        }
+    }
+}
+
 }  // namespace cpu_loop
 
 // the vector lanes of the packed kernel: the driver joins the input projection to the

@@ -11,103 +11,81 @@ namespace cpu_loop {
 
 template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent(blas, a.w_hh, false, 3, H, H, B);  // W_hh · h_{t−1}
-#pragma omp parallel num_threads(recurrent.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        for (int64_t k = 0; k < a.steps; ++k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-            recurrent(hp, a.scratch, false, mine);
-            const T* xt = block<const T>(a.xg, t, 3 * H, B);
-            T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
-            T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
-            T* hnt = block<T>(a.saved[4], t, H, B);
-            const uint8_t* valid = flags.at(t);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const T *x[3], *u[3];
-                T bx[3], bh[3];
-                for (int q = 0; q < 3; ++q) {
-                    const int64_t row = q * H + j;
-                    x[q] = xt + row * B;
-                    u[q] = a.scratch + row * B;
-                    bx[q] = a.bias_x ? a.bias_x[row] : T(0);
-                    bh[q] = a.bias_h ? a.bias_h[row] : T(0);
-                }
-                const T* hpj = hp + j * B;
-                const int64_t s = j * B;
-#pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const T r = sigmoid<T>((x[0][b] + bx[0]) + (u[0][b] + bh[0]));
-                    const T z = sigmoid<T>((x[1][b] + bx[1]) + (u[1][b] + bh[1]));
-                    const T hn = u[2][b] + bh[2];
-                    const T n = tanh_<T>((x[2][b] + bx[2]) + r * hn);
-                    const T hpb = hpj[b];
-                    rt[s + b] = r;
-                    zt[s + b] = z;
-                    nt[s + b] = n;
-                    hnt[s + b] = hn;
-                    ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
-                }
+    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, const uint8_t* valid,
+                                       Units units) {
+        const T* xt = block<const T>(a.xg, t, 3 * H, B);
+        T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
+        T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
+        T* hnt = block<T>(a.saved[4], t, H, B);
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            const T *x[3], *u[3];
+            T bx[3], bh[3];
+            for (int q = 0; q < 3; ++q) {
+                const int64_t row = q * H + j;
+                x[q] = xt + row * B;
+                u[q] = a.scratch + row * B;
+                bx[q] = a.bias_x ? a.bias_x[row] : T(0);
+                bh[q] = a.bias_h ? a.bias_h[row] : T(0);
             }
-            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
-#pragma omp barrier
+            const T* hpj = hp + j * B;
+            const int64_t s = j * B;
+#pragma GCC ivdep
+            for (int64_t b = 0; b < B; ++b) {
+                const T r = sigmoid<T>((x[0][b] + bx[0]) + (u[0][b] + bh[0]));
+                const T z = sigmoid<T>((x[1][b] + bx[1]) + (u[1][b] + bh[1]));
+                const T hn = u[2][b] + bh[2];
+                const T n = tanh_<T>((x[2][b] + bx[2]) + r * hn);
+                const T hpb = hpj[b];
+                rt[s + b] = r;
+                zt[s + b] = z;
+                nt[s + b] = n;
+                hnt[s + b] = hn;
+                ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
+            }
         }
-    }
+    });
 }
 
 template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
-    // ∂h_{t−1} += W_hhᵀ ∂h_g
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);
-    const int64_t ld = a.grad_stride;
-#pragma omp parallel num_threads(recurrent_t.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        for (int64_t k = a.steps - 1; k >= 0; --k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-            T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
-            const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
-            const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
-            const T* dht = block<T>(a.dh, t, H, B);
-            T *dxt = a.grads[0] + t * B, *dut = a.grads[1] + t * B;  // row r at + r·ld
-            const uint8_t* valid = flags.at(t);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const int64_t s = j * B;
-                T *dx[3], *du[3];
-                for (int q = 0; q < 3; ++q) {
-                    dx[q] = dxt + (q * H + j) * ld;
-                    du[q] = dut + (q * H + j) * ld;
-                }
-                const T* hpj = hp + s;
-                T* dhpj = dhp + s;
-#pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const bool keep = valid[b];
-                    const T dh_in = dht[s + b];
-                    const T d = keep ? dh_in : T(0);
-                    const T r = rt[s + b], z = zt[s + b], n = nt[s + b];
-                    const T da_n = d * (T(1) - z) * tanh_grad<T>(n);
-                    const T da_r = da_n * hnt[s + b] * sigmoid_grad<T>(r);
-                    const T da_z = d * (hpj[b] - n) * sigmoid_grad<T>(z);
-                    dx[0][b] = da_r;
-                    dx[1][b] = da_z;
-                    dx[2][b] = da_n;
-                    du[0][b] = da_r;
-                    du[1][b] = da_z;
-                    du[2][b] = da_n * r;
-                    dhpj[b] += d * z + (keep ? T(0) : dh_in);
-                }
+    const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);  // W_hhᵀ ∂h_g
+    backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
+                                          const uint8_t* valid, Units units) {
+        const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+        const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
+        const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
+        const T* dht = block<T>(a.dh, t, H, B);
+        T *dxt = a.grads[0] + t * B, *dut = a.grads[1] + t * B;  // row r at + r·ld
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            const int64_t s = j * B;
+            T *dx[3], *du[3];
+            for (int q = 0; q < 3; ++q) {
+                dx[q] = dxt + (q * H + j) * ld;
+                du[q] = dut + (q * H + j) * ld;
             }
-#pragma omp barrier
-            recurrent_t(dut, dhp, true, mine, nullptr, ld);
+            const T* hpj = hp + s;
+            T* dhpj = dhp + s;
+#pragma GCC ivdep
+            for (int64_t b = 0; b < B; ++b) {
+                const bool keep = valid[b];
+                const T dh_in = dht[s + b];
+                const T d = keep ? dh_in : T(0);
+                const T r = rt[s + b], z = zt[s + b], n = nt[s + b];
+                const T da_n = d * (T(1) - z) * tanh_grad<T>(n);
+                const T da_r = da_n * hnt[s + b] * sigmoid_grad<T>(r);
+                const T da_z = d * (hpj[b] - n) * sigmoid_grad<T>(z);
+                dx[0][b] = da_r;
+                dx[1][b] = da_z;
+                dx[2][b] = da_n;
+                du[0][b] = da_r;
+                du[1][b] = da_z;
+                du[2][b] = da_n * r;
+                dhpj[b] += d * z + (keep ? T(0) : dh_in);
+            }
         }
-    }
+        return static_cast<const T*>(dut);
+    });
 }
 
 }  // namespace cpu_loop

@@ -7,9 +7,10 @@
 // columns at row stride `stride`; X, H_prev the chunk's (n·B, ·) rows, batch-major).
 //
 // Each thread calls BLAS on its share, with BLAS itself on one thread (the driver sets
-// that): a range of the weight rows, and a range of the n·B columns for ∂X. One pool of threads (OpenMP's) then runs the whole layer, loops and products: a BLAS
-// pool of its own beside it spins after each call and takes the cores the loop's threads
-// need (measured at 2 threads: the backward ran 3× slower).
+// that): a range of the weight rows, and a range of the n·B columns for ∂X. One pool of
+// threads (OpenMP's) then runs the whole layer, loops and products: a BLAS pool of its own
+// beside it spins after each call and takes the cores the loop's threads need (measured
+// at 2 threads: the backward ran 3× slower).
 #include "cpu_loop.h"
 
 namespace cpu_loop {

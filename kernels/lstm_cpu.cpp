@@ -61,99 +61,74 @@ void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp,
 
 template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
     // there is no xg)
     const StepProduct<T> recurrent =
         a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B)
             : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B);
-    // each thread runs its units' rows of the product and their element loop; the step
-    // ends when every unit's h_t is written
-#pragma omp parallel num_threads(recurrent.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        for (int64_t k = 0; k < a.steps; ++k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-            const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-            recurrent(hp, a.scratch, false, mine,
-                      a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
-            const uint8_t* valid = flags.at(t);
-            if (a.x && a.saved[3]) lstm_step_elements<T, true, true>(a, t, hp, cp, valid, mine);
-            if (a.x && !a.saved[3]) lstm_step_elements<T, true, false>(a, t, hp, cp, valid, mine);
-            if (!a.x && a.saved[3]) lstm_step_elements<T, false, true>(a, t, hp, cp, valid, mine);
-            if (!a.x && !a.saved[3])
-                lstm_step_elements<T, false, false>(a, t, hp, cp, valid, mine);
-            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
-#pragma omp barrier
-        }
-    }
+    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t tp, const T* hp,
+                                       const uint8_t* valid, Units units) {
+        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+        if (a.x && a.saved[3]) lstm_step_elements<T, true, true>(a, t, hp, cp, valid, units);
+        if (a.x && !a.saved[3]) lstm_step_elements<T, true, false>(a, t, hp, cp, valid, units);
+        if (!a.x && a.saved[3]) lstm_step_elements<T, false, true>(a, t, hp, cp, valid, units);
+        if (!a.x && !a.saved[3])
+            lstm_step_elements<T, false, false>(a, t, hp, cp, valid, units);
+    });
 }
 
 template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
+    const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 4 * H, B);  // W_hhᵀ ∂z_t
-    const int64_t ld = a.grad_stride;
-    // each thread runs its units' element loop (∂z_t of its units) and, once every unit's
-    // ∂z_t is written, its units' rows of ∂h_{t−1} += W_hhᵀ ∂z_t, which is all that its next
-    // element loop reads
-#pragma omp parallel num_threads(recurrent_t.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        const int64_t lo = mine.lo * B, n = (mine.hi - mine.lo) * B;  // its part of a block
-        T* dc = a.dstate[0];  // ∂L/∂c of the step being processed
-        T* dc_prev = a.dstate[1];
-        for (int64_t k = a.steps - 1; k >= 0; --k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-            T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
-            const T* gt = block<T>(a.saved[2], t, 4 * H, B);
-            const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
-            if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
-                const T* ct = block<T>(a.saved[1], t, H, B);
+    // ∂L/∂c of the step being processed and of the one before it: the two dstate buffers,
+    // swapped at every step (loop position k)
+    auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };
+    backward_steps<T>(a, recurrent_t, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
+                                          const uint8_t* valid, Units units) {
+        const int64_t lo = units.lo * B, n = (units.hi - units.lo) * B;  // its part of a block
+        const T* dc = dc_of(k);
+        T* dc_prev = dc_of(k - 1);
+        const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
+        const T* gt = block<T>(a.saved[2], t, 4 * H, B);
+        const T* tct = a.saved[3] ? block<T>(a.saved[3], t, H, B) : a.saved[4];
+        if (!a.saved[3]) {  // tanh(c_t), recomputed from the kept c_t
+            const T* ct = block<T>(a.saved[1], t, H, B);
 #pragma GCC ivdep
-                for (int64_t e = lo; e < lo + n; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
-            }
-            const T* dht = block<T>(a.dh, t, H, B);
-            T* dzt = a.grads[0] + t * B;  // row r at dzt + r·ld
-            const uint8_t* valid = flags.at(t);
-            if (a.grads[3] != nullptr)
-                std::memcpy(block<T>(a.grads[3], t, H, B) + lo, dc + lo, sizeof(T) * n);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const T* gq[4];
-                T* dzq[4];
-                for (int q = 0; q < 4; ++q) {
-                    gq[q] = gt + (q * H + j) * B;
-                    dzq[q] = dzt + (q * H + j) * ld;
-                }
-                const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
-                const T* dcj = dc + j * B;
-                T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
-#pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const bool keep = valid[b];
-                    const T dh_in = dhj[b], dc_in = dcj[b];
-                    const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
-                    const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
-                    const T tc = tcj[b];
-                    const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
-                    dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
-                    dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
-                    dzq[2][b] = dcell * i * tanh_grad<T>(g);
-                    dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
-                    dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
-                    dhpj[b] += keep ? T(0) : dh_in;
-                }
-            }
-#pragma omp barrier
-            recurrent_t(dzt, dhp, true, mine, nullptr, ld);
-            std::swap(dc, dc_prev);
+            for (int64_t e = lo; e < lo + n; ++e) a.saved[4][e] = tanh_<T>(ct[e]);
         }
-        if (dc != a.dstate[0]) std::memcpy(a.dstate[0] + lo, dc + lo, sizeof(T) * n);
-    }
+        const T* dht = block<T>(a.dh, t, H, B);
+        T* dzt = a.grads[0] + t * B;  // row r at dzt + r·ld
+        if (a.grads[3] != nullptr)
+            std::memcpy(block<T>(a.grads[3], t, H, B) + lo, dc + lo, sizeof(T) * n);
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            const T* gq[4];
+            T* dzq[4];
+            for (int q = 0; q < 4; ++q) {
+                gq[q] = gt + (q * H + j) * B;
+                dzq[q] = dzt + (q * H + j) * ld;
+            }
+            const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
+            const T* dcj = dc + j * B;
+            T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
+#pragma GCC ivdep
+            for (int64_t b = 0; b < B; ++b) {
+                const bool keep = valid[b];
+                const T dh_in = dhj[b], dc_in = dcj[b];
+                const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
+                const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
+                const T tc = tcj[b];
+                const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
+                dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
+                dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
+                dzq[2][b] = dcell * i * tanh_grad<T>(g);
+                dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
+                dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
+                dhpj[b] += keep ? T(0) : dh_in;
+            }
+        }
+        return static_cast<const T*>(dzt);
+    });
+    if (a.steps % 2) std::memcpy(a.dstate[0], a.dstate[1], sizeof(T) * H * B);  // ∂L/∂c_0
 }
 
 }  // namespace cpu_loop

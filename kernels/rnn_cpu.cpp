@@ -11,66 +11,45 @@ namespace cpu_loop {
 
 template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
     const StepProduct<T> recurrent(blas, a.w_hh, false, 1, H, H, B);  // W_hh · h_{t−1}
-#pragma omp parallel num_threads(recurrent.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        for (int64_t k = 0; k < a.steps; ++k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
-            recurrent(hp, a.scratch, false, mine);
-            const T* xt = block<const T>(a.xg, t, H, B);
-            T *ht = block<T>(a.saved[0], t, H, B), *yt = block<T>(a.saved[1], t, H, B);
-            const uint8_t* valid = flags.at(t);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const T bias = (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
-                const int64_t s = j * B;
+    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, const uint8_t* valid,
+                                       Units units) {
+        const T* xt = block<const T>(a.xg, t, H, B);
+        T *ht = block<T>(a.saved[0], t, H, B), *yt = block<T>(a.saved[1], t, H, B);
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            const T bias = (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
+            const int64_t s = j * B;
 #pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const T pre = xt[s + b] + a.scratch[s + b] + bias;
-                    const T y = Relu ? relu<T>(pre) : tanh_<T>(pre);
-                    yt[s + b] = y;
-                    ht[s + b] = valid[b] ? y : hp[s + b];
-                }
+            for (int64_t b = 0; b < B; ++b) {
+                const T pre = xt[s + b] + a.scratch[s + b] + bias;
+                const T y = Relu ? relu<T>(pre) : tanh_<T>(pre);
+                yt[s + b] = y;
+                ht[s + b] = valid[b] ? y : hp[s + b];
             }
-            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
-#pragma omp barrier
         }
-    }
+    });
 }
 
 template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch;
-    const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, H, B);  // += W_hhᵀ ∂a_t
-    const int64_t ld = a.grad_stride;
-#pragma omp parallel num_threads(recurrent_t.threads(a.threads))
-    {
-        const Units mine = my_units(H);
-        for (int64_t k = a.steps - 1; k >= 0; --k) {
-            const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
-            const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
-            T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
-            const uint8_t* valid = flags.at(t);
-            for (int64_t j = mine.lo; j < mine.hi; ++j) {
-                const int64_t s = j * B;
+    const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, H, B);  // W_hhᵀ ∂a_t
+    backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t, T* dhp,
+                                          const uint8_t* valid, Units units) {
+        const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
+        T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            const int64_t s = j * B;
 #pragma GCC ivdep
-                for (int64_t b = 0; b < B; ++b) {
-                    const bool keep = valid[b];
-                    const T dh_in = dht[s + b], y = yt[s + b];
-                    const T slope = Relu ? relu_grad<T>(y) : tanh_grad<T>(y);
-                    dat[j * ld + b] = keep ? dh_in * slope : T(0);
-                    dhp[s + b] += keep ? T(0) : dh_in;
-                }
+            for (int64_t b = 0; b < B; ++b) {
+                const bool keep = valid[b];
+                const T dh_in = dht[s + b], y = yt[s + b];
+                const T slope = Relu ? relu_grad<T>(y) : tanh_grad<T>(y);
+                dat[j * ld + b] = keep ? dh_in * slope : T(0);
+                dhp[s + b] += keep ? T(0) : dh_in;
             }
-#pragma omp barrier
-            recurrent_t(dat, dhp, true, mine, nullptr, ld);
         }
-    }
+        return static_cast<const T*>(dat);
+    });
 }
 
 }  // namespace cpu_loop
