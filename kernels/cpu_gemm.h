@@ -15,7 +15,7 @@
 // (packed_ok(N)), otherwise the loops call BLAS as before. X may be given as several row
 // segments stacked (h_{t−1}, then x_t: the LSTM's input projection joins the step's product).
 // Measured on this machine (Zen 4, one thread, hot caches): 113 GFLOP/s at
-// (512×128)·(128×32) and 117 at (2048×512)·(512×64), against OpenBLAS's 93 and 100 with
+// (512×128)·(128×32) and at (2048×512)·(512×64), against OpenBLAS's 93 and 100 with
 // its packing.
 #pragma once
 #include <algorithm>
