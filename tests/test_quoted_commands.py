@@ -265,6 +265,7 @@ def _make_targets():
                                                      for d, _, a in ARGVS])
 def test_quoted_command(doc, line, argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --out folders the parsers create land here
+    (tmp_path / "docs" / "bench").mkdir(parents=True, exist_ok=True)  # where results go
     program = argv[0].removeprefix(".venv/bin/")
     if program in ("cd", "export"):
         return
