@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include <omp.h>
 
@@ -104,8 +106,10 @@ template <typename T> class StepProduct {
     }
     // the threads the loop may run on: BLAS, called once per step, brings its own
     int threads(int64_t wanted) const {
-        return packed_.groups ? int(std::max<int64_t>(1, wanted)) : 1;
+        return packed() ? int(std::max<int64_t>(1, wanted)) : 1;
     }
+    bool packed() const { return packed_.groups != 0; }
+    int64_t depth() const { return depth_; }
     // X's row k at x + k·stride (B when 0); X_in's at x_in + k·B
     void operator()(const T* x, T* c, bool accumulate, Units units, const T* x_in = nullptr,
                     int64_t stride = 0) const {
@@ -136,29 +140,54 @@ inline Units my_units(int64_t H) {
     return {std::min(H, blocks * k / n * MR), std::min(H, blocks * (k + 1) / n * MR)};
 }
 
-// dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: in 16 × 16 tiles through a
-// buffer in L1, so that both the reads and the writes run along cache lines.
-constexpr int64_t TILE = 16;
+// dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: in L × L tiles (L = lanes<T>,
+// one 64-byte vector a row), each transposed in registers. A tile is L row vectors; swapping
+// the off-diagonal S × S blocks of every 2S × 2S block, for S = L/2, …, 2, 1, transposes it:
+//
+//     v_i ← (v_i[l]          if l & S = 0,  else v_{i+S}[l − S])        for i & S = 0
+//     v_{i+S} ← (v_i[l + S]  if l & S = 0,  else v_{i+S}[l])
+//
+// L·log₂L two-vector shuffles a tile; 2× the 16 × 16 copy through an L1 buffer it replaced.
+template <int L, int S> struct BlockSwap {
+    static constexpr int low(int l) { return (l & S) == 0 ? l : L + l - S; }
+    static constexpr int high(int l) { return (l & S) == 0 ? l + S : L + l; }
+};
+
+template <typename T, int S, int... l>
+inline void swap_blocks(vec<T>& a, vec<T>& b, std::integer_sequence<int, l...>) {
+    constexpr int L = sizeof...(l);
+    const vec<T> low = __builtin_shufflevector(a, b, BlockSwap<L, S>::low(l)...);
+    b = __builtin_shufflevector(a, b, BlockSwap<L, S>::high(l)...);
+    a = low;
+}
+
+template <typename T, int S> inline void swap_all_blocks(vec<T>* v) {
+    constexpr int L = lanes<T>();
+    for (int i = 0; i < L; ++i)
+        if ((i & S) == 0) swap_blocks<T, S>(v[i], v[i + S], std::make_integer_sequence<int, L>());
+    if constexpr (S > 1) swap_all_blocks<T, S / 2>(v);
+}
 
 template <typename T>
 inline void transpose_tile(const T* __restrict src, int64_t ld_src, T* __restrict dst,
                            int64_t ld_dst) {
-    T tile[TILE][TILE];
-    for (int64_t r = 0; r < TILE; ++r)
-        for (int64_t c = 0; c < TILE; ++c) tile[c][r] = src[r * ld_src + c];
-    for (int64_t c = 0; c < TILE; ++c)
-        for (int64_t r = 0; r < TILE; ++r) dst[c * ld_dst + r] = tile[c][r];
+    constexpr int L = lanes<T>();
+    vec<T> v[L];
+    for (int r = 0; r < L; ++r) v[r] = *reinterpret_cast<const vec<T>*>(src + r * ld_src);
+    swap_all_blocks<T, L / 2>(v);
+    for (int c = 0; c < L; ++c) *reinterpret_cast<vec<T>*>(dst + c * ld_dst) = v[c];
 }
 
 template <typename T>
 void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
                     int64_t cols) {
-    const int64_t R16 = rows / TILE * TILE, C16 = cols / TILE * TILE;
-    for (int64_t r0 = 0; r0 < R16; r0 += TILE)
-        for (int64_t c0 = 0; c0 < C16; c0 += TILE)
+    constexpr int64_t L = lanes<T>();
+    const int64_t RL = rows / L * L, CL = cols / L * L;
+    for (int64_t r0 = 0; r0 < RL; r0 += L)
+        for (int64_t c0 = 0; c0 < CL; c0 += L)
             transpose_tile(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst);
-    for (int64_t r = 0; r < rows; ++r)  // the edges: rows past R16, columns past C16
-        for (int64_t c = r < R16 ? C16 : 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r)  // the edges: rows past RL, columns past CL
+        for (int64_t c = r < RL ? CL : 0; c < cols; ++c)
             dst[c * ld_dst + r] = src[r * ld_src + c];
 }
 
@@ -231,11 +260,19 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 // writing its units' rows of d, the gradient of step t's product (row stride grad_stride);
 // once every thread has, it computes its units' rows of  ∂h_{t−1} += W_hhᵀ d, which is all
 // its next element step reads.
+//
+// The packed kernel reads d's rows from a contiguous (G·H, B) block, two of them used in
+// turn: each thread first copies its own rows there, from its cache. Read in place, a
+// chunk's columns apart (grad_stride·sizeof(T) bytes: 3 KiB at LSTM 3×512), the rows ran
+// the kernel at 40 % of its contiguous rate on an Intel Xeon (cache-set conflicts among
+// 2048 rows at a stride of a multiple of 1 KiB).
 template <typename T, typename Elements>
 void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
-    const int64_t H = a.hidden, B = a.batch;
+    const int64_t H = a.hidden, B = a.batch, G = product_t.depth() / H;
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
+    const bool stage = product_t.packed() && a.grad_stride != B;
+    std::vector<T> staged(stage ? 2 * G * H * B : 0);
 #pragma omp parallel num_threads(product_t.threads(a.threads))
     {
         const Units mine = my_units(H);
@@ -243,8 +280,17 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
             const T* d = elements(k, t, tp, dhp, flags.at(t), mine);
+            int64_t stride = a.grad_stride;
+            if (stage) {
+                T* to = staged.data() + (k % 2) * G * H * B;
+                for (int64_t g = 0; g < G; ++g)
+                    for (int64_t r = g * H + mine.lo; r < g * H + mine.hi; ++r)
+                        std::memcpy(to + r * B, d + r * stride, sizeof(T) * B);
+                d = to;
+                stride = B;
+            }
 #pragma omp barrier
-            product_t(d, dhp, true, mine, nullptr, a.grad_stride);
+            product_t(d, dhp, true, mine, nullptr, stride);
         }
     }
 }

@@ -3,8 +3,8 @@
 //
 //     dst[t][c][r] = src[t][r][c]      for t < steps, r < rows, c < cols
 //
-// (transpose_rect, cpu_loop.h: 2.5× NumPy's strided copy of a transposed view, which walks
-// either its reads or its writes across cache lines, on one thread).
+// (transpose_rect, cpu_loop.h: tiles transposed in registers; NumPy's strided copy of a
+// transposed view walks either its reads or its writes across cache lines).
 #include "cpu_loop.h"
 
 namespace cpu_loop {
