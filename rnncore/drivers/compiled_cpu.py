@@ -52,7 +52,10 @@ from ..buffer_pool import BufferPool
 from ..cells.base import Dims
 from .python_loop import LayerCache, PythonLoop
 
-FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-ffast-math", "-fopenmp", "-w")
+# -mprefer-vector-width=512: GCC's Intel AVX-512 targets default to 256-bit loops, and the
+# element loops then split each 16-lane call of glibc's vector expf/tanhf into halves
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-mprefer-vector-width=512",
+         "-ffast-math", "-fopenmp", "-w")
 # linked without -ffast-math: its startup code would set flush-to-zero for the whole process
 LINK_FLAGS = ("-shared", "-fopenmp", "-lmvec", "-lm")
 SUFFIX = {"float32": "f32", "float64": "f64"}
@@ -378,7 +381,9 @@ class CompiledCPU:
         item = np.dtype(dt).itemsize
         step_bytes = GH * B * item
         chunk_bytes = min(max(T * step_bytes // CHUNK_SHARE, CHUNK_BYTES[0]), CHUNK_BYTES[1])
-        chunk = min(T, max(-(-CHUNK_MIN_COLUMNS // B), chunk_bytes // step_bytes))
+        chunk = max(-(-CHUNK_MIN_COLUMNS // B), chunk_bytes // step_bytes)
+        chunk = min(T, chunk, max(1, CHUNK_BYTES[1] // step_bytes))
+        chunk = -(-T // -(-T // chunk))  # every chunk the same length, give or take one
         # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
         zbuf = {name: np.empty((width * H, chunk, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
