@@ -261,34 +261,48 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 // once every thread has, it computes its units' rows of  ∂h_{t−1} += W_hhᵀ d, which is all
 // its next element step reads.
 //
-// The packed kernel reads d's rows from a contiguous (G·H, B) block, two of them used in
-// turn: each thread first copies its own rows there, from its cache. Read in place, a
-// chunk's columns apart (grad_stride·sizeof(T) bytes: 3 KiB at LSTM 3×512), the rows ran
-// the kernel at 40 % of its contiguous rate on an Intel Xeon (cache-set conflicts among
-// 2048 rows at a stride of a multiple of 1 KiB).
+// The packed kernel reads d's rows from a contiguous (G·H, B) block (two, used in turn):
+// each thread first copies its own rows there, from its cache. Read in place, a chunk's
+// columns apart (grad_stride·sizeof(T) bytes: 3 KiB at LSTM 3×512), the rows ran the
+// kernel at 40 % of its contiguous rate on an Intel Xeon (cache-set conflicts among 2048
+// rows a multiple of 1 KiB apart).
+template <typename T> class StagedRows {
+  public:
+    StagedRows(bool on, int64_t rows, int64_t batch)
+        : rows_(rows), batch_(batch), data_(on ? 2 * rows * batch : 0) {}
+    // this thread's rows (g·H + units, every g) of d (row stride ld) into block k % 2;
+    // returns the block and sets its row stride, or d and ld when off
+    const T* stage(const T* d, int64_t ld, int64_t k, int64_t H, Units units, int64_t& stride) {
+        stride = ld;
+        if (data_.empty()) return d;
+        T* to = data_.data() + (k % 2) * rows_ * batch_;
+        for (int64_t g = 0; g < rows_ / H; ++g)
+            for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
+                std::memcpy(to + r * batch_, d + r * ld, sizeof(T) * batch_);
+        stride = batch_;
+        return to;
+    }
+
+  private:
+    int64_t rows_, batch_;
+    std::vector<T> data_;
+};
+
 template <typename T, typename Elements>
 void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
-    const int64_t H = a.hidden, B = a.batch, G = product_t.depth() / H;
+    const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
     const ValidFlags flags(a.valid, B);
-    const bool stage = product_t.packed() && a.grad_stride != B;
-    std::vector<T> staged(stage ? 2 * G * H * B : 0);
+    StagedRows<T> staged(product_t.packed() && a.grad_stride != B, product_t.depth(), B);
 #pragma omp parallel num_threads(product_t.threads(a.threads))
     {
         const Units mine = my_units(H);
         for (int64_t k = a.steps - 1; k >= 0; --k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
-            const T* d = elements(k, t, tp, dhp, flags.at(t), mine);
-            int64_t stride = a.grad_stride;
-            if (stage) {
-                T* to = staged.data() + (k % 2) * G * H * B;
-                for (int64_t g = 0; g < G; ++g)
-                    for (int64_t r = g * H + mine.lo; r < g * H + mine.hi; ++r)
-                        std::memcpy(to + r * B, d + r * stride, sizeof(T) * B);
-                d = to;
-                stride = B;
-            }
+            int64_t stride;
+            const T* d = staged.stage(elements(k, t, tp, dhp, flags.at(t), mine),
+                                      a.grad_stride, k, H, mine, stride);
 #pragma omp barrier
             product_t(d, dhp, true, mine, nullptr, stride);
         }
