@@ -14,9 +14,10 @@
 // L is the lanes of a 64-byte vector (16 floats, 8 doubles); N must be a multiple of L
 // (packed_ok(N)), otherwise the loops call BLAS as before. X may be given as several row
 // segments stacked (h_{t−1}, then x_t: the LSTM's input projection joins the step's product).
-// Measured on this machine (Zen 4, one thread, hot caches): 113 GFLOP/s at
-// (512×128)·(128×32) and at (2048×512)·(512×64), against OpenBLAS's 93 and 100 with
-// its packing.
+// Measured alone, one thread, hot caches: 113 GFLOP/s at (512×128)·(128×32) and at
+// (2048×512)·(512×64) on an AMD EPYC (Zen 4), against OpenBLAS's 93 and 100 with its
+// packing; 165–175 and 150–164 on an Intel Xeon (two 512-bit FMA units), against
+// OpenBLAS's 104–108 and 126–131.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -32,7 +33,16 @@ template <typename T> using vec = typename Vector<T>::type;
 template <typename T> constexpr int64_t lanes() { return int64_t(64 / sizeof(T)); }
 template <typename T> bool packed_ok(int64_t n) { return n > 0 && n % lanes<T>() == 0; }
 
-constexpr int64_t MR = 12;  // rows of a tile: 12 × 2 vectors = 24 accumulators
+// The rows of a tile, MR: 12 (12 × 2 vectors = 24 accumulators) or 8 (16 accumulators).
+// Per k a tile loads 2 vectors of X for 2·MR FMAs, so the taller tile needs less of X's
+// bandwidth: measured alone on an Intel Xeon, one thread, 12 rows ran (2048×512)·(512×64)
+// at 164 GFLOP/s against 8 rows' 150 (X from L2). With X in L1 (H 128, B 32) 8 rows ran
+// 3–5 % faster, and 128 units are 16 blocks of 8 (two threads, 8 each) but 11 of 12, the
+// last one a third empty (6 and 5). pick_mr chooses by that.
+inline int64_t pick_mr(int64_t rows, int64_t depth, int64_t batch, int64_t item) {
+    const bool x_in_l1 = depth * batch * item <= (64 << 10);
+    return x_in_l1 && rows % 8 == 0 ? 8 : 12;
+}
 
 // Rows of X: `count` rows of N values each, row k at x + k·stride.
 template <typename T> struct Rows {
@@ -46,40 +56,40 @@ struct Units {
 };
 
 // A (groups·rows × depth) packed: each group of `rows` rows (a gate's H rows) in blocks of
-// MR rows, the last block of a group padded with zeros, so that a range of units aligned to
-// MR is a range of blocks in every group.
+// mr rows, the last block of a group padded with zeros, so that a range of units aligned to
+// mr is a range of blocks in every group.
 template <typename T> struct PackedA {
     std::vector<T> data;  // [group][block][k][r]
-    int64_t groups = 0, rows = 0, depth = 0, blocks = 0;
+    int64_t groups = 0, rows = 0, depth = 0, mr = 12, blocks = 0;
 
-    PackedA(int64_t groups_, int64_t rows_, int64_t depth_)
-        : groups(groups_), rows(rows_), depth(depth_), blocks((rows_ + MR - 1) / MR) {
-        data.assign(groups * blocks * MR * depth, T(0));
+    PackedA(int64_t groups_, int64_t rows_, int64_t depth_, int64_t mr_)
+        : groups(groups_), rows(rows_), depth(depth_), mr(mr_), blocks((rows_ + mr_ - 1) / mr_) {
+        data.assign(groups * blocks * mr * depth, T(0));
     }
     // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs],
     // read along whichever of i and k is contiguous in it
     void fill(int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
         for (int64_t g = 0; g < groups; ++g)
             for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t i0 = b * MR, m = std::min(MR, rows - i0);
+                const int64_t i0 = b * mr, m = std::min(mr, rows - i0);
                 const T* src = a + (g * rows + i0) * rs;
-                T* dst = block(g, b) + k0 * MR;
+                T* dst = block(g, b) + k0 * mr;
                 if (cs == 1) {  // rows of the source contiguous: one row at a time
                     for (int64_t r = 0; r < m; ++r)
-                        for (int64_t k = 0; k < n; ++k) dst[k * MR + r] = src[r * rs + k];
-                } else {  // columns contiguous (a transposed source): MR values per k
+                        for (int64_t k = 0; k < n; ++k) dst[k * mr + r] = src[r * rs + k];
+                } else {  // columns contiguous (a transposed source): mr values per k
                     for (int64_t k = 0; k < n; ++k)
-                        for (int64_t r = 0; r < m; ++r) dst[k * MR + r] = src[r * rs + k * cs];
+                        for (int64_t r = 0; r < m; ++r) dst[k * mr + r] = src[r * rs + k * cs];
                 }
             }
     }
-    T* block(int64_t g, int64_t b) { return data.data() + (g * blocks + b) * depth * MR; }
+    T* block(int64_t g, int64_t b) { return data.data() + (g * blocks + b) * depth * mr; }
     const T* block(int64_t g, int64_t b) const {
-        return data.data() + (g * blocks + b) * depth * MR;
+        return data.data() + (g * blocks + b) * depth * mr;
     }
 };
 
-template <typename T, int V>
+template <typename T, int MR, int V>
 inline void tile(const T* ap, const Rows<T>* segs, int nsegs, int64_t N, int64_t col, T* c,
                  int64_t rows, bool accumulate) {
     constexpr int64_t L = lanes<T>();
@@ -102,21 +112,31 @@ inline void tile(const T* ap, const Rows<T>* segs, int nsegs, int64_t N, int64_t
         }
 }
 
-// The rows of `units` in every group of C (groups·rows × N, rows of N) = A · [segs stacked]
-// (+ C if accumulate); N: packed_ok; units.lo a multiple of MR.
-template <typename T>
-void gemm_packed(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
-                 bool accumulate, Units units) {
+template <typename T, int MR>
+void gemm_packed_mr(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
+                    bool accumulate, Units units) {
     constexpr int64_t L = lanes<T>();
     for (int64_t g = 0; g < a.groups; ++g)
         for (int64_t blk = units.lo / MR; blk * MR < units.hi; ++blk) {
-            const int64_t i0 = blk * MR, rows = std::min(MR, units.hi - i0);
+            const int64_t i0 = blk * MR, rows = std::min<int64_t>(MR, units.hi - i0);
             T* cb = c + (g * a.rows + i0) * N;
             int64_t col = 0;
             for (; col + 2 * L <= N; col += 2 * L)
-                tile<T, 2>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
-            if (col < N) tile<T, 1>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
+                tile<T, MR, 2>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
+            if (col < N)
+                tile<T, MR, 1>(a.block(g, blk), segs, nsegs, N, col, cb, rows, accumulate);
         }
+}
+
+// The rows of `units` in every group of C (groups·rows × N, rows of N) = A · [segs stacked]
+// (+ C if accumulate); N: packed_ok; units.lo a multiple of a.mr.
+template <typename T>
+void gemm_packed(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
+                 bool accumulate, Units units) {
+    if (a.mr == 8)
+        gemm_packed_mr<T, 8>(a, segs, nsegs, N, c, accumulate, units);
+    else
+        gemm_packed_mr<T, 12>(a, segs, nsegs, N, c, accumulate, units);
 }
 
 }  // namespace cpu_loop

@@ -91,7 +91,8 @@ template <typename T> class StepProduct {
     StepProduct(const Blas& blas, const T* w, bool transposed, int64_t groups, int64_t rows,
                 int64_t depth, int64_t batch)
         : blas_(blas), w_(w), trans_(transposed), rows_(groups * rows), depth_(depth),
-          batch_(batch), packed_(packed_ok<T>(batch) ? groups : 0, rows, depth) {
+          batch_(batch), packed_(packed_ok<T>(batch) ? groups : 0, rows, depth,
+                                 pick_mr(rows, depth, batch, sizeof(T))) {
         if (packed_ok<T>(batch))
             packed_.fill(0, depth, w, transposed ? 1 : depth, transposed ? rows_ : 1);
     }
@@ -100,7 +101,9 @@ template <typename T> class StepProduct {
     StepProduct(const Blas& blas, const T* w, const T* w_in, int64_t groups, int64_t rows,
                 int64_t depth, int64_t in, int64_t batch)
         : blas_(blas), w_(w), trans_(false), rows_(groups * rows), depth_(depth),
-          batch_(batch), packed_(groups, rows, depth + in), in_(in) {
+          batch_(batch), packed_(groups, rows, depth + in,
+                                 pick_mr(rows, depth + in, batch, sizeof(T))),
+          in_(in) {
         packed_.fill(0, depth, w, depth, 1);
         packed_.fill(depth, in, w_in, in, 1);
     }
@@ -109,6 +112,7 @@ template <typename T> class StepProduct {
         return packed() ? int(std::max<int64_t>(1, wanted)) : 1;
     }
     bool packed() const { return packed_.groups != 0; }
+    int64_t block_rows() const { return packed_.mr; }
     int64_t depth() const { return depth_; }
     // X's row k at x + k·stride (B when 0); X_in's at x_in + k·B
     void operator()(const T* x, T* c, bool accumulate, Units units, const T* x_in = nullptr,
@@ -133,11 +137,11 @@ template <typename T> class StepProduct {
 };
 
 // This thread's units of a parallel loop: the H units split over the team in whole blocks
-// of MR (cpu_gemm.h), so each thread's rows are whole blocks of the packed weights.
-inline Units my_units(int64_t H) {
-    const int64_t blocks = (H + MR - 1) / MR, n = omp_get_num_threads(),
+// of mr (cpu_gemm.h), so each thread's rows are whole blocks of the packed weights.
+inline Units my_units(int64_t H, int64_t mr) {
+    const int64_t blocks = (H + mr - 1) / mr, n = omp_get_num_threads(),
                   k = omp_get_thread_num();
-    return {std::min(H, blocks * k / n * MR), std::min(H, blocks * (k + 1) / n * MR)};
+    return {std::min(H, blocks * k / n * mr), std::min(H, blocks * (k + 1) / n * mr)};
 }
 
 // dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: in L × L tiles (L = lanes<T>,
@@ -241,7 +245,7 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
     const ValidFlags flags(a.valid, B);
 #pragma omp parallel num_threads(product.threads(a.threads))
     {
-        const Units mine = my_units(H);
+        const Units mine = my_units(H, product.block_rows());
         for (int64_t k = 0; k < a.steps; ++k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
@@ -296,7 +300,7 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
     StagedRows<T> staged(product_t.packed() && a.grad_stride != B, product_t.depth(), B);
 #pragma omp parallel num_threads(product_t.threads(a.threads))
     {
-        const Units mine = my_units(H);
+        const Units mine = my_units(H, product_t.block_rows());
         for (int64_t k = a.steps - 1; k >= 0; --k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);

@@ -61,7 +61,8 @@ def test_equals_the_reference_driver(cell, options, dtype):
 
 # Batches that take the packed step kernel (kernels/cpu_gemm.h: a multiple of 16 floats or 8
 # doubles; 24 and 48 add a one-vector column tile to the two-vector ones) and one that
-# does not; hidden 7 and 13 leave a partial block of rows (blocks of 12).
+# does not; hidden 7 and 13 leave a partial block of rows (blocks of 12), hidden 16 runs
+# blocks of 8 (pick_mr: a multiple of 8 with the step's operand in L1).
 PACKED_BATCHES = {"float32": (16, 48, 20), "float64": (8, 24, 12)}
 
 
@@ -70,8 +71,9 @@ PACKED_BATCHES = {"float32": (16, 48, 20), "float64": (8, 24, 12)}
 def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
     for batch in PACKED_BATCHES[dtype]:
         lengths = np.random.default_rng(batch).integers(1, 7, batch)
-        for hidden, options in ((7, dict(num_layers=1)), (13, dict(num_layers=2,
-                                                                    bidirectional=True))):
+        for hidden, options in ((7, dict(num_layers=1)),
+                                (13, dict(num_layers=2, bidirectional=True)),
+                                (16, dict(num_layers=2, bidirectional=True))):
             m, ours, our_grads = _run(cell, "compiled", dtype, options, lengths, hidden,
                                       batch=batch)
             assert m.impl_in_use == "compiled"
@@ -105,18 +107,19 @@ def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(cell,
                                    **TOL["float64"])
 
 
+@pytest.mark.parametrize("hidden", [25, 40])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads):
+def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, hidden):
     """The loops run on as many threads as NumPy's BLAS is limited to, each taking whole
-    blocks of units (3 here, for hidden 25: 2 + 1 or 1 + 1 + 1)."""
+    blocks of units (hidden 25: 3 blocks of 12, 2 + 1 or 1 + 1 + 1; hidden 40: 5 of 8)."""
     lengths = np.array([6, 2, 5, 1] * 4)
     with threadpool_limits(limits=threads, user_api="blas"):
         assert compiled_cpu.numpy_blas().get_num_threads() == threads
         _, ours, our_grads = _run(cell, "compiled", "float64", dict(num_layers=2), lengths,
-                                  hidden=25, batch=16)
+                                  hidden=hidden, batch=16)
     _, ref, ref_grads = _run(cell, "reference", "float64", dict(num_layers=2), lengths,
-                             hidden=25, batch=16)
+                             hidden=hidden, batch=16)
     for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
         np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
     for name in ref_grads:
