@@ -85,7 +85,11 @@ def test_one_table_per_thread_count(tmp_path, capsys):
     assert out.count("### rnncore vs torch.nn on cpu") == 2
     runs = json.loads((tmp_path / "b.json").read_text())["runs"]
     assert [r["meta"]["threads"] for r in runs] == [1, 2]
-    assert all(r["meta"]["gemm_peak_gflops"] > 0 for r in runs)
+    for r in runs:  # the roofline: the faster of BLAS's GEMM and the packed step kernel
+        rates = r["meta"]["gemm_rates_gflops"]
+        assert set(rates) == {"blas", "kernel"} and min(rates.values()) > 0
+        assert r["meta"]["gemm_peak_gflops"] == max(rates.values())
+    assert "the faster of NumPy's BLAS on 2048³" in out
 
 
 def test_memory_columns_measure_each_implementation(tmp_path):
