@@ -21,6 +21,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -43,6 +44,29 @@ inline int64_t pick_mr(int64_t rows, int64_t depth, int64_t batch, int64_t item)
     const bool x_in_l1 = depth * batch * item <= (64 << 10);
     return x_in_l1 && rows % 8 == 0 ? 8 : 12;
 }
+
+// n values of T, zeroed, on a 64-byte boundary (a cache line; a vector): a 64-byte vector
+// access off it touches two lines (rnncore/buffer_pool.py aligns the driver's arrays alike).
+template <typename T> class AlignedArray {
+  public:
+    explicit AlignedArray(int64_t n) : size_(n) {
+        if (n > 0) {
+            data_ = static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
+            std::memset(data_, 0, n * sizeof(T));
+        }
+    }
+    AlignedArray(const AlignedArray&) = delete;
+    AlignedArray& operator=(const AlignedArray&) = delete;
+    ~AlignedArray() { std::free(data_); }
+    T* data() { return data_; }
+    const T* data() const { return data_; }
+    int64_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+
+  private:
+    T* data_ = nullptr;
+    int64_t size_;
+};
 
 // Rows of X: `count` rows of N values each, row k at x + k·stride.
 template <typename T> struct Rows {

@@ -289,7 +289,7 @@ template <typename T> class StagedRows {
 
   private:
     int64_t rows_, batch_;
-    std::vector<T> data_;
+    AlignedArray<T> data_;
 };
 
 template <typename T, typename Elements>

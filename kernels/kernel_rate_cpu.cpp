@@ -13,9 +13,10 @@ template <typename T> struct KernelRateArgs {
 };
 
 template <typename T> void kernel_rate(const Blas&, KernelRateArgs<T>& a) {
-    std::vector<T> w(a.rows * a.depth), x(a.depth * a.batch), c(a.rows * a.batch);
+    std::vector<T> w(a.rows * a.depth);
+    AlignedArray<T> x(a.depth * a.batch), c(a.rows * a.batch);
     for (size_t i = 0; i < w.size(); ++i) w[i] = T((i * 7919 % 1000) / 1000.0 - 0.5);
-    for (size_t i = 0; i < x.size(); ++i) x[i] = T((i * 104729 % 1000) / 1000.0 - 0.5);
+    for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = T((i * 104729 % 1000) / 1000.0 - 0.5);
     PackedA<T> packed(1, a.rows, a.depth, pick_mr(a.rows, a.depth, a.batch, sizeof(T)));
     packed.fill(0, a.depth, w.data(), a.depth, 1);
     const Rows<T> segs[1] = {{x.data(), a.depth, a.batch}};

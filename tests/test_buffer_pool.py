@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from rnncore.buffer_pool import MIN_BYTES, BufferPool
+from rnncore.buffer_pool import ALIGN, MIN_BYTES, BufferPool, aligned_copy, aligned_zeros
 
 N = MIN_BYTES // 4  # float32 elements of one pooled buffer
 
@@ -56,3 +56,14 @@ def test_a_buffer_serves_only_requests_of_at_least_half_its_size():
     del big
     assert pool.empty((N,), np.float32).ctypes.data != big_at  # would waste 3/4 of it
     assert pool.empty((3 * N,), np.float32).ctypes.data == big_at
+
+
+def test_every_array_starts_on_a_cache_line():
+    pool = BufferPool()
+    arrays = [pool.empty(shape, dtype) for shape, dtype in
+              (((N,), np.float32), ((3, N), np.float64), ((5, 7), np.float32), ((1,), np.uint8))]
+    arrays += [aligned_zeros((13, 3), np.float64), aligned_copy(np.arange(12.0).reshape(3, 4).T)]
+    assert all(a.ctypes.data % ALIGN == 0 for a in arrays)
+    assert arrays[4].shape == (13, 3) and not arrays[4].any()
+    np.testing.assert_array_equal(arrays[5], np.arange(12.0).reshape(3, 4).T)
+    assert arrays[5].flags.c_contiguous

@@ -14,6 +14,7 @@ import pytest
 
 import rnncore
 from rnncore import memory
+from rnncore.buffer_pool import ALIGN
 from rnncore.drivers import compiled_cpu
 from rnncore.gradcheck import check_module_gradients
 from rnncore.modules import Recurrent
@@ -47,13 +48,14 @@ def test_kept_bytes_reference_lstm_by_hand():
 
 @needs_compiled
 def test_kept_bytes_compiled_lstm_by_hand():
-    """The compiled driver, same case: x (12), h batch-major (8), c (8), the gates (32)
-    and the initial state (4; at B 1 its feature-major form is a view of it): 64 values
-    = 512 bytes (no feature-major copy of h, no tanh(c)). At B 2 the feature-major
-    initial state is a copy: 2·(12 + 8 + 8 + 32 + 4 + 4) = 136 values."""
+    """The compiled driver, same case: x (12), h batch-major (8), c (8), the gates (32),
+    the initial state (4) and its feature-major copy (4): 68 values = 544 bytes (no
+    feature-major copy of h, no tanh(c)); at B 2, 2·68 values. Each of the five arrays the
+    driver allocates (h, c, the gates, the two state copies) starts on a 64-byte boundary
+    (rnncore.buffer_pool.ALIGN), its buffer ALIGN bytes longer."""
     m = Recurrent("lstm", 3, 2, dtype="float64", impl="compiled", seed=0)
-    assert kept(m, np.ones((4, 1, 3))) == 64 * 8
-    assert kept(m, np.ones((4, 2, 3))) == 136 * 8
+    assert kept(m, np.ones((4, 1, 3))) == 68 * 8 + 5 * ALIGN
+    assert kept(m, np.ones((4, 2, 3))) == 2 * 68 * 8 + 5 * ALIGN
 
 
 def test_recompute_keeps_less():

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import fused
 from ..backend import bias_sum
-from ..buffer_pool import BufferPool
+from ..buffer_pool import BufferPool, aligned_copy, aligned_empty, aligned_zeros
 from ..cells.base import Dims
 from .python_loop import LayerCache, PythonLoop
 
@@ -306,7 +306,7 @@ class CompiledCPU:
         else:
             # not pooled: a free buffer this large would stay resident through the backward
             # (measured: the GRU 3×512's peak RSS above torch's)
-            xg = np.empty((n, GH, B), dt)
+            xg = aligned_empty((n, GH, B), dt)
             self._hoisted("input_projection", dt, groups=GH // hidden, hidden=hidden,
                           input=x.shape[2], columns=n * B, threads=threads, batch=B,
                           w_ih=_ptr(np.ascontiguousarray(p["w_ih"])),
@@ -327,9 +327,9 @@ class CompiledCPU:
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
             args.saved[k] = _ptr(fm.get(name))
-        extra = np.empty((hidden, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        extra = aligned_empty((hidden, B), dt)  # saved[len(loop.saved)]: a step's scratch
         args.saved[len(loop.saved)] = _ptr(extra)
-        scratch = np.empty((GH, B), dt)
+        scratch = aligned_empty((GH, B), dt)
         args.scratch = _ptr(scratch)
         self._call(loop, "forward", dt, args)
         return fm
@@ -341,7 +341,7 @@ class CompiledCPU:
             return self.fallback.forward(cell, p, x, state0, inputs, reverse)
         T, B, I = x.shape
         x = np.ascontiguousarray(x)
-        state0_fm = tuple(np.ascontiguousarray(s.T) for s in state0)
+        state0_fm = tuple(aligned_copy(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
@@ -354,7 +354,7 @@ class CompiledCPU:
                                        fm if fm is not None and len(fm["h"]) == hi - lo else None,
                                        out=h[lo:hi])
                 last = 0 if reverse else hi - lo - 1
-                state = tuple(fm[name][last].copy() for name in cell.state)  # fm is reused
+                state = tuple(aligned_copy(fm[name][last]) for name in cell.state)  # reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         out = h if valid is None else h * valid
         if every < T:
@@ -385,8 +385,8 @@ class CompiledCPU:
                                   dh, threads)
         last = 0 if reverse else T - 1
         dh[last] += dstate[0].T
-        dh0 = np.zeros((H, B), dt)
-        rest = [np.ascontiguousarray(d.T) for d in dstate[1:]]
+        dh0 = aligned_zeros((H, B), dt)
+        rest = [aligned_copy(d.T) for d in dstate[1:]]
         history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
         step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
@@ -402,13 +402,13 @@ class CompiledCPU:
         chunk = min(T, chunk, max(1, CHUNK_BYTES[1] // step_bytes))
         chunk = -(-T // -(-T // chunk))  # every chunk the same length, give or take one
         # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
-        zbuf = {name: np.empty((width * H, chunk, B), dt) for name, width in loop.grads}
+        zbuf = {name: aligned_empty((width * H, chunk, B), dt) for name, width in loop.grads}
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
         dx = _POOL.empty((T, B, I), dt) if need_dx else None
         piece = _Piece(loop, dt, B, H, reverse, np.ascontiguousarray(p["w_hh"]), valid_u8, dh,
-                       dh0, rest, [np.empty((H, B), dt) for _ in rest], zbuf, chunk, history,
-                       np.empty((H, B), dt))
+                       dh0, rest, [aligned_empty((H, B), dt) for _ in rest], zbuf, chunk,
+                       history, aligned_empty((H, B), dt))
         x = np.ascontiguousarray(x)
         h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
         segments = _segments(T, reverse, every)
