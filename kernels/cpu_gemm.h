@@ -37,12 +37,13 @@ template <typename T> bool packed_ok(int64_t n) { return n > 0 && n % lanes<T>()
 // The rows of a tile, MR: 12 (12 × 2 vectors = 24 accumulators) or 8 (16 accumulators).
 // Per k a tile loads 2 vectors of X for 2·MR FMAs, so the taller tile needs less of X's
 // bandwidth: measured alone on an Intel Xeon, one thread, 12 rows ran (2048×512)·(512×64)
-// at 164 GFLOP/s against 8 rows' 150 (X from L2). With X in L1 (H 128, B 32) 8 rows ran
-// 3–5 % faster, and 128 units are 16 blocks of 8 (two threads, 8 each) but 11 of 12, the
-// last one a third empty (6 and 5). pick_mr chooses by that.
+// at 164 GFLOP/s against 8 rows' 150 (X from L2). With a small X (H 128, B 32: 32 KiB
+// forward, 64 KiB backward, about L1's 48 KiB) 8 rows ran 3–5 % faster, and 128 units are
+// 16 blocks of 8 (two threads, 8 each) but 11 of 12, the last one a third empty (6 and 5).
+// pick_mr chooses by that.
 inline int64_t pick_mr(int64_t rows, int64_t depth, int64_t batch, int64_t item) {
-    const bool x_in_l1 = depth * batch * item <= (64 << 10);
-    return x_in_l1 && rows % 8 == 0 ? 8 : 12;
+    const bool small_x = depth * batch * item <= (64 << 10);
+    return small_x && rows % 8 == 0 ? 8 : 12;
 }
 
 // n values of T, zeroed, on a 64-byte boundary (a cache line; a vector): a 64-byte vector
