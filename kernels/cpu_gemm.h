@@ -16,7 +16,7 @@
 // segments stacked (h_{t−1}, then x_t: the LSTM's input projection joins the step's product).
 // Measured alone, one thread, hot caches: 113 GFLOP/s at (512×128)·(128×32) and at
 // (2048×512)·(512×64) on an AMD EPYC (Zen 4), against OpenBLAS's 93 and 100 with its
-// packing; 165–175 and 150–164 on an Intel Xeon (two 512-bit FMA units), against
+// packing; 165–175 and 150–164 on an Intel Xeon, against
 // OpenBLAS's 104–108 and 126–131.
 #pragma once
 #include <algorithm>
@@ -46,15 +46,14 @@ inline int64_t pick_mr(int64_t rows, int64_t depth, int64_t batch, int64_t item)
     return small_x && rows % 8 == 0 ? 8 : 12;
 }
 
-// n values of T, zeroed, on a 64-byte boundary (a cache line; a vector): a 64-byte vector
-// access off it touches two lines (rnncore/buffer_pool.py aligns the driver's arrays alike).
+// n values of T, not initialised, on a 64-byte boundary (a cache line; a vector): a 64-byte
+// vector access off it touches two lines (rnncore/buffer_pool.py aligns the driver's arrays
+// alike).
 template <typename T> class AlignedArray {
   public:
     explicit AlignedArray(int64_t n) : size_(n) {
-        if (n > 0) {
+        if (n > 0)
             data_ = static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
-            std::memset(data_, 0, n * sizeof(T));
-        }
     }
     AlignedArray(const AlignedArray&) = delete;
     AlignedArray& operator=(const AlignedArray&) = delete;

@@ -9,10 +9,10 @@ namespace cpu_loop {
 
 template <typename T> struct KernelRateArgs {
     int64_t rows, depth, batch, repeats, threads;
-    double seconds;  // out: the fastest of `repeats` products
+    double* seconds;  // out: the fastest of `repeats` products
 };
 
-template <typename T> void kernel_rate(const Blas&, KernelRateArgs<T>& a) {
+template <typename T> void kernel_rate(const Blas&, const KernelRateArgs<T>& a) {
     std::vector<T> w(a.rows * a.depth);
     AlignedArray<T> x(a.depth * a.batch), c(a.rows * a.batch);
     for (size_t i = 0; i < w.size(); ++i) w[i] = T((i * 7919 % 1000) / 1000.0 - 0.5);
@@ -27,16 +27,10 @@ template <typename T> void kernel_rate(const Blas&, KernelRateArgs<T>& a) {
         gemm_packed<T>(packed, segs, 1, a.batch, c.data(), false, my_units(a.rows, packed.mr));
         if (r > 0) best = std::min(best, omp_get_wtime() - start);
     }
-    a.seconds = best;
+    *a.seconds = best;
 }
 
 }  // namespace cpu_loop
 
-extern "C" void cpu_kernel_rate_f32(const cpu_loop::Blas* blas,
-                                    cpu_loop::KernelRateArgs<float>* a) {
-    cpu_loop::kernel_rate<float>(*blas, *a);
-}
-extern "C" void cpu_kernel_rate_f64(const cpu_loop::Blas* blas,
-                                    cpu_loop::KernelRateArgs<double>* a) {
-    cpu_loop::kernel_rate<double>(*blas, *a);
-}
+RNNCORE_CPU_EXPORT_WITH(cpu_kernel_rate_f32, cpu_loop::kernel_rate, float, KernelRateArgs)
+RNNCORE_CPU_EXPORT_WITH(cpu_kernel_rate_f64, cpu_loop::kernel_rate, double, KernelRateArgs)

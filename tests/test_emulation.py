@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_kernels_compile import NVRTC, _check
+from test_kernels_compile import _check, require_nvrtc
 
 from rnncore import fused
 from rnncore.cells import REFERENCE
@@ -274,7 +274,7 @@ def test_barrier_misuse_aborts_with_a_message(libraries, name):
 # ----------------------------------------------------------------------------- NVRTC
 def _nvrtc_major():
     major, minor = ctypes.c_int(), ctypes.c_int()
-    NVRTC.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    require_nvrtc().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     return major.value
 
 
@@ -298,7 +298,7 @@ NVRTC_KERNELS = {
 
 
 def nvrtc_entries(source_name, expressions, options):
-    lib = NVRTC
+    lib = require_nvrtc()
     prog = ctypes.c_void_p()
     source = (TEST_KERNELS / source_name).read_text()
     _check(lib, prog, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(),
@@ -324,8 +324,7 @@ def nvrtc_entries(source_name, expressions, options):
 
 @pytest.mark.parametrize("source_name", sorted(NVRTC_KERNELS))
 def test_test_kernels_compile_with_nvrtc(source_name):
-    if NVRTC is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+    require_nvrtc()
     options = [*fused.NVRTC_OPTIONS, "--gpu-architecture=compute_80",
                f"-I{fused.kernels_dir()}", f"-I{TEST_KERNELS}"]
     if "grid_sync.cuh" in (TEST_KERNELS / source_name).read_text():

@@ -36,6 +36,15 @@ def _load_nvrtc():
 NVRTC = _load_nvrtc()
 
 
+def require_nvrtc():
+    """NVRTC, or a failed test: the test extra installs nvidia-cuda-nvrtc-cu12, so a
+    missing libnvrtc is a broken install, not a reason to skip."""
+    if NVRTC is None:
+        pytest.fail("libnvrtc not found: the test extra installs it "
+                    "(pip install -e '.[test]', or nvidia-cuda-nvrtc-cu12)")
+    return NVRTC
+
+
 def _check(lib, prog, status):
     if status != 0:
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
@@ -76,10 +85,7 @@ def nvrtc_ptx(source, name_expressions, arch):
 @pytest.fixture(scope="module")
 def compiled():
     """{(dtype, arch): (ptx, lowered names)}: each compiled once, as CuPy would."""
-    if NVRTC is None:
-        print("NVRTC compile check skipped: libnvrtc not found "
-              "(pip install nvidia-cuda-nvrtc-cu12)")
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+    require_nvrtc()
     source = fused.device_source()
     return {(dt, arch): nvrtc_ptx(source, list(fused.kernel_table(dt).values()), arch)
             for dt in ("float32", "float64") for arch in ARCHS}

@@ -6,7 +6,7 @@ import ctypes
 
 import numpy as np
 import pytest
-from test_kernels_compile import ARCHS, NVRTC, _check
+from test_kernels_compile import ARCHS, _check, require_nvrtc
 
 import rnncore
 from rnncore import cells, fused, persistent_kernels
@@ -20,10 +20,8 @@ REF = PythonLoop("reference")
 # ----------------------------------------------------------------------------- NVRTC
 @pytest.mark.parametrize("arch", ARCHS)
 def test_persistent_kernels_compile_with_nvrtc(arch):
-    if NVRTC is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+    lib, prog = require_nvrtc(), ctypes.c_void_p()
     assert persistent_kernels.cuda_include_dirs(), "no cooperative-groups headers found"
-    lib, prog = NVRTC, ctypes.c_void_p()
     source = persistent_kernels.device_source()
     _check(lib, prog, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(),
                                              b"persistent.cu", 0, None, None))

@@ -193,7 +193,8 @@ class TransposeArgs(ctypes.Structure):  # kernels/layout_cpu.cpp
 
 class KernelRateArgs(ctypes.Structure):  # kernels/kernel_rate_cpu.cpp
     _fields_ = [(name, ctypes.c_int64) for name in
-                ("rows", "depth", "batch", "repeats", "threads")] + [("seconds", ctypes.c_double)]
+                ("rows", "depth", "batch", "repeats", "threads")] + \
+               [("seconds", ctypes.POINTER(ctypes.c_double))]
 
 
 _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
@@ -208,11 +209,12 @@ def kernel_gflops(dtype, threads, rows=2048, depth=512, batch=64, repeats=20) ->
     caches, on ``threads`` threads (the fastest of ``repeats``): the bench's roofline takes
     the faster of this and BLAS's large GEMM."""
     lib, blas = library()
+    seconds = ctypes.c_double()
     args = KernelRateArgs(rows=rows, depth=depth, batch=batch, repeats=repeats,
-                          threads=threads)
+                          threads=threads, seconds=ctypes.pointer(seconds))
     getattr(lib, f"cpu_kernel_rate_{SUFFIX[np.dtype(dtype).name]}")(ctypes.byref(blas),
                                                                       ctypes.byref(args))
-    return 2 * rows * depth * batch / args.seconds / 1e9
+    return 2 * rows * depth * batch / seconds.value / 1e9
 
 
 # ----------------------------------------------------------------------------- the driver
