@@ -66,8 +66,10 @@ def library_candidates() -> list:
                     found.append(path)
     except OSError:
         pass
-    for base in sys.path:
-        found += sorted(glob.glob(os.path.join(base, "nvidia", "cublas", "lib", "libcublas.so*")))
+    for base in sys.path:  # nvidia-cublas-cu12 (nvidia/cublas/lib), CUDA 13's (nvidia/cu13/lib)
+        for folder in ("cublas", "cu*"):
+            found += sorted(glob.glob(os.path.join(base, "nvidia", folder, "lib",
+                                                   "libcublas.so*")))
     found += [n for n in (ctypes.util.find_library("cublas"), "libcublas.so.13",
                           "libcublas.so.12", "libcublas.so.11", "libcublas.so") if n]
     return found
@@ -195,5 +197,6 @@ def cuda_handle(stream):
     """A Handle on CuPy stream ``stream`` with a fresh WORKSPACE_BYTES workspace."""
     import cupy
 
+    cupy.cuda.device.get_cublas_handle()  # CuPy's libcublas loaded: ours is the same file
     workspace = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
     return Handle(stream.ptr, workspace)

@@ -140,11 +140,15 @@ class Immediate:
 
 
 class CudaCapture:
-    """Stream capture into a CUDA graph on a private stream, with a private memory pool.
+    """Stream capture into a CUDA graph on a private stream.
 
-    Whatever a captured step allocates comes from ``pool``, which lives as long as this
-    capture object's entries need it and is used by nothing else afterwards, so no later
-    allocation can take memory a graph writes into.
+    Each capture allocates from a memory pool of its own, kept alive with its graph and
+    used by nothing else afterwards: a temporary that a step frees during capture is an
+    address the graph keeps writing at every replay, so no later allocation may take it.
+    The body runs once eagerly on the same stream before it is captured, so that whatever
+    a library initialises lazily on a first call (kernels loaded on first launch, say)
+    happens outside the capture; every buffer the graph reads is rewritten before each
+    replay, so that run's values do not matter.
     """
 
     kind = "cuda"
@@ -155,26 +159,34 @@ class CudaCapture:
         self.device = device
         with cupy.cuda.Device(device.index):
             self.stream = cupy.cuda.Stream(non_blocking=True)
-            self.pool = cupy.cuda.MemoryPool()
 
     def allocations(self):
-        return self.cupy.cuda.using_allocator(self.pool.malloc)
+        """The static buffers of an entry: ordinary allocations, alive with the entry."""
+        from contextlib import nullcontext
+
+        return nullcontext()
 
     def capture(self, body):
         cupy = self.cupy
+        runtime = cupy.cuda.runtime
         current = cupy.cuda.get_current_stream()
         self.stream.wait_event(current.record())  # the static inputs are written
-        with self.allocations(), self.stream:
-            self.stream.begin_capture()
+        pool = cupy.cuda.MemoryPool()
+        # relaxed: a step may allocate (from ``pool``) while the stream is capturing
+        mode = getattr(runtime, "streamCaptureModeRelaxed", None)
+        with cupy.cuda.using_allocator(pool.malloc), self.stream:
+            body()
+            self.stream.begin_capture(mode) if mode is not None else self.stream.begin_capture()
             try:
                 body()
             finally:
                 graph = self.stream.end_capture()
+        current.wait_event(self.stream.record())
 
         def replay():
             graph.launch(cupy.cuda.get_current_stream())
 
-        replay.graph = graph
+        replay.graph, replay.pool = graph, pool
         return replay
 
 
