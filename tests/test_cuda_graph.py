@@ -10,7 +10,9 @@
 """
 
 import ctypes
+import weakref
 from types import SimpleNamespace
+
 
 import numpy as np
 import pytest
@@ -259,6 +261,34 @@ def test_replays_use_the_new_inputs_and_capture_once():
                     _both_passes(REF, cell, p, problem, False), strict=True):
         np.testing.assert_array_equal(a, b)
     assert graph.cache.captures == 2
+
+
+class WeakCapture(Immediate):
+    """Like a CUDA graph, keeps nothing the body reaches alive: a graph holds raw
+    addresses, so a buffer only the body's closure referred to (the second ∂c buffer of
+    an LSTM, when T is even) would be freed and reused while the graph still writes it."""
+
+    def capture(self, body):
+        ref = weakref.ref(body)
+
+        def replay():
+            body = ref()
+            assert body is not None, "the captured body (and its buffers) was freed"
+            body()
+
+        return replay
+
+
+@pytest.mark.parametrize("T", [4, 5])
+def test_entries_keep_alive_every_buffer_their_graphs_use(T):
+    rng = np.random.default_rng(11)
+    cell, p = _layer("lstm", rng)
+    graph = CudaGraph(lambda c: c.reference, backend.gemm, WeakCapture(), REF, 8)
+    for _ in range(2):
+        problem = _problem(cell, rng, T=T)
+        for a, b in zip(_both_passes(graph, cell, p, problem, False),
+                        _both_passes(REF, cell, p, problem, False), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- cache

@@ -152,6 +152,7 @@ class CudaCapture:
     """
 
     kind = "cuda"
+    warm_up = True  # run the body once before capturing it
 
     def __init__(self, device):
         cupy = backend.import_cupy()
@@ -175,7 +176,8 @@ class CudaCapture:
         # relaxed: a step may allocate (from ``pool``) while the stream is capturing
         mode = getattr(runtime, "streamCaptureModeRelaxed", None)
         with cupy.cuda.using_allocator(pool.malloc), self.stream:
-            body()
+            if self.warm_up:
+                body()
             self.stream.begin_capture(mode) if mode is not None else self.stream.begin_capture()
             try:
                 body()
@@ -264,6 +266,9 @@ class CudaGraph:
         def body():
             forward_steps(cell, e.ops, p, e.xg, e.state0, e.inputs, e.saved, reverse)
 
+        # a graph holds raw addresses: the entry keeps the body, and with it every buffer
+        # the body reaches, for as long as the graph exists
+        e.body = body
         e.replay_forward = self.capturer.capture(body)
         self.cache.captures += 1
         e.state_T = cell.state_at(e.saved, time_order(T, reverse)[-1])
@@ -318,6 +323,7 @@ class CudaGraph:
             g.grads = {name: xp.empty((T, B, width), dout.dtype)
                        for name, width in e.cell.grad_widths(e.dims, e.p).items()}
         # backward_steps swaps each pair after every step: after T steps, pair[T % 2]
+        g.pairs = pairs  # both buffers of each pair, whichever T's parity leaves the result in
         g.rest_in = [pair[0] for pair in pairs]
         g.rest_out = [pair[T % 2] for pair in pairs]
         g.ops = self._ops(e.cell)
@@ -327,6 +333,7 @@ class CudaGraph:
             backward_steps(e.cell, g.ops, e.p, e.state0, e.inputs, e.saved, g.grads, g.dh,
                            g.dh0, rest, e.reverse)
 
+        g.body = body  # see _capture_forward
         g.replay = self.capturer.capture(body)
         self.cache.captures += 1
         return g
