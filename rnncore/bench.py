@@ -235,8 +235,8 @@ def build_runners(row, weights, x, dout, device, dtype):
     if device.kind == "cpu":
         rnncore_impls = [("rnncore", "auto")]  # the compiled CPU driver where it builds
     else:
-        rnncore_impls = [("rnncore fused", "fused"), ("rnncore graph", "graph"),
-                         ("rnncore persistent", "persistent"), ("rnncore reference", "reference")]
+        rnncore_impls = [("rnncore auto", "auto"), ("rnncore graph", "graph"),
+                         ("rnncore persistent", "persistent"), ("rnncore fused", "fused")]
     baseline = baseline_name(device)
     for name, impl in rnncore_impls:
         try:
@@ -348,7 +348,10 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
     measured in subprocesses, when ``memory``)."""
     mem = None
     if memory:
-        impls = ["rnncore"] + ([] if no_twin(row) else ["torch"])
+        # on a GPU the fused per-step loop too: the graph driver that auto runs keeps its
+        # graphs' buffers between calls
+        impls = ["rnncore"] + (["rnncore:fused"] if device.kind == "cuda" else []) \
+            + ([] if no_twin(row) else ["torch"])
         mem = measure_memory(row, device, dtype, impls, threads, seed)
     if memory == "only":
         return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
@@ -367,13 +370,94 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
                  for p, by_impl in samples.items()}
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
               if baseline in by_impl else {} for p, by_impl in median_ms.items()}
-    return {"key": row.key, "label": row.label, "config": dataclasses.asdict(row),
+    extra = {}
+    if device.kind == "cuda":
+        extra = {"split_ms": gpu_splits(runners, sync, median_ms["forward+backward"]),
+                 "auto_choice": auto_choice(row, str(device), dtype)}
+    return {**extra, "key": row.key, "label": row.label, "config": dataclasses.asdict(row),
             "gemm_flops": gemm_flops(row),
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
             "rel_error": errors, "median_ms": median_ms, "ratio": ratios, "memory": mem,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
+
+
+# --------------------------------------------------------------------------- GPU time split
+# Where a GPU call's time goes: one call is run under the CUDA profiler (torch.profiler,
+# which sees every kernel of the process: cuBLAS's, rnncore's, CuPy's, cuDNN's, inside
+# CUDA graphs too) and each kernel's device time is put in one class by its name. What the
+# median wall time has beyond the kernels' sum is time the GPU was not running a kernel of
+# this call: launches and host work. (The profiled call's own wall time is not used: the
+# profiler slows launches.)
+KERNEL_CLASSES = (
+    ("GEMM", ("gemm", "gemv", "xmma", "cutlass", "splitk")),
+    ("step", ("lstm", "gru", "rnn_", "elementwise", "persist", "zoneout", "dropout")),
+)
+SPLIT_COLUMNS = ("GEMM", "step", "other kernels", "launch and host")
+
+
+def kernel_class(name: str) -> str:
+    """'GEMM' (cuBLAS), 'step' (a cell's pointwise or persistent kernel, rnncore's or
+    cuDNN's) or 'other kernels' (copies, sums, CuPy's elementwise helpers)."""
+    low = name.lower()
+    for label, needles in KERNEL_CLASSES:
+        if any(n in low for n in needles):
+            return label
+    return "other kernels"
+
+
+def time_split(kernels, wall_ms: float) -> dict:
+    """{column: ms} from [(kernel name, device ms)] and the call's wall time."""
+    split = dict.fromkeys(SPLIT_COLUMNS, 0.0)
+    for name, ms in kernels:
+        split[kernel_class(name)] += ms
+    split["launch and host"] = max(0.0, wall_ms - sum(ms for _, ms in kernels))
+    return split
+
+
+def profiled_kernels(fn, sync) -> list:
+    """[(kernel name, device ms)] of one call of ``fn`` under torch's CUDA profiler."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        sync()
+        fn()
+        sync()
+    out = []
+    for event in prof.events():
+        if getattr(event, "device_type", None) != DeviceType.CUDA:
+            continue
+        out.append((event.name, event.time_range.elapsed_us() / 1e3))
+    return out
+
+
+def gpu_splits(runners, sync, median_ms) -> dict:
+    """{impl: {column: ms}} for one forward + backward of each runner (errors as text)."""
+    splits = {}
+    for r in runners:
+        try:
+            kernels = profiled_kernels(r.forward_backward, sync)
+        except Exception as err:  # a profiler that cannot run here: say so in the table
+            splits[r.name] = {"error": _describe(err)}
+            continue
+        splits[r.name] = time_split(kernels, median_ms[r.name])
+    return splits
+
+
+def auto_choice(row, device, dtype) -> str:
+    """The drivers impl="auto" runs for ``row``'s layers (e.g. "graph", "persistent")."""
+    module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
+                       dtype=dtype, device=device)
+    choose = getattr(module.driver, "choose", None)
+    if choose is None:
+        return module.driver.name
+    from .stack import layer_params
+
+    names = [choose(module.cell, layer_params(module.spec, module.params, k, 0), row.batch).name
+             for k in range(row.layers)]
+    return "/".join(dict.fromkeys(names))
 
 
 # --------------------------------------------------------------------------- memory
@@ -520,7 +604,8 @@ def memory_child(spec: dict) -> dict:
 
 
 def _cuda_peaks(impl, pass_, device) -> dict:
-    """Untested (no GPU where written): CuPy's pool high-water mark, torch's allocator peak."""
+    """torch's allocator peak; for rnncore the growth of CuPy's default pool over the pass
+    (its blocks are kept once freed, so this bounds the high-water mark from above)."""
     if impl == "torch":
         import torch
 
@@ -539,14 +624,16 @@ def _cuda_peaks(impl, pass_, device) -> dict:
 
 
 def measure_memory(row, device, dtype, impls, threads=1, seed=0, checkpoint_every=0) -> dict:
-    """{impl: figures} for ``impls`` ("rnncore", "torch"), each from a fresh subprocess."""
+    """{impl: figures} for ``impls`` ("rnncore", "rnncore:IMPL", "torch"), each from a
+    fresh subprocess."""
     import subprocess
 
     out = {}
     for impl in impls:
+        name, _, impl_arg = impl.partition(":")  # "rnncore:fused": impl="fused"
         spec = {"row": dataclasses.asdict(row), "dtype": dtype, "device": str(device),
-                "impl": impl, "threads": threads, "seed": seed,
-                "checkpoint_every": checkpoint_every}
+                "impl": name, "impl_arg": impl_arg or "auto", "threads": threads,
+                "seed": seed, "checkpoint_every": checkpoint_every}
         # a fixed mmap threshold: every large array is its own mapping, returned to the OS
         # when freed, so the resident set follows what is live (glibc's dynamic threshold
         # would keep freed blocks in the heap after the first large free)
@@ -585,16 +672,22 @@ def memory_report(results, baseline) -> list:
         return []
     lines = ["", "Activation memory in MiB, each implementation in a fresh process, one "
              "forward + backward (kept: what the forward keeps for backward, counted "
-             "exactly; NumPy peak: tracemalloc; peak RSS: VmHWM rise; see bench.py):", "",
-             "| row | impl | kept | NumPy peak | peak RSS | ≤ torch (RSS) |",
+             "exactly; NumPy peak: tracemalloc; peak: on the CPU the VmHWM rise, on a GPU "
+             "torch.cuda.max_memory_allocated and, for rnncore, the growth of CuPy's pool, "
+             "an upper bound of its high-water mark; see bench.py):", "",
+             "| row | impl | kept | NumPy peak | peak | ≤ torch (peak) |",
              "|---|---|---:|---:|---:|---|"]
+
+    def peak(f):
+        return f.get("rss_peak_bytes", f.get("device_peak_bytes"))
+
     for r in measured:
-        torch_rss = r["memory"].get("torch", {}).get("rss_peak_bytes")
+        torch_rss = peak(r["memory"].get("torch", {}))
         for impl, f in r["memory"].items():
             if "error" in f:
                 lines.append(f"| {r['label']} | {impl} | error: {f['error'][:60]} | | | |")
                 continue
-            rss = f.get("rss_peak_bytes", f.get("device_peak_bytes"))
+            rss = peak(f)
             verdict = "" if impl == "torch" or torch_rss is None or rss is None else \
                 ("yes" if rss <= torch_rss else "no")
             name = baseline if impl == "torch" else impl
@@ -807,10 +900,38 @@ def markdown_report(meta: dict, results: list) -> str:
                     rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
                     cells.append(f"{rate:.1f} ({100 * rate / peak:.0f} %)")
             lines.append("| " + " | ".join(cells) + " |")
+    lines += split_report(results)
     lines += memory_report(results, baseline)
     if meta.get("checkpoint_table"):
         lines += checkpoint_report(meta["checkpoint_row"], meta["checkpoint_table"])
     return "\n".join(lines)
+
+
+def layer_steps(row) -> int:
+    """Layer-steps in one pass of ``row``: layers × T (one direction)."""
+    return row["config"]["layers"] * row["config"]["steps"]
+
+
+def split_report(results) -> list:
+    """Markdown lines: the GPU forward+backward time split (ms) and µs per layer-step."""
+    measured = [r for r in results if r.get("split_ms")]
+    if not measured:
+        return []
+    lines = ["", "Forward+backward on the GPU: the driver impl=\"auto\" runs, µs per "
+             "layer-step (median wall time / (layers × T)), and where the time goes (ms of "
+             "kernel time by class, from one profiled call; launch and host = the median "
+             "wall time minus all kernel time):", ""]
+    lines.append("| row | auto runs | impl | µs/layer-step | " + " | ".join(SPLIT_COLUMNS)
+                 + " |")
+    lines.append("|---|---|---|---:|" + "---:|" * len(SPLIT_COLUMNS))
+    for r in measured:
+        for impl, split in r["split_ms"].items():
+            us = 1e3 * r["median_ms"]["forward+backward"][impl] / layer_steps(r)
+            cells = ([split["error"]] + [""] * (len(SPLIT_COLUMNS) - 1)) if "error" in split \
+                else [f"{split[c]:.2f}" for c in SPLIT_COLUMNS]
+            lines.append(f"| {r['label']} | {r['auto_choice']} | {impl} | {us:.1f} | "
+                         + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt_load(load) -> str:

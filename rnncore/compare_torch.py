@@ -19,10 +19,12 @@ same flags. The learning-rate schedule's horizon is ``--schedule-steps`` (0:
 Flags the torch twin does not implement are refused with a one-line error rather than
 dropped: ``--residual``, ``--init`` other than pytorch, ``--init-state`` other than zeros,
 ``--forget-bias``, ``--dropout-mode variational`` (with dropout), optimizers other than
-adam/adamw, ``--device`` other than cpu, and the run-directory flags (``--resume``,
+adam/adamw, and the run-directory flags (``--resume``,
 ``--out``, ``--overwrite``, ``--format``), since nothing is written. ``--impl`` (rnncore's
 kernel choice) and the reporting flags (``--eval-every``, ``--sample-length``,
 ``--temperature``, ``--plot``, ``--quiet``) do not change what is computed, and are ignored.
+On ``--device cuda`` the twin runs cuDNN with TF32 off (IEEE float32, as rnncore's GEMMs),
+and its clock is read after the GPU has finished the work queued before it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,6 @@ def torch_twin(cfg):
         ("--dropout-mode", options.dropout_mode != "standard" and options.dropout > 0,
          options.dropout_mode),
         ("--optimizer", cfg["optimizer"] not in ("adam", "adamw"), cfg["optimizer"]),
-        ("--device", cfg["device"] != "cpu", cfg["device"]),
         ("--resume", cfg["resume"] is not None, cfg["resume"]),
         ("--out", cfg["out"] is not None, cfg["out"]),
         ("--overwrite", cfg["overwrite"], True),
@@ -70,7 +71,7 @@ def torch_twin(cfg):
         if given:
             raise Unsupported(f"{flag} {value}: the torch.nn twin does not implement it "
                               "(only adam/adamw, pytorch init, zero initial state, no "
-                              "residual or forget bias, standard dropout, cpu; it writes "
+                              "residual or forget bias, standard dropout; it writes "
                               "no files)")
     kwargs = dict(num_layers=options.num_layers, dropout=options.dropout,
                   bias=options.bias, **cell.torch_options)
@@ -105,12 +106,17 @@ def detach(state):
         if isinstance(state, tuple) else state.detach()
 
 
-def evaluate(torch, model, streams, max_windows):
+def batch(torch, streams, w, device):
+    """Window ``w``'s (inputs, targets) as int64 tensors on ``device``."""
+    return (torch.from_numpy(a.astype(np.int64)).to(device) for a in streams.window(w))
+
+
+def evaluate(torch, model, streams, max_windows, device):
     model.eval()
     total, count, state = 0.0, 0, None
     with torch.no_grad():
         for w in range(min(streams.windows, max_windows or streams.windows)):
-            x, y = (torch.from_numpy(a.astype(np.int64)) for a in streams.window(w))
+            x, y = batch(torch, streams, w, device)
             logits, state = model(x, state)
             total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                              y.reshape(-1)))
@@ -143,9 +149,21 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg["seed"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return error(f"--device {cfg['device']}: this torch has no usable CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def clock():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     eval_windows = max(1, cfg["eval_chars"] // (cfg["batch_size"] * cfg["seq_len"])) \
         if cfg["eval_chars"] else None
-    model = build_model(torch, cfg, len(vocab.chars))
+    model = build_model(torch, cfg, len(vocab.chars)).to(device)
     Adam = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
     opt = Adam(model.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
                eps=cfg["eps"], weight_decay=cfg["weight_decay"])
@@ -154,12 +172,12 @@ def main(argv=None) -> int:
                               step_size=cfg["step_size"],
                               gamma=cfg["gamma"], min_lr=cfg["min_lr"])
     state, step, losses = None, 0, []
-    start = time.perf_counter()
+    start = clock()
     while step < cfg["steps"]:
         w = step % streams.windows
         if w == 0:
             state = None
-        x, y = (torch.from_numpy(a.astype(np.int64)) for a in streams.window(w))
+        x, y = batch(torch, streams, w, device)
         logits, state = model(x, detach(state))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  y.reshape(-1))
@@ -176,14 +194,15 @@ def main(argv=None) -> int:
             print(f"step {step}  loss {losses[-1]:.4f}  {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
         if step % cfg["eval_every"] == 0:
-            at = time.perf_counter() - start  # at the step, before the evaluation
+            at = clock() - start  # at the step, before the evaluation
             record = {"kind": "eval", "step": step,
-                      "val_loss": evaluate(torch, model, val, eval_windows), "elapsed": at}
+                      "val_loss": evaluate(torch, model, val, eval_windows, device),
+                      "elapsed": at}
             print(json.dumps(record), flush=True)
         if cfg["time"] and time.perf_counter() - start >= cfg["time"]:
             break
-    elapsed = time.perf_counter() - start
-    val_loss = evaluate(torch, model, val, eval_windows)
+    elapsed = clock() - start
+    val_loss = evaluate(torch, model, val, eval_windows, device)
     print(json.dumps({"impl": "torch.nn", "torch": torch.__version__, "steps": step,
                       "train_seconds": round(elapsed, 1), "val_loss": val_loss,
                       "val_bpc": val_loss / LN2, "threads": torch.get_num_threads()}))

@@ -126,3 +126,46 @@ def test_long_row_is_documented_not_default():
     row = bench.ROWS["lstm-2x256-long"]
     assert (row.layers, row.hidden, row.batch, row.steps) == (2, 256, 32, 4000)
     assert "lstm-2x256-long" not in bench.DEFAULT_ROWS["cpu"]
+
+
+# ----------------------------------------------------------------------------- GPU split
+@pytest.mark.parametrize("name,want", [
+    ("sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x64x32_warpgroupsize1x1x1", "GEMM"),
+    ("ampere_sgemm_64x32_sliced1x4_nn", "GEMM"),
+    ("cutlass_80_simt_sgemm_128x32_8x5_nn_align1", "GEMM"),
+    ("gemv2T_kernel_val<int, int, float, float, float, float, 128, 16, 4, 4, false>", "GEMM"),
+    ("void splitKreduce_kernel<32, 16, int, float, float>", "GEMM"),
+    ("lstm_forward<float>", "step"), ("gru_backward<double>", "step"),
+    ("persistent_lstm_forward<float>", "step"),
+    ("void LSTM_elementWise_fp<float, float, float>(int, int, int, float*)", "step"),
+    ("RNN_blockPersist_fp_LSTM<float, float, float, 128>", "step"),
+    ("cupy_copy__float32_float32", "other kernels"), ("cupy_multiply", "other kernels"),
+    ("Memset (Device)", "other kernels"),
+])
+def test_kernels_are_classed_by_name(name, want):
+    from rnncore import bench
+
+    assert bench.kernel_class(name) == want
+
+
+def test_the_split_adds_up_to_the_wall_time():
+    from rnncore import bench
+
+    kernels = [("ampere_sgemm_64x32_nn", 1.5), ("lstm_forward<float>", 0.5),
+               ("cupy_copy", 0.25), ("lstm_backward<float>", 0.75)]
+    split = bench.time_split(kernels, wall_ms=5.0)
+    assert split == {"GEMM": 1.5, "step": 1.25, "other kernels": 0.25, "launch and host": 2.0}
+    assert bench.time_split(kernels, wall_ms=1.0)["launch and host"] == 0.0
+
+
+def test_the_split_table_reports_per_layer_step():
+    from rnncore import bench
+
+    row = {"label": "LSTM 2×8 (B 2, T 5)", "config": {"layers": 2, "steps": 5},
+           "median_ms": {"forward+backward": {"rnncore graph": 0.5}}, "auto_choice": "graph",
+           "split_ms": {"rnncore graph": {"GEMM": 0.2, "step": 0.1, "other kernels": 0.05,
+                                          "launch and host": 0.15}}}
+    lines = bench.split_report([row])
+    assert lines[-1] == ("| LSTM 2×8 (B 2, T 5) | graph | rnncore graph | 50.0 | 0.20 | 0.10 "
+                         "| 0.05 | 0.15 |")
+    assert bench.split_report([{**row, "split_ms": None}]) == []

@@ -191,3 +191,12 @@ def test_asking_for_gpu_tests_without_a_gpu_fails(tmp_path):
     assert run.returncode == 1, run.stdout[-2000:]
     assert "-m gpu asked for the GPU tests" in run.stdout
     assert "passed" not in run.stdout and "skipped" not in run.stdout
+
+
+def test_compare_torch_on_a_gpu_torch_cannot_use_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compare_torch.main([*TINY, "--device", "cuda"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "--device cuda" in lines[0]

@@ -103,14 +103,10 @@ def test_cuda_module_matches_numpy(kind, options, impl, dtype):
         np.testing.assert_allclose(a, b, err_msg=f"{kind} {impl} {name}", **TOL[dtype])
 
 
-def test_auto_means_fused_on_cuda():
-    """Until the by-size crossovers are measured (rnncore/drivers/auto.py)."""
-    from rnncore.drivers import auto
-
-    want = "auto" if auto.by_size_enabled() else "fused"
-    assert rnncore.LSTM(3, 4, device="cuda").impl_in_use == want
-
-
+def test_auto_chooses_by_size_on_cuda():
+    """impl="auto" on a GPU is the by-size choice (rnncore/drivers/auto.py)."""
+    m = rnncore.LSTM(3, 4, device="cuda")
+    assert m.impl_in_use == "auto" and m.driver.name == "auto"
 
 
 @pytest.mark.parametrize("kind,options", [

@@ -65,10 +65,12 @@ def test_persistent_runs_itself_at_the_sizes_of_the_issue():
         assert m.driver.runs(m.cell, layer_params(m.spec, m.params, 0, 0), batch)
 
 
-def test_auto_by_size_picks_a_driver_per_layer(monkeypatch):
-    monkeypatch.setenv("RNNCORE_AUTO_BY_SIZE", "1")
+def test_auto_by_size_picks_a_driver_per_layer():
     m = rnncore.LSTM(8, 32, num_layers=2, device="cuda")
     assert m.impl_in_use == "auto"
+    p = layer_params(m.spec, m.params, 0, 0)
+    assert m.driver.choose(m.cell, p, 4).name == "graph"
+    assert m.driver.choose(m.cell, p, 16).name == "persistent"
     problem = _problem(m, seed=3)
     ref = rnncore.LSTM(8, 32, num_layers=2, impl="reference", seed=None)
     ref.load_state_dict({k: backend.to_numpy(v) for k, v in m.params.items()})

@@ -35,7 +35,7 @@ graphs); the modules call it when the parameters are replaced or moved.
 """
 
 from .. import backend
-from .auto import BySize, by_size_enabled
+from .auto import BySize
 from .python_loop import LayerCache, PythonLoop, StepOps
 
 IMPLS = ("auto", "reference", "fused", "compiled", "graph", "persistent")
@@ -44,13 +44,13 @@ IMPLS = ("auto", "reference", "fused", "compiled", "graph", "persistent")
 def select(impl, device, dtype, cell=None, dims=None):
     """The driver for ``impl`` on ``device`` (for ``cell`` at ``dims``, when given).
 
-    ``auto`` means the fused kernels on a GPU, for a cell that has kernels. On the CPU it
+    ``auto`` on a GPU picks persistent, graph or fused per layer direction by size
+    (``auto.py``, crossovers measured on an H100), for a cell that has kernels. On the CPU it
     means the compiled CPU driver where it can be built (a C++ compiler and NumPy's
     OpenBLAS; cells without a CPU loop then run on the reference inside it), else the
     reference. ``fused`` on the CPU runs the kernels' emulation (it exists to test the
     kernel source and launch code), ``reference`` the NumPy loop, ``compiled`` insists on
-    the compiled CPU driver. With the by-size rule on (``auto.py``; not yet, on CUDA, until
-    it is measured) ``auto`` on a GPU picks persistent, graph or fused per layer direction.
+    the compiled CPU driver.
     ``graph`` and ``persistent`` fall back to the fused loop (GPU) or the reference (CPU)
     for what they do not run; on the CPU they run their stand-in and the kernel emulation.
     """
@@ -94,7 +94,7 @@ def select(impl, device, dtype, cell=None, dims=None):
         return Persistent(device, dtype, fallback)
     if impl == "fused" or (device.kind == "cuda" and fused.available(device)):
         per_step = PythonLoop("fused", fused.launcher_for(device, dtype))
-        if impl == "auto" and device.kind == "cuda" and by_size_enabled():
+        if impl == "auto" and device.kind == "cuda":
             from .cuda_graph import for_device
             from .persistent import Persistent
 

@@ -1,36 +1,28 @@
-"""``impl="auto"``: which driver runs a layer direction, chosen by its size.
+"""``impl="auto"`` on a GPU: which driver runs a layer direction, chosen by its size.
 
-    persistent   H ≤ PERSISTENT_MAX_HIDDEN and B ≤ PERSISTENT_MAX_BATCH, where the
-                 persistent kernel exists for the cell and its W_hh slices fit
-    graph        H ≤ GRAPH_MAX_HIDDEN: the per-step host cost dominates, a graph removes it
-    fused        otherwise: the GEMMs are long enough that launching them from Python is
-                 hidden behind them
+    persistent   H ≤ PERSISTENT_MAX_HIDDEN and PERSISTENT_BATCH[0] ≤ B ≤ PERSISTENT_BATCH[1],
+                 where the cell has a persistent kernel and its W_hh slices fit
+    graph        wherever the graph driver runs (not LSTMP; a backward that records every
+                 step runs the fused loop inside it)
+    fused        otherwise, and under ``checkpoint_every`` (only the per-step loop recomputes)
+
+The crossovers were measured on an H100 (``scripts/gpu-crossover``: one LSTM layer, T 100,
+forward + backward, H 32…1024 × B 1…128; docs/bench/gpu-h100-crossover.md). The graph
+driver was the fastest in 25 of the 30 cells, 5–10× the fused per-step loop: with the host
+out of the loop nothing else comes close. The persistent kernel won at H 32 with B 8–64 (by
+7–15 %); at H ≥ 64 it lost everywhere, by up to 10× at H 1024 (each block walks its units'
+weights once per batch row), except one cell (H 128, B 8) where the graph's time was an
+outlier against its neighbours and is not taken as a crossover. The user overrides the
+choice with ``impl="persistent"``, ``"graph"``, ``"fused"`` or ``"reference"``.
 
 The choice depends only on (cell, parameters, batch), which forward and backward both
 know, so the backward always runs on the driver that made the cache.
-
-The crossovers below are NOT YET MEASURED ON A GPU: no GPU was available when they were
-written. They are the starting points the issue suggests (persistent kernels win at small
-H and small B, cf. Appleyard et al. and Diamos et al.), and ``BY_SIZE_ON_CUDA`` stays False
-— ``auto`` keeps meaning the fused per-step driver on CUDA — until ``scripts/gpu-check``
-has run the graph and persistent drivers' GPU tests and the benchmark rows with each driver
-(then set the constants from those tables and turn it on). ``RNNCORE_AUTO_BY_SIZE=1``
-turns it on for a run. The user overrides the choice with ``impl="persistent"``,
-``"graph"``, ``"fused"`` or ``"reference"``.
 """
 
 from __future__ import annotations
 
-import os
-
-PERSISTENT_MAX_HIDDEN = 256  # not yet measured on a GPU
-PERSISTENT_MAX_BATCH = 64  # not yet measured on a GPU
-GRAPH_MAX_HIDDEN = 1024  # not yet measured on a GPU
-BY_SIZE_ON_CUDA = False  # True once the numbers above come from a GPU
-
-
-def by_size_enabled() -> bool:
-    return BY_SIZE_ON_CUDA or os.environ.get("RNNCORE_AUTO_BY_SIZE") == "1"
+PERSISTENT_MAX_HIDDEN = 32
+PERSISTENT_BATCH = (8, 64)
 
 
 class BySize:
@@ -41,13 +33,23 @@ class BySize:
     def __init__(self, persistent, graph, fused):
         self.persistent, self.graph, self.fused = persistent, graph, fused
 
+    @property
+    def checkpoint_every(self):
+        return self.fused.checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, every):
+        self.fused.checkpoint_every = every
+
     def choose(self, cell, p, B):
         """The driver for a call on ``cell`` with parameters ``p`` and batch ``B``."""
+        if self.fused.checkpoint_every:
+            return self.fused
         H = p["w_hh"].shape[1]
-        if H <= PERSISTENT_MAX_HIDDEN and B <= PERSISTENT_MAX_BATCH and \
-                self.persistent.runs(cell, p, B):
+        if H <= PERSISTENT_MAX_HIDDEN and PERSISTENT_BATCH[0] <= B <= PERSISTENT_BATCH[1] \
+                and self.persistent.runs(cell, p, B):
             return self.persistent
-        if H <= GRAPH_MAX_HIDDEN and self.graph.runs(cell, p):
+        if self.graph.runs(cell, p):
             return self.graph
         return self.fused
 

@@ -227,7 +227,8 @@ class CudaGraph:
             self.cache.put(key, entry)
         T, B, _ = x.shape
         # outside the graph: the hoisted input GEMM and the static inputs
-        entry.xg[...] = 0 if entry.bias is None else entry.bias
+        bias = cell.input_bias(p)  # each call: an optimizer updates the biases in place
+        entry.xg[...] = 0 if bias is None else bias
         gemm(x.reshape(T * B, -1), p["w_ih"], entry.xg.reshape(T * B, -1), transpose_b=True,
              beta=1.0)
         for static, given in zip(entry.state0, state0):
@@ -235,7 +236,7 @@ class CudaGraph:
         for name, static in entry.inputs.items():
             if static is not None:
                 static[...] = inputs[name]
-        for name, value in entry.prefill.items():
+        for name, value in cell.prefill(p).items():
             entry.saved[name][...] = 0 if value is None else value
         entry.replay_forward()
         valid = entry.inputs.get("valid")
@@ -251,15 +252,13 @@ class CudaGraph:
                     0 if p.get("w_hr") is None else p["w_hr"].shape[0])
         e = SimpleNamespace(dims=dims, reverse=reverse, cell=cell, p=p, backward=None)
         with self.capturer.allocations():
-            e.bias = cell.input_bias(p)
             e.xg = xp.empty((T, B, p["w_ih"].shape[0]), x.dtype)
             e.state0 = tuple(xp.empty_like(s) for s in state0)
             e.inputs = {name: None if a is None else xp.empty_like(a)
                         for name, a in inputs.items()}
-            e.prefill = cell.prefill(p)
             e.saved = {name: xp.empty((T, B, width), x.dtype)
                        for name, width in cell.saved_widths(dims, p).items()}
-            for name, value in e.prefill.items():  # before capture too: see forward()
+            for name, value in cell.prefill(p).items():  # before capture too: see forward()
                 e.saved[name][...] = 0 if value is None else value
         e.ops = self._ops(cell)
 
