@@ -169,3 +169,16 @@ def test_the_split_table_reports_per_layer_step():
     assert lines[-1] == ("| LSTM 2×8 (B 2, T 5) | graph | rnncore graph | 50.0 | 0.20 | 0.10 "
                          "| 0.05 | 0.15 |")
     assert bench.split_report([{**row, "split_ms": None}]) == []
+
+
+def test_the_split_pass_runs_every_timed_implementation():
+    """The profiled pass (run after all rows are timed) on the CPU, where the profiler sees
+    no CUDA kernel: every timed implementation gets a split, all of it host time."""
+    from rnncore import backend, bench
+
+    row = bench.ROWS["lstm-1x128"].quick()
+    splits = bench.gpu_splits(row, backend.parse_device("cpu"), "float32",
+                              {"rnncore": 2.0, "torch": 3.0})
+    assert set(splits) == {"rnncore", "torch"}
+    assert splits["torch"] == {"GEMM": 0.0, "step": 0.0, "other kernels": 0.0,
+                               "launch and host": 3.0}
