@@ -186,7 +186,7 @@ def test_asking_for_gpu_tests_without_a_gpu_fails(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
                           "no:cacheprovider", "tests/test_gpu.py",
-                          "-k", "test_auto_means_fused_on_cuda"],
+                          "-k", "test_auto_chooses_by_size_on_cuda"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout[-2000:]
     assert "-m gpu asked for the GPU tests" in run.stdout
