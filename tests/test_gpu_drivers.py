@@ -77,3 +77,18 @@ def test_auto_by_size_picks_a_driver_per_layer():
     for (name, a), (_, b) in zip(_forward_backward(m, problem), _forward_backward(ref, problem),
                                  strict=True):
         np.testing.assert_allclose(a, b, err_msg=name, **TOL["float32"])
+
+
+def test_graph_replays_see_in_place_parameter_updates():
+    """An optimizer updates the parameters in place: the replayed graphs (which read W_hh
+    at its address) and the biases summed outside them must both see the new values."""
+    graph = _make("lstm", dict(num_layers=2), "cuda", "graph", "float32", hidden=32)
+    fused = _make("lstm", dict(num_layers=2), "cuda", "fused", "float32", hidden=32)
+    problem = _problem(graph, T=10, B=8, seed=5)
+    _forward_backward(graph, problem)  # captured here
+    for module in (graph, fused):
+        for name, p in module.params.items():
+            p += 0.05 * (1 + len(name) % 7)  # the same in-place step on both
+    for (name, a), (_, b) in zip(_forward_backward(graph, problem),
+                                 _forward_backward(fused, problem), strict=True):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL["float32"])
