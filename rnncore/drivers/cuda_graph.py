@@ -132,12 +132,6 @@ class Immediate:
     def capture(self, body):
         return body
 
-    def allocations(self):
-        """A context in which the body's allocations happen (nothing special here)."""
-        from contextlib import nullcontext
-
-        return nullcontext()
-
 
 class CudaCapture:
     """Stream capture into a CUDA graph on a private stream.
@@ -152,7 +146,6 @@ class CudaCapture:
     """
 
     kind = "cuda"
-    warm_up = True  # run the body once before capturing it
 
     def __init__(self, device):
         cupy = backend.import_cupy()
@@ -160,12 +153,6 @@ class CudaCapture:
         self.device = device
         with cupy.cuda.Device(device.index):
             self.stream = cupy.cuda.Stream(non_blocking=True)
-
-    def allocations(self):
-        """The static buffers of an entry: ordinary allocations, alive with the entry."""
-        from contextlib import nullcontext
-
-        return nullcontext()
 
     def capture(self, body):
         cupy = self.cupy
@@ -176,9 +163,11 @@ class CudaCapture:
         # relaxed: a step may allocate (from ``pool``) while the stream is capturing
         mode = getattr(runtime, "streamCaptureModeRelaxed", None)
         with cupy.cuda.using_allocator(pool.malloc), self.stream:
-            if self.warm_up:
-                body()
-            self.stream.begin_capture(mode) if mode is not None else self.stream.begin_capture()
+            body()  # the eager run
+            if mode is None:
+                self.stream.begin_capture()
+            else:
+                self.stream.begin_capture(mode)
             try:
                 body()
             finally:
@@ -251,15 +240,13 @@ class CudaGraph:
         dims = Dims(I, p["w_hh"].shape[0] // cell.num_gates,
                     0 if p.get("w_hr") is None else p["w_hr"].shape[0])
         e = SimpleNamespace(dims=dims, reverse=reverse, cell=cell, p=p, backward=None)
-        with self.capturer.allocations():
-            e.xg = xp.empty((T, B, p["w_ih"].shape[0]), x.dtype)
-            e.state0 = tuple(xp.empty_like(s) for s in state0)
-            e.inputs = {name: None if a is None else xp.empty_like(a)
-                        for name, a in inputs.items()}
-            e.saved = {name: xp.empty((T, B, width), x.dtype)
-                       for name, width in cell.saved_widths(dims, p).items()}
-            for name, value in cell.prefill(p).items():  # before capture too: see forward()
-                e.saved[name][...] = 0 if value is None else value
+        e.xg = xp.empty((T, B, p["w_ih"].shape[0]), x.dtype)
+        e.state0 = tuple(xp.empty_like(s) for s in state0)
+        e.inputs = {name: None if a is None else xp.empty_like(a) for name, a in inputs.items()}
+        e.saved = {name: xp.empty((T, B, width), x.dtype)
+                   for name, width in cell.saved_widths(dims, p).items()}
+        for name, value in cell.prefill(p).items():  # before capture too: see forward()
+            e.saved[name][...] = 0 if value is None else value
         e.ops = self._ops(cell)
 
         def body():
@@ -315,12 +302,11 @@ class CudaGraph:
         xp = xp_of(dout)
         T, B = dout.shape[:2]
         g = SimpleNamespace()
-        with self.capturer.allocations():
-            g.dh = xp.empty(dout.shape, dout.dtype)
-            g.dh0 = xp.zeros(dstate[0].shape, dout.dtype)
-            pairs = [(xp.empty_like(d), xp.empty_like(d)) for d in dstate[1:]]
-            g.grads = {name: xp.empty((T, B, width), dout.dtype)
-                       for name, width in e.cell.grad_widths(e.dims, e.p).items()}
+        g.dh = xp.empty(dout.shape, dout.dtype)
+        g.dh0 = xp.zeros(dstate[0].shape, dout.dtype)
+        pairs = [(xp.empty_like(d), xp.empty_like(d)) for d in dstate[1:]]
+        g.grads = {name: xp.empty((T, B, width), dout.dtype)
+                   for name, width in e.cell.grad_widths(e.dims, e.p).items()}
         # backward_steps swaps each pair after every step: after T steps, pair[T % 2]
         g.pairs = pairs  # both buffers of each pair, whichever T's parity leaves the result in
         g.rest_in = [pair[0] for pair in pairs]
