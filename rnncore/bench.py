@@ -236,7 +236,8 @@ def build_runners(row, weights, x, dout, device, dtype):
         rnncore_impls = [("rnncore", "auto")]  # the compiled CPU driver where it builds
     else:
         rnncore_impls = [("rnncore auto", "auto"), ("rnncore graph", "graph"),
-                         ("rnncore persistent", "persistent"), ("rnncore fused", "fused")]
+                         ("rnncore wavefront", "wavefront"), ("rnncore persistent", "persistent"),
+                         ("rnncore fused", "fused")]
     baseline = baseline_name(device)
     for name, impl in rnncore_impls:
         try:

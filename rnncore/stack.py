@@ -135,8 +135,13 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
                   step_masks=None, weight_masks=None):
     """x (T, B, I); state0 a tuple in the cell's state order, each (L·D, B, width);
     valid (T, B, 1) or None; the regularisers' masks as in the module docstring.
-    Returns (out (T, B, D·H_out), state_n tuple, cache).
+    Returns (out (T, B, D·H_out), state_n tuple, cache). A driver that runs whole stacks
+    (``runs_stack``: the wavefront, rnncore/drivers/wavefront_graph.py) takes the stacks
+    it runs; the others go layer by layer through ``driver.forward``.
     """
+    runs_stack = getattr(driver, "runs_stack", None)
+    if runs_stack is not None and runs_stack(spec, step_masks, weight_masks):
+        return driver.stack_forward(spec, params, x, state0, valid, masks)
     xp = xp_of(x)
     masks = masks or [None] * spec.num_layers
     u = x
@@ -185,6 +190,9 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
     gradient-flow instrumentation. ``dstates_all`` (optional) is the gradient reaching
     every step's state, a tuple like the state, each (L·D, T, B, width) (``all_states``).
     """
+    if getattr(cache, "entry", None) is not None and recorder is None \
+            and interventions is None and dstates_all is None:
+        return driver.stack_backward(spec, params, cache, dout, dstate_n, input_grad)
     x, valid, layers, masks, _, weight_masks = cache
     xp = xp_of(dout)
     grads = {}

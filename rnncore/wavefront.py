@@ -30,6 +30,9 @@ items of a wave touch disjoint memory and their order within the wave cannot cha
 ``run`` executes any schedule; the tests run the wavefront schedule, the layer-by-layer
 schedule and shuffled waves on NaN-poisoned buffers and require identical bits, and compare
 with ``stack_forward`` / ``stack_backward`` (to rounding: the input GEMM is per step here).
+Every matrix product of an item goes through its layer's ``ops.gemm``, so that a GPU can
+give each layer a stream (and a cuBLAS handle bound to it) and capture the waves
+(``rnncore/drivers/wavefront_graph.py``).
 
 Supported: unidirectional stacks, lengths masks, dropout masks between layers,
 ``residual="layers"``. A bidirectional layer needs all of its input before its reverse
@@ -79,14 +82,21 @@ def _supported(spec):
 
 
 class StackRun:
-    """Buffers of one stack forward + backward, and the step program over them."""
+    """Buffers of one stack forward + backward, and the step program over them.
 
-    def __init__(self, spec, params, x, state0, valid=None, masks=None):
+    ``ops`` (optional): one ``StepOps`` per layer (pointwise functions and the GEMM its
+    items use); by default the reference pointwise functions and ``backend.gemm``. The
+    arrays given (x, state0, valid, masks) are read in place at every run: a caller that
+    replays the program copies new values into them.
+    """
+
+    def __init__(self, spec, params, x, state0, valid=None, masks=None, ops=None):
         _supported(spec)
         self.spec, self.params, self.x, self.state0 = spec, params, x, state0
         self.valid, self.masks = valid, masks or [None] * spec.num_layers
         self.cell = spec.cell
-        self.ops = StepOps(pw=self.cell.reference, gemm=gemm, buffers={})
+        self.ops = ops or [StepOps(pw=self.cell.reference, gemm=gemm, buffers={})
+                           for _ in range(spec.num_layers)]
         xp = xp_of(x)
         T, B, _ = x.shape
         L = spec.num_layers
@@ -122,12 +132,13 @@ class StackRun:
         cell, p, spec = self.cell, self.p[l], self.spec
         u = self.x[t] if l == 0 else self.y[l - 1][t]
         xg = self.xg[l][t]
-        xg[...] = 0 if self.bias[l] is None else self.bias[l]
-        gemm(u, p["w_ih"], xg, transpose_b=True, beta=1.0)
+        bias = self.bias[l]
+        xg[...] = 0 if bias is None else bias
+        self.ops[l].gemm(u, p["w_ih"], xg, transpose_b=True, beta=1.0)
         state_prev = tuple(s[l] for s in self.state0) if t == 0 else \
             cell.state_at(self.saved[l], t - 1)
         inputs = {"valid": self._valid(t)}
-        cell.forward_step(self.ops, p, xg, state_prev, inputs, _at(self.saved[l], t))
+        cell.forward_step(self.ops[l], p, xg, state_prev, inputs, _at(self.saved[l], t))
         y = self.saved[l]["h"][t]
         valid = self._valid(t)
         y = y * valid if valid is not None else y.copy()
@@ -141,6 +152,11 @@ class StackRun:
         for wave in waves:
             for l, t in wave:
                 self.forward_item(l, t)
+        return self.forward_result()
+
+    def forward_result(self):
+        """(out, state_n) of the last forward: the top layer's output and every layer's
+        final state, stacked (L, B, ·)."""
         xp = xp_of(self.x)
         T = self.x.shape[0]
         finals = [self.cell.state_at(self.saved[l], T - 1) for l in range(self.spec.num_layers)]
@@ -149,6 +165,8 @@ class StackRun:
 
     # ----------------------------------------------------------------- backward
     def start_backward(self, dout, dstate_n):
+        """The backward's buffers (NaN-poisoned) for ∂L/∂out ``dout`` and ∂L/∂state_T
+        ``dstate_n``, which the items read in place (a replay copies new values in)."""
         xp = xp_of(dout)
         T, B, _ = dout.shape
         L = self.spec.num_layers
@@ -164,9 +182,6 @@ class StackRun:
         # slot 0: ∂state_0)
         self.rec = [poisoned((T, B, H)) for _ in range(L)]
         self.rest = [[poisoned((T + 1, B, w)) for w in widths[1:]] for _ in range(L)]
-        for l in range(L):
-            for i, buf in enumerate(self.rest[l]):
-                buf[T] = dstate_n[i + 1][l]
         self.dh0 = [poisoned((B, H)) for _ in range(L)]
         self.dy = [poisoned((T, B, H)) for _ in range(L)]
         self.du = [poisoned((T, B, self.spec.layer_input_size(l))) for l in range(L)]
@@ -176,6 +191,9 @@ class StackRun:
     def backward_item(self, l, t):
         cell, p, spec = self.cell, self.p[l], self.spec
         T = self.x.shape[0]
+        if t == T - 1:  # ∂L/∂ the other states after the last step, from dstate_n
+            for i, buf in enumerate(self.rest[l]):
+                buf[T] = self.dstate_n[i + 1][l]
         G = self.dout[t] if l == spec.num_layers - 1 else self.du[l + 1][t]
         valid = self._valid(t)
         mask = self._mask(l, t)
@@ -194,10 +212,12 @@ class StackRun:
             cell.state_at(self.saved[l], t - 1)
         dstate = (dh,) + tuple(buf[t + 1] for buf in self.rest[l])
         dstate_prev = (rec_prev,) + tuple(buf[t] for buf in self.rest[l])
-        cell.backward_step(self.ops, p, dstate, state_prev, {"valid": valid},
+        cell.backward_step(self.ops[l], p, dstate, state_prev, {"valid": valid},
                            _at(self.saved[l], t), _at(self.grads[l], t), dstate_prev)
-        du = self.grads[l]["dxg"][t] @ p["w_ih"]
-        self.du[l][t] = du + dy if spec.layer_residual(l) else du
+        du = self.du[l][t]
+        self.ops[l].gemm(self.grads[l]["dxg"][t], p["w_ih"], du)  # ∂u = ∂z W_ih
+        if spec.layer_residual(l):
+            du += dy
 
     def backward(self, waves):
         """Run the backward items in the *reverse* of ``waves`` (a forward schedule);
@@ -205,9 +225,11 @@ class StackRun:
         for wave in reversed(waves):
             for l, t in reversed(wave):
                 self.backward_item(l, t)
-        return self._weight_grads()
+        return self.backward_result()
 
-    def _weight_grads(self):
+    def backward_result(self):
+        """(∂x, ∂state_0, grads by torch name) of the last backward; the weight gradients
+        are one GEMM each over all steps (outside the items)."""
         xp = xp_of(self.dout)
         spec, cell = self.spec, self.cell
         torch = {p.key: p.torch for p in cell.params}

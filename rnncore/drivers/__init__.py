@@ -28,6 +28,8 @@ Drivers:
   shape and lengths pattern, replayed afterwards (on the CPU: a stand-in that reruns them).
 - ``Persistent`` (``persistent.py``): one cooperative kernel launch runs all T steps
   (the LSTM; on the CPU through the kernel emulation).
+- ``StackGraph`` (``wavefront_graph.py``): a whole unidirectional stack captured as waves,
+  layer l's step t beside layer l+1's step t−1; other stacks through the graph driver.
 - ``BySize`` (``auto.py``): ``impl="auto"``'s choice among them by size.
 
 ``invalidate(driver)`` drops whatever a driver holds for the current parameters (captured
@@ -38,7 +40,7 @@ from .. import backend
 from .auto import BySize
 from .python_loop import LayerCache, PythonLoop, StepOps
 
-IMPLS = ("auto", "reference", "fused", "compiled", "graph", "persistent")
+IMPLS = ("auto", "reference", "fused", "compiled", "graph", "persistent", "wavefront")
 
 
 def select(impl, device, dtype, cell=None, dims=None):
@@ -81,14 +83,17 @@ def select(impl, device, dtype, cell=None, dims=None):
         return PythonLoop("reference")
     from .. import fused
 
-    if impl in ("graph", "persistent"):
+    if impl in ("graph", "persistent", "wavefront"):
         # the fallback: the fused per-step loop on a GPU, the reference loop on the CPU
         fallback = PythonLoop("fused", fused.launcher_for(device, dtype)) \
             if device.kind == "cuda" else PythonLoop("reference")
-        if impl == "graph":
-            from .cuda_graph import for_device
+        if impl in ("graph", "wavefront"):
+            from . import cuda_graph, wavefront_graph
 
-            return for_device(device, dtype, fallback)
+            graph = cuda_graph.for_device(device, dtype, fallback)
+            if impl == "graph":
+                return graph
+            return wavefront_graph.for_device(device, dtype, graph)
         from .persistent import Persistent
 
         return Persistent(device, dtype, fallback)
