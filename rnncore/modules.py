@@ -140,7 +140,8 @@ class Recurrent:
     @property
     def impl_in_use(self) -> str:
         """What ``impl`` resolved to on this device: ``"reference"``, ``"fused"``,
-        ``"graph"``, ``"persistent"`` or ``"auto"`` (the by-size choice, per layer)."""
+        ``"graph"``, ``"persistent"``, ``"wavefront"`` or ``"auto"`` (the by-size choice,
+        per layer)."""
         return self.driver.name
 
     # ----------------------------------------------------------------- parameters

@@ -53,6 +53,7 @@ def select(impl, device, dtype, cell=None, dims=None):
     reference. ``fused`` on the CPU runs the kernels' emulation (it exists to test the
     kernel source and launch code), ``reference`` the NumPy loop, ``compiled`` insists on
     the compiled CPU driver.
+    ``wavefront`` runs whole unidirectional stacks (the graph driver the others).
     ``graph`` and ``persistent`` fall back to the fused loop (GPU) or the reference (CPU)
     for what they do not run; on the CPU they run their stand-in and the kernel emulation.
     """
