@@ -379,3 +379,55 @@ def test_load_state_dict_and_to_invalidate_the_graphs():
     old = m.driver
     m.to("cpu")
     assert len(old.cache) == 0 and m.driver is not old
+
+
+class FakeCupy:
+    """Enough of CuPy's stream and graph API to record what ``capture_graph`` asks for."""
+
+    def __init__(self):
+        self.log = []
+        log = self.log
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def record(self):
+                log.append(("record", self.name))
+                return self.name
+
+            def wait_event(self, event):
+                log.append(("wait", self.name, event))
+
+            def begin_capture(self, mode=None):
+                log.append(("begin", self.name, mode))
+
+            def end_capture(self):
+                log.append(("end", self.name))
+                return SimpleNamespace(launch=lambda s: log.append(("launch", s.name)))
+
+            def __enter__(self):
+                log.append(("enter", self.name))
+
+            def __exit__(self, *exc):
+                log.append(("exit", self.name))
+
+        from contextlib import nullcontext
+
+        self.main, null = Stream("capture"), Stream("null")
+        self.cuda = SimpleNamespace(
+            get_current_stream=lambda: null, MemoryPool=lambda: SimpleNamespace(malloc=None),
+            using_allocator=lambda malloc: nullcontext(),
+            runtime=SimpleNamespace(streamCaptureModeRelaxed=2))
+
+
+def test_capture_runs_the_body_eagerly_then_captures_it_between_two_joins():
+    from rnncore.drivers.cuda_graph import capture_graph
+
+    cupy = FakeCupy()
+    replay = capture_graph(cupy, cupy.main, lambda: cupy.log.append("body"))
+    assert cupy.log == [("record", "null"), ("wait", "capture", "null"), ("enter", "capture"),
+                        "body", ("begin", "capture", 2), "body", ("end", "capture"),
+                        ("exit", "capture"), ("record", "capture"), ("wait", "null", "capture")]
+    replay()
+    assert cupy.log[-1] == ("launch", "null")

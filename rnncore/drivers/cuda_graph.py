@@ -133,17 +133,44 @@ class Immediate:
         return body
 
 
-class CudaCapture:
-    """Stream capture into a CUDA graph on a private stream.
+def capture_graph(cupy, stream, run):
+    """``run()``, which issues work on ``stream`` (the current stream while it runs) and
+    streams forked from it, run once eagerly and then captured into a CUDA graph; returns
+    ``replay()``, which launches the graph on the current stream.
 
-    Each capture allocates from a memory pool of its own, kept alive with its graph and
-    used by nothing else afterwards: a temporary that a step frees during capture is an
-    address the graph keeps writing at every replay, so no later allocation may take it.
-    The body runs once eagerly on the same stream before it is captured, so that whatever
-    a library initialises lazily on a first call (kernels loaded on first launch, say)
-    happens outside the capture; every buffer the graph reads is rewritten before each
-    replay, so that run's values do not matter.
+    The capture allocates from a memory pool of its own, kept alive with the graph and used
+    by nothing else afterwards: a temporary that a step frees during capture is an address
+    the graph keeps writing at every replay, so no later allocation may take it (relaxed
+    capture mode lets a step allocate at all). The eager run comes first so that whatever a
+    library initialises lazily on a first call (kernels loaded on first launch, say) happens
+    outside the capture; every buffer the graph reads is rewritten before each replay, so
+    that run's values do not matter.
     """
+    current = cupy.cuda.get_current_stream()
+    stream.wait_event(current.record())  # the static inputs are written
+    pool = cupy.cuda.MemoryPool()
+    mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
+    with cupy.cuda.using_allocator(pool.malloc), stream:
+        run()  # the eager run
+        if mode is None:
+            stream.begin_capture()
+        else:
+            stream.begin_capture(mode)
+        try:
+            run()
+        finally:
+            graph = stream.end_capture()
+    current.wait_event(stream.record())
+
+    def replay():
+        graph.launch(cupy.cuda.get_current_stream())
+
+    replay.graph, replay.pool = graph, pool
+    return replay
+
+
+class CudaCapture:
+    """Stream capture into a CUDA graph on a private stream (``capture_graph``)."""
 
     kind = "cuda"
 
@@ -155,30 +182,7 @@ class CudaCapture:
             self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def capture(self, body):
-        cupy = self.cupy
-        runtime = cupy.cuda.runtime
-        current = cupy.cuda.get_current_stream()
-        self.stream.wait_event(current.record())  # the static inputs are written
-        pool = cupy.cuda.MemoryPool()
-        # relaxed: a step may allocate (from ``pool``) while the stream is capturing
-        mode = getattr(runtime, "streamCaptureModeRelaxed", None)
-        with cupy.cuda.using_allocator(pool.malloc), self.stream:
-            body()  # the eager run
-            if mode is None:
-                self.stream.begin_capture()
-            else:
-                self.stream.begin_capture(mode)
-            try:
-                body()
-            finally:
-                graph = self.stream.end_capture()
-        current.wait_event(self.stream.record())
-
-        def replay():
-            graph.launch(cupy.cuda.get_current_stream())
-
-        replay.graph, replay.pool = graph, pool
-        return replay
+        return capture_graph(self.cupy, self.stream, body)
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -44,7 +44,7 @@ from ..backend import gemm, xp_of
 from ..cublas import pointer
 from ..stack import StackCache
 from ..wavefront import StackRun, wavefront
-from .cuda_graph import GRAPH_CACHE_SIZE, GraphCache
+from .cuda_graph import GRAPH_CACHE_SIZE, GraphCache, capture_graph
 from .python_loop import LayerCache, StepOps
 
 
@@ -82,9 +82,8 @@ class SerialWaves:
 
 
 class StreamWaves:
-    """Stream capture of the waves on a GPU: a stream and a cuBLAS handle per layer, a
-    fork and a join per wave. As ``CudaCapture``: a memory pool per capture, kept with its
-    graph, and one eager run before the capture (lazily loaded kernels)."""
+    """Stream capture of the waves on a GPU (``capture_graph``): a stream and a cuBLAS
+    handle per layer, a fork and a join per wave on a main stream."""
 
     kind = "cuda"
 
@@ -120,28 +119,7 @@ class StreamWaves:
                 self.main.wait_event(self.streams[l].record())
 
     def capture(self, waves, item):
-        cupy = self.cupy
-        current = cupy.cuda.get_current_stream()
-        self.main.wait_event(current.record())  # the static inputs are written
-        pool = cupy.cuda.MemoryPool()
-        mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
-        with cupy.cuda.using_allocator(pool.malloc):
-            self._run(waves, item)  # the eager run
-            if mode is None:
-                self.main.begin_capture()
-            else:
-                self.main.begin_capture(mode)
-            try:
-                self._run(waves, item)
-            finally:
-                graph = self.main.end_capture()
-        current.wait_event(self.main.record())
-
-        def replay():
-            graph.launch(cupy.cuda.get_current_stream())
-
-        replay.graph, replay.pool = graph, pool
-        return replay
+        return capture_graph(self.cupy, self.main, lambda: self._run(waves, item))
 
 
 # ----------------------------------------------------------------------------- the driver
