@@ -391,7 +391,7 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
 # profiler slows launches.)
 KERNEL_CLASSES = (
     ("GEMM", ("gemm", "gemv", "xmma", "cutlass", "splitk")),
-    ("step", ("lstm", "gru", "rnn_", "elementwise", "persist", "zoneout", "dropout")),
+    ("step", ("lstm", "gru", "rnn_", "persist", "zoneout", "dropout")),
 )
 SPLIT_COLUMNS = ("GEMM", "step", "other kernels", "launch and host")
 

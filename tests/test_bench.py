@@ -140,6 +140,8 @@ def test_long_row_is_documented_not_default():
     ("void LSTM_elementWise_fp<float, float, float>(int, int, int, float*)", "step"),
     ("RNN_blockPersist_fp_LSTM<float, float, float, 128>", "step"),
     ("cupy_copy__float32_float32", "other kernels"), ("cupy_multiply", "other kernels"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::AddFunctor<float>>",
+     "other kernels"),
     ("Memset (Device)", "other kernels"),
 ])
 def test_kernels_are_classed_by_name(name, want):
