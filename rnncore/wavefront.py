@@ -164,9 +164,11 @@ class StackRun:
         return self.y[-1], state_n
 
     # ----------------------------------------------------------------- backward
-    def start_backward(self, dout, dstate_n):
+    def start_backward(self, dout, dstate_n, need_dx=True):
         """The backward's buffers (NaN-poisoned) for ∂L/∂out ``dout`` and ∂L/∂state_T
-        ``dstate_n``, which the items read in place (a replay copies new values in)."""
+        ``dstate_n``, which the items read in place (a replay copies new values in);
+        ∂x (the first layer's ∂u) only when ``need_dx``."""
+        self.need_dx = need_dx
         xp = xp_of(dout)
         T, B, _ = dout.shape
         L = self.spec.num_layers
@@ -214,6 +216,8 @@ class StackRun:
         dstate_prev = (rec_prev,) + tuple(buf[t] for buf in self.rest[l])
         cell.backward_step(self.ops[l], p, dstate, state_prev, {"valid": valid},
                            _at(self.saved[l], t), _at(self.grads[l], t), dstate_prev)
+        if l == 0 and not self.need_dx:
+            return  # ∂x is not asked for: the first layer's ∂u has no reader
         du = self.du[l][t]
         self.ops[l].gemm(self.grads[l]["dxg"][t], p["w_ih"], du)  # ∂u = ∂z W_ih
         if spec.layer_residual(l):
@@ -251,4 +255,4 @@ class StackRun:
         dstate0 = (xp.stack(self.dh0),) + tuple(
             xp.stack([self.rest[l][i][0] for l in range(spec.num_layers)])
             for i in range(len(cell.state) - 1))
-        return self.du[0], dstate0, grads
+        return (self.du[0] if self.need_dx else None), dstate0, grads

@@ -177,7 +177,7 @@ def test_the_closed_form_parameter_count_equals_the_parameters(cell, layers, bi,
     assert parameter_count(m.spec) == sum(v.size for v in m.params.values())
 
 
-@pytest.mark.parametrize("impl", ["reference", "compiled"])
+@pytest.mark.parametrize("impl", ["reference", "compiled", "wavefront"])
 @pytest.mark.parametrize("options", [dict(num_layers=2), dict(num_layers=2, residual="stack"),
                                      dict(num_layers=2, residual="layers", bidirectional=True)],
                          ids=str)

@@ -138,3 +138,18 @@ def test_the_stand_in_runs_waves_in_order():
     replay()
     assert seen == [(0, 0), (0, 1), (1, 0)]
     assert isinstance(rnncore.LSTM(2, 3, impl="wavefront").driver.layer.fallback, PythonLoop)
+
+
+def test_without_input_grad_the_first_layers_dx_is_left_out_and_nothing_else_changes():
+    x = np.random.default_rng(6).standard_normal((5, 2, 4))
+    results = []
+    for input_grad in (True, False):
+        m = rnncore.LSTM(4, 6, num_layers=2, dtype="float64", seed=2, impl="wavefront",
+                         input_grad=input_grad)
+        out, _ = m(x)
+        dx, dstate = m.backward(np.cos(out))
+        results.append((dx, dstate, m.grads, m.driver.cache))
+    (dx, dstate, grads, _), (no_dx, dstate_, grads_, cache) = results
+    assert dx is not None and no_dx is None and cache.captures == 2
+    assert all(np.array_equal(a, b) for a, b in zip(dstate, dstate_, strict=True))
+    assert all(np.array_equal(grads[k], grads_[k]) for k in grads)

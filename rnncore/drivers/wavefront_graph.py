@@ -202,18 +202,23 @@ class StackGraph:
     def stack_backward(self, spec, params, cache, dout, dstate_n, input_grad=True):
         e = cache.entry
         run = e.run
-        if e.backward is None:
+        if e.backward is None:  # the buffers, once; a graph for each value of input_grad
             xp = xp_of(dout)
             run.start_backward(xp.empty_like(dout), tuple(xp.empty_like(d) for d in dstate_n))
+            e.backward = {}
+        run.need_dx = bool(input_grad)  # without it the first layer's ∂x GEMMs are left out
+        replay = e.backward.get(run.need_dx)
+        if replay is None:
             # the forward's waves in the opposite order (a wave's items are independent)
-            e.backward = self.waves.capture(e.schedule[::-1], run.backward_item)
+            replay = e.backward[run.need_dx] = self.waves.capture(e.schedule[::-1],
+                                                                  run.backward_item)
             self.cache.captures += 1
         run.dout[...] = dout
         for static, given in zip(run.dstate_n, dstate_n):
             static[...] = given
-        e.backward()
+        replay()
         dx, dstate0, grads = run.backward_result()
-        return (dx.copy() if input_grad else None), dstate0, grads
+        return (None if dx is None else dx.copy()), dstate0, grads
 
 
 def for_device(device, dtype, layer, maxsize=GRAPH_CACHE_SIZE):
