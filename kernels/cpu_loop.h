@@ -212,22 +212,23 @@ struct Order {
     int64_t step(int64_t k) const { return reverse ? steps - 1 - k : k; }
 };
 
-// Step t's valid flags: that row of the (T, B) array, or all ones when there is none. Never
-// null, so the element loops read it unconditionally: a vectorised `valid == nullptr ||
-// valid[b]` becomes a masked load from address 0 + b, and on this machine (Zen 4) each
-// such masked-off fault costs a microcode assist: half the time of the LSTM forward's
-// element loop went there.
-class ValidFlags {
-  public:
-    ValidFlags(const uint8_t* valid, int64_t batch)
-        : valid_(valid), batch_(batch), ones_(valid ? 0 : batch, 1) {}
-    const uint8_t* at(int64_t t) const { return valid_ ? valid_ + t * batch_ : ones_.data(); }
-
-  private:
-    const uint8_t* valid_;
-    int64_t batch_;
-    std::vector<uint8_t> ones_;
+// Step t's valid flags, as the element loops read them (valid[b]: is step t of sequence b
+// real?): a row of the (T, B) byte array, or, when there is none, AllValid, whose every
+// flag is the constant true. The loops are instantiated for both (generic lambdas), so an
+// unmasked loop carries no flags at all: the compiler drops each `keep ? new : old`
+// (with byte flags in the loop, GCC vectorised the LSTM's backward at 256 bits, with mask
+// shuffles and spilled pointers). Neither is a null pointer to test per element: a
+// vectorised `valid == nullptr || valid[b]` became a masked load from address 0, a
+// microcode assist per vector on Zen 4.
+struct AllValid {
+    constexpr bool operator[](int64_t) const { return true; }
 };
+
+// elements(…, valid flags, …) with step t's flags, of either kind
+template <typename Call>
+inline auto with_valid(const uint8_t* valid, int64_t t, int64_t batch, Call call) {
+    return valid ? call(valid + t * batch) : call(AllValid{});
+}
 
 // Step t's (W, B) block of a (T, W, B) array.
 template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
@@ -243,7 +244,6 @@ template <typename T, typename Elements>
 void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements elements) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
 #pragma omp parallel num_threads(product.threads(a.threads))
     {
         const Units mine = my_units(H, product.block_rows());
@@ -252,7 +252,7 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
             const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
             product(hp, a.scratch, false, mine,
                     a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
-            elements(t, tp, hp, flags.at(t), mine);
+            with_valid(a.valid, t, B, [&](auto valid) { elements(t, tp, hp, valid, mine); });
             emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
 #pragma omp barrier
         }
@@ -297,7 +297,6 @@ template <typename T, typename Elements>
 void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    const ValidFlags flags(a.valid, B);
     StagedRows<T> staged(product_t.packed() && a.grad_stride != B, product_t.depth(), B);
 #pragma omp parallel num_threads(product_t.threads(a.threads))
     {
@@ -306,8 +305,10 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
             int64_t stride;
-            const T* d = staged.stage(elements(k, t, tp, dhp, flags.at(t), mine),
-                                      a.grad_stride, k, H, mine, stride);
+            const T* d = staged.stage(
+                with_valid(a.valid, t, B,
+                           [&](auto valid) { return elements(k, t, tp, dhp, valid, mine); }),
+                a.grad_stride, k, H, mine, stride);
 #pragma omp barrier
             product_t(d, dhp, true, mine, nullptr, stride);
         }

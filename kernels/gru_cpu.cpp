@@ -12,7 +12,7 @@ namespace cpu_loop {
 template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const StepProduct<T> recurrent(blas, a.w_hh, false, 3, H, H, B);  // W_hh · h_{t−1}
-    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, const uint8_t* valid,
+    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, 3 * H, B);
         T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
@@ -51,7 +51,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);  // W_hhᵀ ∂h_g
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
-                                          const uint8_t* valid, Units units) {
+                                          auto valid, Units units) {
         const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
         const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
         const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);

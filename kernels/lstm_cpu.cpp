@@ -17,9 +17,9 @@ namespace cpu_loop {
 
 // Step t's element loop over units [lo, hi): reading the pre-activations (+ x_g unless the
 // input joined the product, Joined), writing the gates, h_t, c_t and (KeepTanh) tanh(c_t).
-template <typename T, bool Joined, bool KeepTanh>
-void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp,
-                        const uint8_t* valid, Units units) {
+template <typename T, bool Joined, bool KeepTanh, typename Valid>
+void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, Valid valid,
+                        Units units) {
     const int64_t H = a.hidden, B = a.batch;
     const T* xt = Joined ? nullptr : block<const T>(a.xg, t, 4 * H, B);
     T* gt = block<T>(a.saved[2], t, 4 * H, B);
@@ -67,7 +67,7 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
         a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B)
             : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t tp, const T* hp,
-                                       const uint8_t* valid, Units units) {
+                                       auto valid, Units units) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
         if (a.x && a.saved[3]) lstm_step_elements<T, true, true>(a, t, hp, cp, valid, units);
         if (a.x && !a.saved[3]) lstm_step_elements<T, true, false>(a, t, hp, cp, valid, units);
@@ -84,7 +84,7 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
     // swapped at every step (loop position k)
     auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };
     backward_steps<T>(a, recurrent_t, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
-                                          const uint8_t* valid, Units units) {
+                                          auto valid, Units units) {
         const int64_t lo = units.lo * B, n = (units.hi - units.lo) * B;  // its part of a block
         const T* dc = dc_of(k);
         T* dc_prev = dc_of(k - 1);

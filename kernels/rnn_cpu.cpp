@@ -12,7 +12,7 @@ namespace cpu_loop {
 template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     const StepProduct<T> recurrent(blas, a.w_hh, false, 1, H, H, B);  // W_hh · h_{t−1}
-    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, const uint8_t* valid,
+    forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, H, B);
         T *ht = block<T>(a.saved[0], t, H, B), *yt = block<T>(a.saved[1], t, H, B);
@@ -34,7 +34,7 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, H, B);  // W_hhᵀ ∂a_t
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t, T* dhp,
-                                          const uint8_t* valid, Units units) {
+                                          auto valid, Units units) {
         const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
         T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
         for (int64_t j = units.lo; j < units.hi; ++j) {
