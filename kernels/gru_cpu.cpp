@@ -5,7 +5,7 @@
 //
 // saved: [0] h (T,H,B)  [1] r  [2] z  [3] n  [4] h_n = the recurrent n-block with b_hn
 // grads: [0] ∂x_g (3H,·,B)  [1] ∂h_g (3H,·,B)
-#include "cpu_loop.h"
+#include "backward_chunks.h"
 
 namespace cpu_loop {
 
@@ -92,5 +92,5 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
 
 RNNCORE_CPU_EXPORT(gru_cpu_forward_f32, cpu_loop::gru_forward, float)
 RNNCORE_CPU_EXPORT(gru_cpu_forward_f64, cpu_loop::gru_forward, double)
-RNNCORE_CPU_EXPORT(gru_cpu_backward_f32, cpu_loop::gru_backward, float)
-RNNCORE_CPU_EXPORT(gru_cpu_backward_f64, cpu_loop::gru_backward, double)
+RNNCORE_CPU_EXPORT_BACKWARD(gru_cpu_backward_f32, cpu_loop::gru_backward, float)
+RNNCORE_CPU_EXPORT_BACKWARD(gru_cpu_backward_f64, cpu_loop::gru_backward, double)

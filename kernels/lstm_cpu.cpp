@@ -11,7 +11,7 @@
 // grads: [0] dz (4H,·,B): ∂L/∂ of the pre-activations, = ∂x_g = ∂h_g
 //        [3] (T,H,B) or null: ∂L/∂c_t as each step starts (for the gradient-flow recorder)
 // dstate: [0] ∂L/∂c, in: ∂L/∂c_T, out: ∂L/∂c_0   [1] scratch (H, B)
-#include "cpu_loop.h"
+#include "backward_chunks.h"
 
 namespace cpu_loop {
 
@@ -135,5 +135,5 @@ template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
 
 RNNCORE_CPU_EXPORT(lstm_cpu_forward_f32, cpu_loop::lstm_forward, float)
 RNNCORE_CPU_EXPORT(lstm_cpu_forward_f64, cpu_loop::lstm_forward, double)
-RNNCORE_CPU_EXPORT(lstm_cpu_backward_f32, cpu_loop::lstm_backward, float)
-RNNCORE_CPU_EXPORT(lstm_cpu_backward_f64, cpu_loop::lstm_backward, double)
+RNNCORE_CPU_EXPORT_BACKWARD(lstm_cpu_backward_f32, cpu_loop::lstm_backward, float)
+RNNCORE_CPU_EXPORT_BACKWARD(lstm_cpu_backward_f64, cpu_loop::lstm_backward, double)

@@ -5,7 +5,7 @@
 //
 // saved: [0] h (T,H,B)  [1] φ(a), the new value before the padding carry
 // grads: [0] ∂a (H,·,B) = ∂x_g = ∂h_g
-#include "cpu_loop.h"
+#include "backward_chunks.h"
 
 namespace cpu_loop {
 
@@ -64,12 +64,15 @@ template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<
         cpu_loop::rnn_forward<double, relu>(*b, *a);                                       \
     }                                                                                       \
     extern "C" void rnn_##act##_cpu_backward_f32(const cpu_loop::Blas* b,                  \
-                                                 const cpu_loop::Args<float>* a) {         \
-        cpu_loop::rnn_backward<float, relu>(*b, *a);                                       \
+                                                 const cpu_loop::Args<float>* a,           \
+                                                 const cpu_loop::ChunkedArgs<float>* c) {  \
+        cpu_loop::backward_chunks<float>(*b, *a, *c, cpu_loop::rnn_backward<float, relu>); \
     }                                                                                       \
     extern "C" void rnn_##act##_cpu_backward_f64(const cpu_loop::Blas* b,                  \
-                                                 const cpu_loop::Args<double>* a) {        \
-        cpu_loop::rnn_backward<double, relu>(*b, *a);                                      \
+                                                 const cpu_loop::Args<double>* a,          \
+                                                 const cpu_loop::ChunkedArgs<double>* c) { \
+        cpu_loop::backward_chunks<double>(*b, *a, *c,                                      \
+                                          cpu_loop::rnn_backward<double, relu>);           \
     }
 RNN_EXPORTS(tanh, false)
 RNN_EXPORTS(relu, true)

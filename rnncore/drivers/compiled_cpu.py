@@ -186,6 +186,14 @@ class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
                  "dx")] + [("batch", ctypes.c_int64)]
 
 
+class ChunkedArgs(ctypes.Structure):  # kernels/backward_chunks.h
+    _fields_ = [(name, ctypes.c_int64) for name in ("first", "end", "seg_lo", "total", "chunk")] \
+        + [("saved_width", ctypes.c_int64 * 8), ("state_slot", ctypes.c_int64 * 2),
+           ("checkpoint", ctypes.c_void_p * 2)] \
+        + [(name, ctypes.c_void_p) for name in ("x", "h", "h0", "dx", "h_prev")] \
+        + [("products", HoistedArgs)]
+
+
 class TransposeArgs(ctypes.Structure):  # kernels/layout_cpu.cpp
     _fields_ = [(name, ctypes.c_int64) for name in ("steps", "rows", "cols", "threads")] + \
                [("src", ctypes.c_void_p), ("dst", ctypes.c_void_p)]
@@ -249,9 +257,9 @@ class CompiledCPU:
                     0 if p.get("w_hr") is None else p["w_hr"].shape[0])
         return dims, cell.cpu_loop_for(dims)
 
-    def _call(self, loop, step, dtype, args):
+    def _call(self, loop, step, dtype, *args):
         getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype.name]}")(
-            ctypes.byref(self.blas), ctypes.byref(args))
+            ctypes.byref(self.blas), *(ctypes.byref(a) for a in args))
 
     def _hoisted(self, name, dtype, **fields):
         getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
@@ -391,13 +399,11 @@ class CompiledCPU:
         dh0 = aligned_zeros((H, B), dt)
         rest = [aligned_copy(d.T) for d in dstate[1:]]
         history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
-        step_of = (lambda k: T - 1 - k) if reverse else (lambda k: k)  # loop position → t
         # ∂z is kept for one chunk of steps at a time: its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b,
-        # ∂x) run as soon as the backward has passed the chunk. The chunk length is a fixed
-        # function of the shapes (CHUNK_BYTES, CHUNK_SHARE; at least 512 columns: 2-step
-        # chunks measured 10 % slower), so the arithmetic does not depend on
-        # checkpoint_every; the C++ loop is called once per piece (a chunk within a
-        # segment), which does not change its arithmetic either.
+        # ∂x) run as soon as the backward has passed the chunk (kernels/backward_chunks.h).
+        # The chunk length is a fixed function of the shapes (CHUNK_BYTES, CHUNK_SHARE; at
+        # least 512 columns: 2-step chunks measured 10 % slower), so the arithmetic does
+        # not depend on checkpoint_every.
         item = np.dtype(dt).itemsize
         step_bytes = GH * B * item
         chunk_bytes = min(max(T * step_bytes // CHUNK_SHARE, CHUNK_BYTES[0]), CHUNK_BYTES[1])
@@ -405,43 +411,54 @@ class CompiledCPU:
         chunk = min(T, chunk, max(1, CHUNK_BYTES[1] // step_bytes))
         chunk = -(-T // -(-T // chunk))  # every chunk the same length, give or take one
         # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
-        zbuf = {name: aligned_empty((width * H, chunk, B), dt) for name, width in loop.grads}
+        zbuf = [aligned_empty((width * H, chunk, B), dt) for _, width in loop.grads]
         wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
               "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
         dx = _POOL.empty((T, B, I), dt) if need_dx else None
-        piece = _Piece(loop, dt, B, H, reverse, np.ascontiguousarray(p["w_hh"]), valid_u8, dh,
-                       dh0, rest, [aligned_empty((H, B), dt) for _ in rest], zbuf, chunk,
-                       history, aligned_empty((H, B), dt))
         x = np.ascontiguousarray(x)
-        h, h0 = cache.saved["h"], state0[0]  # (T, B, H), (B, H)
+        w_ih, w_hh = np.ascontiguousarray(p["w_ih"]), np.ascontiguousarray(p["w_hh"])
+        h0 = np.ascontiguousarray(state0[0])
+        extra = aligned_empty((H, B), dt)  # saved[len(loop.saved)]: a step's scratch
+        h_prev = aligned_empty((chunk * B, H), dt)  # a chunk's h_{t−1} when it takes h0
+        dstate_scratch = [aligned_empty((H, B), dt) for _ in rest]
+        names = [name for name, _ in loop.saved]
         segments = _segments(T, reverse, every)
         seg_fm = None
         with self._one_pool() as threads:
+            args = _ARGS[dt.name](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
+                                  valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
+                                  threads=threads, grad_stride=chunk * B)
+            args.saved[len(names)] = _ptr(extra)
+            for k, (d, sc) in enumerate(zip(rest, dstate_scratch)):
+                args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
+            for k, z in enumerate(zbuf):
+                args.grads[k] = _ptr(z)
+            args.grads[3] = _ptr(history)
+            chunked = ChunkedArgs(
+                total=T, chunk=chunk, x=_ptr(x), h=_ptr(cache.saved["h"]), h0=_ptr(h0),
+                dx=_ptr(dx), h_prev=_ptr(h_prev), products=HoistedArgs(
+                    groups=GH // H, hidden=H, input=I, threads=threads, batch=B,
+                    w_ih=_ptr(w_ih), dw_ih=_ptr(wg["w_ih"]), dw_hh=_ptr(wg["w_hh"]),
+                    db_ih=_ptr(wg["b_ih"]), db_hh=_ptr(wg["b_hh"])))
+            for k, (_, width) in enumerate(loop.saved):
+                chunked.saved_width[k] = width
+            for k, name in enumerate(cell.state):
+                chunked.state_slot[k] = names.index(name) if name in names else -1
             for s in range(len(segments) - 1, -1, -1):
                 k0, lo, hi = segments[s]
-                n = hi - lo
                 if fm is not None:
                     seg = fm
                 else:
                     seg_fm = self._run_forward(loop, p, x, checkpoints[s], lo, hi, reverse,
                                                valid_u8, threads, seg_fm if seg_fm is not None
-                                               and len(seg_fm["h"]) == n else None)
+                                               and len(seg_fm["h"]) == hi - lo else None)
                     seg = seg_fm
-                p1 = k0 + n
-                while p1 > k0:
-                    p0 = max(k0, (p1 - 1) // chunk * chunk)  # the piece [p0, p1), loop positions
-                    c0 = p0 // chunk * chunk  # its chunk's first loop position
-                    t_lo = min(step_of(p0), step_of(p1 - 1))  # the piece's first time step
-                    c_lo = min(step_of(c0), step_of(min(T, c0 + chunk) - 1))
-                    before = checkpoints[s] if p0 == k0 else tuple(
-                        None if seg.get(name) is None else seg[name][step_of(p0 - 1) - lo]
-                        for name in cell.state)
-                    self._backward_piece(piece, seg, lo, before, p0, p1, t_lo, c_lo, step_of,
-                                         threads)
-                    if p0 == c0:  # the chunk is complete
-                        self._weight_grads(x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H,
-                                           GH, reverse, step_of, threads)
-                    p1 = p0
+                for k, name in enumerate(names):
+                    args.saved[k] = _ptr(seg.get(name))
+                chunked.first, chunked.end, chunked.seg_lo = k0, k0 + hi - lo, lo
+                for k, st in enumerate(checkpoints[s]):
+                    chunked.checkpoint[k] = _ptr(st)
+                self._call(loop, "backward", dt, args, chunked)
         del seg_fm
         if record is not None:
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
@@ -451,73 +468,6 @@ class CompiledCPU:
                "b_hh": wg["b_hh"] if loop.recurrent_bias else wg["b_ih"]}
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
-
-    def _backward_piece(self, piece, seg, seg_lo, state_before, p0, p1, t_lo, c_lo, step_of,
-                        threads):
-        """The C++ backward over loop positions p0..p1−1 (times t_lo..t_lo+n−1)."""
-        dt, B, H, dh = piece.dtype, piece.batch, piece.hidden, piece.dh
-        item = np.dtype(dt).itemsize
-        dh_before = piece.dh0.ctypes.data if p0 == 0 else \
-            dh.ctypes.data + step_of(p0 - 1) * H * B * item
-        valid = piece.valid_u8
-        args = _ARGS[dt.name](steps=p1 - p0, batch=B, hidden=H, reverse=int(bool(piece.reverse)),
-                              w_hh=_ptr(piece.w_hh),
-                              valid=None if valid is None else valid[t_lo:].ctypes.data,
-                              dh=dh.ctypes.data + t_lo * H * B * item, dh0=dh_before,
-                              threads=threads, grad_stride=piece.chunk * B)
-        for k, st in enumerate(state_before):
-            args.state0[k] = _ptr(st)
-        for k, (name, _) in enumerate(piece.loop.saved):
-            a = seg.get(name)
-            args.saved[k] = None if a is None else a.ctypes.data + (t_lo - seg_lo) * a[0].nbytes
-        args.saved[len(piece.loop.saved)] = _ptr(piece.extra)
-        for k, (d, sc) in enumerate(zip(piece.rest, piece.scratch)):
-            args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
-        for k, (name, _) in enumerate(piece.loop.grads):  # step t_lo's columns of the chunk
-            args.grads[k] = piece.zbuf[name].ctypes.data + (t_lo - c_lo) * B * item
-        history = piece.history
-        args.grads[3] = None if history is None else history.ctypes.data + t_lo * H * B * item
-        self._call(piece.loop, "backward", dt, args)
-
-    def _weight_grads(self, x, h, h0, p, zbuf, wg, dx, c0, chunk, T, B, I, H, GH, reverse,
-                      step_of, threads):
-        """The hoisted GEMMs of one complete chunk of ∂z (loop positions c0..), in C++."""
-        c1 = min(T, c0 + chunk)
-        n = c1 - c0
-        a = min(step_of(c0), step_of(c1 - 1))
-        b = a + n
-        if not reverse:
-            hp = h[a - 1 : b - 1] if a > 0 else np.concatenate([h0[None], h[: b - 1]])
-        else:
-            hp = h[a + 1 : b + 1] if b < T else np.concatenate([h[a + 1 :], h0[None]])
-        hp = np.ascontiguousarray(hp)
-        dxg = zbuf["dxg"]
-        self._hoisted("weight_grads", dxg.dtype, groups=GH // H, hidden=H, input=I,
-                      columns=n * B, stride=chunk * B, threads=threads,
-                      w_ih=_ptr(np.ascontiguousarray(p["w_ih"])), x=_ptr(x[a:b]),
-                      dxg=_ptr(dxg), dhg=_ptr(zbuf.get("dhg")), h_prev=_ptr(hp),
-                      dw_ih=_ptr(wg["w_ih"]), dw_hh=_ptr(wg["w_hh"]), db_ih=_ptr(wg["b_ih"]),
-                      db_hh=_ptr(wg["b_hh"]), dx=None if dx is None else _ptr(dx[a:b]))
-
-
-class _Piece(NamedTuple):
-    """What every piece of one backward call hands the C++ loop."""
-
-    loop: object
-    dtype: object
-    batch: int
-    hidden: int
-    reverse: bool
-    w_hh: object
-    valid_u8: object
-    dh: object
-    dh0: object
-    rest: list  # the other states' gradients, feature-major
-    scratch: list  # one (H, B) buffer for each
-    zbuf: dict
-    chunk: int
-    history: object
-    extra: object  # saved[len(loop.saved)]: a step's scratch
 
 
 # the driver's large per-call arrays, reused across calls once nothing holds them: a fresh

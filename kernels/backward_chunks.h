@@ -1,0 +1,119 @@
+// A segment of a cell's compiled backward, in one call: the time loop (the cell's backward,
+// cpu_loop.h) a piece at a time, and after each complete chunk of ∂z the products hoisted
+// out of it (hoisted.h: ∂W_ih, ∂W_hh, ∂b, ∂x), while the chunk is still in cache.
+//
+// ∂z is kept for one chunk of loop positions at a time, (rows, chunk·B) with row stride
+// chunk·B, the layout the weight-gradient GEMMs read. Chunk boundaries are fixed loop
+// positions (multiples of `chunk`), segments (recompute, rnncore/drivers/compiled_cpu.py)
+// are arbitrary, so a piece is a chunk ∩ segment, and a chunk split over two segments is
+// finished by the second call. Loop position k is time step t(k) = k, or T − 1 − k for the
+// reverse direction; the loop runs from the segment's last position down to its first.
+#pragma once
+#include "cpu_loop.h"
+#include "hoisted.h"
+
+namespace cpu_loop {
+
+template <typename T> struct ChunkedArgs {
+    int64_t first, end;         // the segment's loop positions [first, end)
+    int64_t seg_lo;             // its first time step: step 0 of the saved buffers in Args
+    int64_t total;              // T
+    int64_t chunk;              // loop positions per chunk of ∂z
+    int64_t saved_width[8];     // of each Args::saved buffer, in units of H (W of (T, W·H, B))
+    int64_t state_slot[2];      // the saved buffer of each state, or −1
+    const T* checkpoint[2];     // the state the segment starts from, feature-major (H, B)
+    const T* x;                 // (T, B, I) the layer's input
+    const T* h;                 // (T, B, H) its output h_t
+    const T* h0;                // (B, H) h before the first step
+    T* dx;                      // (T, B, I) or null
+    T* h_prev;                  // (chunk·B, H) scratch: a chunk's h_{t−1} when it takes h0
+    HoistedArgs<T> products;    // groups, hidden, input, threads, w_ih, the ∂W, ∂b
+};
+
+template <typename T> class Chunks {
+  public:
+    Chunks(const Args<T>& a, const ChunkedArgs<T>& c) : a_(a), c_(c) {}
+    int64_t step(int64_t k) const { return a_.reverse ? c_.total - 1 - k : k; }
+    // the first time step of loop positions [k, k + n)
+    int64_t first_step(int64_t k, int64_t n) const { return std::min(step(k), step(k + n - 1)); }
+
+    // Args for the time loop over loop positions [p0, p1) of the segment
+    Args<T> piece(int64_t p0, int64_t p1) const {
+        const int64_t H = a_.hidden, B = a_.batch, HB = H * B, n = p1 - p0;
+        const int64_t t_lo = first_step(p0, n), c0 = p0 / c_.chunk * c_.chunk;
+        const int64_t c_lo = first_step(c0, std::min(c_.total, c0 + c_.chunk) - c0);
+        Args<T> p = a_;
+        p.steps = n;
+        p.valid = a_.valid ? a_.valid + t_lo * B : nullptr;
+        p.dh = a_.dh + t_lo * HB;
+        p.dh0 = p0 == 0 ? a_.dh0 : a_.dh + step(p0 - 1) * HB;
+        for (int k = 0; k < 8; ++k)
+            p.saved[k] = a_.saved[k] && c_.saved_width[k]
+                             ? a_.saved[k] + (t_lo - c_.seg_lo) * c_.saved_width[k] * HB
+                             : a_.saved[k];
+        for (int s = 0; s < 2; ++s) {  // the state before the piece's first step
+            const int64_t slot = c_.state_slot[s];
+            p.state0[s] = p0 == c_.first ? c_.checkpoint[s]
+                          : slot >= 0 && a_.saved[slot]
+                              ? a_.saved[slot] + (step(p0 - 1) - c_.seg_lo) * HB
+                              : nullptr;
+        }
+        for (int k = 0; k < 2; ++k)  // step t_lo's columns of the chunk
+            p.grads[k] = a_.grads[k] ? a_.grads[k] + (t_lo - c_lo) * B : nullptr;
+        p.grads[3] = a_.grads[3] ? a_.grads[3] + t_lo * HB : nullptr;
+        return p;
+    }
+
+    // the hoisted products of the chunk at loop positions [c0, …)
+    HoistedArgs<T> products(int64_t c0) const {
+        const int64_t B = a_.batch, H = a_.hidden, I = c_.products.input, T_ = c_.total;
+        const int64_t n = std::min(T_, c0 + c_.chunk) - c0, lo = first_step(c0, n), hi = lo + n;
+        HoistedArgs<T> h = c_.products;
+        h.columns = n * B;
+        h.stride = c_.chunk * B;
+        h.x = c_.x + lo * B * I;
+        h.dx = c_.dx ? c_.dx + lo * B * I : nullptr;
+        h.dxg = a_.grads[0];
+        h.dhg = a_.grads[1];
+        // h_{t−1} of steps lo … hi − 1: h[lo − 1 … hi − 2] (h0 first at lo = 0), or for the
+        // reverse direction h[lo + 1 … hi] (h0 last at hi = T)
+        const bool takes_h0 = a_.reverse ? hi == T_ : lo == 0;
+        if (!takes_h0) {
+            h.h_prev = c_.h + (a_.reverse ? lo + 1 : lo - 1) * B * H;
+        } else {
+            const int64_t BH = B * H, rest = (n - 1) * BH;
+            T* to = c_.h_prev;
+            const T* from = c_.h + (a_.reverse ? lo + 1 : 0) * BH;
+            std::memcpy(to + (a_.reverse ? 0 : BH), from, sizeof(T) * rest);
+            std::memcpy(to + (a_.reverse ? rest : 0), c_.h0, sizeof(T) * BH);
+            h.h_prev = to;
+        }
+        return h;
+    }
+
+  private:
+    const Args<T>& a_;
+    const ChunkedArgs<T>& c_;
+};
+
+// The segment's backward: pieces from its last loop position down, each followed, when it
+// completes its chunk, by that chunk's products.
+template <typename T, typename Loop>
+void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c, Loop loop) {
+    const Chunks<T> chunks(a, c);
+    for (int64_t p1 = c.end; p1 > c.first;) {
+        const int64_t p0 = std::max(c.first, (p1 - 1) / c.chunk * c.chunk);
+        loop(blas, chunks.piece(p0, p1));
+        if (p0 % c.chunk == 0) weight_grads<T>(blas, chunks.products(p0));
+        p1 = p0;
+    }
+}
+
+}  // namespace cpu_loop
+
+// A cell's backward export: <name>(blas, segment Args, ChunkedArgs)
+#define RNNCORE_CPU_EXPORT_BACKWARD(name, fn, T)                                          \
+    extern "C" void name(const cpu_loop::Blas* blas, const cpu_loop::Args<T>* a,          \
+                         const cpu_loop::ChunkedArgs<T>* c) {                             \
+        cpu_loop::backward_chunks<T>(*blas, *a, *c, fn<T>);                               \
+    }

@@ -1,0 +1,81 @@
+// The products hoisted out of the time loops, for every cell, on the loops' threads:
+//
+//     X_g[t] = W_ih X[t]ᵀ                       (forward, when the loop does not join it)
+//     ∂W_ih += ∂X_g X    ∂W_hh += ∂H_g H_prev    ∂b += Σ_columns    ∂X = ∂X_gᵀ W_ih
+//
+// over a chunk of n steps (backward: ∂X_g, ∂H_g are the loops' (G·H, ·, B) grads, n·B
+// columns at row stride `stride`; X, H_prev the chunk's (n·B, ·) rows, batch-major).
+//
+// Each thread calls BLAS on its share, with BLAS itself on one thread (the driver sets
+// that): a range of the weight rows, and a range of the n·B columns for ∂X. One pool of
+// threads (OpenMP's) then runs the whole layer, loops and products: a BLAS pool of its own
+// beside it spins after each call and takes the cores the loop's threads need (measured
+// at 2 threads: the backward ran 3× slower).
+#pragma once
+#include "cpu_loop.h"
+
+namespace cpu_loop {
+
+template <typename T> struct HoistedArgs {
+    int64_t groups, hidden, input, columns, stride, threads;
+    const T* w_ih;   // (G·H, I)
+    const T* x;      // forward: (T, B, I) with columns = T·B; backward: the chunk's (n·B, I)
+    T* xg;           // forward: (T, G·H, B)
+    const T* dxg;    // (G·H, ·) row stride `stride`
+    const T* dhg;    // the same, or null: = dxg
+    const T* h_prev; // (n·B, H)
+    T* dw_ih;        // (G·H, I), accumulated
+    T* dw_hh;        // (G·H, H), accumulated
+    T* db_ih;        // (G·H), accumulated
+    T* db_hh;        // (G·H) or null, accumulated from dhg
+    T* dx;           // (n·B, I) or null
+    int64_t batch;   // forward: B
+};
+
+template <typename T> T row_sum(const T* row, int64_t n) {
+    T sum = T(0);
+    for (int64_t c = 0; c < n; ++c) sum += row[c];
+    return sum;
+}
+
+template <typename T> void input_projection(const Blas& blas, const HoistedArgs<T>& a) {
+    const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
+#pragma omp parallel num_threads(int(a.threads))
+    {
+        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+        for (int64_t t = steps * k / n; t < steps * (k + 1) / n; ++t)  // X_g[t] = W_ih X[t]ᵀ
+            gemm<T>(blas, false, true, GH, B, I, a.w_ih, I, a.x + t * B * I, I, T(0),
+                    a.xg + t * GH * B, B);
+    }
+}
+
+template <typename T> void weight_grads(const Blas& blas, const HoistedArgs<T>& a) {
+    const int64_t H = a.hidden, I = a.input, N = a.columns, ld = a.stride, GH = a.groups * H;
+    const T* dhg = a.dhg ? a.dhg : a.dxg;
+#pragma omp parallel num_threads(int(a.threads))
+    {
+        // a thread's share: a contiguous range of the G·H weight rows (one GEMM each: BLAS
+        // packs X once a call) and a range of the N columns for ∂X
+        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+        const int64_t r0 = GH * k / n, rows = GH * (k + 1) / n - r0;
+        if (rows > 0) {
+            gemm<T>(blas, false, false, rows, I, N, a.dxg + r0 * ld, ld, a.x, I, T(1),
+                    a.dw_ih + r0 * I, I);
+            gemm<T>(blas, false, false, rows, H, N, dhg + r0 * ld, ld, a.h_prev, H, T(1),
+                    a.dw_hh + r0 * H, H);
+        }
+        for (int64_t r = r0; r < r0 + rows; ++r) {  // ∂b += Σ_columns
+            a.db_ih[r] += row_sum(a.dxg + r * ld, N);
+            if (a.db_hh) a.db_hh[r] += row_sum(dhg + r * ld, N);
+        }
+        if (a.dx) {
+            const int64_t c0 = N * k / n, c1 = N * (k + 1) / n;
+            if (c1 > c0)  // ∂X[c0:c1] = ∂X_g[:, c0:c1]ᵀ W_ih
+                gemm<T>(blas, true, false, c1 - c0, I, a.groups * H, a.dxg + c0, ld, a.w_ih,
+                        I, T(0), a.dx + c0 * I, I);
+        }
+    }
+}
+
+}  // namespace cpu_loop
+
