@@ -79,6 +79,7 @@ template <typename T> struct Args {
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
     int64_t grad_stride;    // of grads[0], grads[1]
     T* out;                 // (T, B, H) or null: the forward also writes h batch-major here
+    T* out_copy;            //   and here, when not null (the caller's copy; out is kept)
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
@@ -201,8 +202,9 @@ void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_
 template <typename T> void emit_output(const Args<T>& a, int64_t t, const T* ht, Units units) {
     if (a.out == nullptr) return;
     const int64_t H = a.hidden, B = a.batch;
-    transpose_rect(ht + units.lo * B, B, a.out + t * B * H + units.lo, H, units.hi - units.lo,
-                   B);
+    for (T* out : {a.out, a.out_copy})
+        if (out) transpose_rect(ht + units.lo * B, B, out + t * B * H + units.lo, H,
+                                units.hi - units.lo, B);
 }
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).

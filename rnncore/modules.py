@@ -291,7 +291,12 @@ class Recurrent:
         if T == 0 or B == 0:
             raise ValueError(f"input must have at least one step and one sequence, "
                              f"got shape {tuple(x.shape)}")
-        x = self.xp.array(x, order="C", copy=True)  # the cache must not see later edits
+        # the cache must not see the caller's later edits: a copy, unless the driver keeps
+        # its own (and the stack itself keeps none: a projected stack residual reads x)
+        protected = getattr(self.driver, "protects_cache", False) \
+            and not self.spec.stack_residual_projected()
+        x = self.xp.ascontiguousarray(x) if protected else self.xp.array(x, order="C",
+                                                                         copy=True)
         valid = self._valid_mask(lengths, T, B)
         state0, learned = self._initial_state(hx, batched, B)
         masks = self._dropout_masks(T, B)
@@ -315,7 +320,8 @@ class Recurrent:
             out = out[:, 0]
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
-        out = self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
+        out = self.xp.ascontiguousarray(out) if protected else \
+            self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
         return out, self.pack_state(state_n)
 
     def checkpoint_steps(self, T) -> int:

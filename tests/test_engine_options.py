@@ -139,23 +139,48 @@ def test_backend_devices():
     assert rnn.device.kind == "cpu"
 
 
-def test_callers_edits_after_forward_do_not_change_gradients():
+# the compiled CPU driver keeps its own copy of x and returns an output its cache does not
+# hold, and the module then copies neither: each path that driver takes (the packed kernel
+# with the input joined, BLAS per step, a hoisted input projection, lengths, recompute
+# segments, the reference fallback under zoneout) and the stack's own use of x
+EDIT_CASES = {
+    "lstm packed": ("lstm", "float32", 16, 16, {}),
+    "lstm": ("lstm", "float64", 2, 3, {}),
+    "gru packed": ("gru", "float32", 16, 16, dict(num_layers=2, bidirectional=True)),
+    "lstm lengths": ("lstm", "float32", 16, 16, dict(lengths=True)),
+    "lstm recompute": ("lstm", "float32", 16, 16, dict(checkpoint_every=2)),
+    "lstm zoneout": ("lstm", "float64", 2, 3, dict(zoneout_h=0.3)),
+    "lstm projected residual": ("lstm", "float64", 2, 3, dict(num_layers=2, residual="stack")),
+}
+
+
+@pytest.mark.parametrize("case", EDIT_CASES)
+def test_callers_edits_after_forward_do_not_change_gradients(case):
     """Outputs, inputs and initial states handed over are not the cache's buffers."""
+    cell, dtype, B, I, options = EDIT_CASES[case]
+    options = dict(options)
+    use_lengths = options.pop("lengths", False)
     rng = np.random.default_rng(0)
-    x, dout = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 5))
-    hx = (rng.standard_normal((1, 2, 5)), rng.standard_normal((1, 2, 5)))
-    lstm = rnncore.LSTM(3, 5, dtype="float64", seed=0)
-    lstm(x, hx)
-    lstm.backward(dout)
-    clean = {k: v.copy() for k, v in lstm.grads.items()}
-    lstm.zero_grad()
-    out, (h_n, _) = lstm(x, hx)
-    out *= 0
-    x *= 0
-    hx[0][...] = 7
-    lstm.backward(dout)
+    x = rng.standard_normal((4, B, I)).astype(dtype)
+    dout = rng.standard_normal((4, B, 5 * (2 if options.get("bidirectional") else 1)))
+    lengths = rng.integers(1, 5, B) if use_lengths else None
+    hx = tuple(rng.standard_normal((2 * (1 + bool(options.get("bidirectional"))), B, 5))
+               .astype(dtype) for _ in range(2 if cell == "lstm" else 1))
+    grads = []
+    for edit in (False, True):  # twin models: the same weights and random masks
+        model = rnncore.Recurrent(cell, I, 5, dtype=dtype, seed=0, **options)
+        state = tuple(h[: model.num_layers * model.num_directions].copy() for h in hx)
+        out, _ = model(x.copy() if not edit else x, state if len(state) > 1 else state[0],
+                       lengths)
+        if edit:
+            out *= 0
+            x *= 0
+            state[0][...] = 7
+        model.backward(dout.astype(dtype))
+        grads.append(model.grads)
+    clean = grads[0]
     for name, g in clean.items():
-        np.testing.assert_array_equal(lstm.grads[name], g)
+        np.testing.assert_array_equal(grads[1][name], g, err_msg=name)
 
 
 def test_load_state_dict_copies():

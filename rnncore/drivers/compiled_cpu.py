@@ -175,7 +175,7 @@ def _args_type(ctype):
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
         ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
-        ("grad_stride", ctypes.c_int64), ("out", ptr)]})
+        ("grad_stride", ctypes.c_int64), ("out", ptr), ("out_copy", ptr)]})
 
 
 class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
@@ -196,7 +196,7 @@ class ChunkedArgs(ctypes.Structure):  # kernels/backward_chunks.h
 
 class TransposeArgs(ctypes.Structure):  # kernels/layout_cpu.cpp
     _fields_ = [(name, ctypes.c_int64) for name in ("steps", "rows", "cols", "threads")] + \
-               [("src", ctypes.c_void_p), ("dst", ctypes.c_void_p)]
+               [(name, ctypes.c_void_p) for name in ("src", "dst", "copy")]
 
 
 class KernelRateArgs(ctypes.Structure):  # kernels/kernel_rate_cpu.cpp
@@ -265,14 +265,16 @@ class CompiledCPU:
         getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(HoistedArgs(**fields)))
 
-    def _transpose_steps(self, src, dst, threads):
-        """dst[t] = src[t]ᵀ for (steps, rows, cols) → (steps, cols, rows), both contiguous."""
+    def _transpose_steps(self, src, dst, threads, copy=None):
+        """dst[t] = src[t]ᵀ for (steps, rows, cols) → (steps, cols, rows), all contiguous,
+        and copy[t] = src[t] in the same pass when ``copy`` is given."""
         assert src.flags.c_contiguous and dst.flags.c_contiguous and src.dtype == dst.dtype
+        assert copy is None or (copy.flags.c_contiguous and copy.shape == src.shape)
         steps, rows, cols = src.shape
         getattr(self.lib, f"cpu_transpose_steps_{SUFFIX[src.dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(TransposeArgs(
                 steps=steps, rows=rows, cols=cols, threads=threads, src=_ptr(src),
-                dst=_ptr(dst))))
+                dst=_ptr(dst), copy=_ptr(copy))))
 
     @contextmanager
     def _one_pool(self):
@@ -303,18 +305,21 @@ class CompiledCPU:
         return loop.joins_input and batch % lanes() == 0
 
     def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None,
-                     out=None):
+                     out=(None, None), x_copy=None):
         """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
-        ``state_fm`` on ``threads``, also writing h batch-major into ``out`` (n, B, H) if
-        given; returns the segment's feature-major saved buffers (n, W·H, B)."""
+        ``state_fm`` on ``threads``, also writing h batch-major into the (n, B, H) arrays
+        ``out`` (kept, and the caller's) that are given, and x[lo:hi] into ``x_copy``;
+        returns the segment's feature-major saved buffers (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
         xg = x_fm = w_ih = None
         if self._joins_input(loop, dt, B):
             x_fm = _POOL.empty((n, x.shape[2], B), dt)  # (n, I, B)
-            self._transpose_steps(x[lo:hi], x_fm, threads)
+            self._transpose_steps(x[lo:hi], x_fm, threads, x_copy)
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
+            if x_copy is not None:
+                np.copyto(x_copy, x[lo:hi])
             # not pooled: a free buffer this large would stay resident through the backward
             # (measured: the GRU 3×512's peak RSS above torch's)
             xg = aligned_empty((n, GH, B), dt)
@@ -333,7 +338,7 @@ class CompiledCPU:
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
                               w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
-                              out=_ptr(out))
+                              out=_ptr(out[0]), out_copy=_ptr(out[1]))
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
@@ -345,29 +350,41 @@ class CompiledCPU:
         self._call(loop, "forward", dt, args)
         return fm
 
+    # the caches of this driver's forward hold neither the input it was given nor the output
+    # it returns (modules.py then makes no copies of its own): it keeps its own copy of x,
+    # written in the pass that lays x out feature-major, and writes the output twice in its
+    # loop, once for itself
+    protects_cache = True
+
     def forward(self, cell, p, x, state0, inputs, reverse=False):
         dims, loop = self._loop(cell, p, x)
         masked = any(v is not None for k, v in inputs.items() if k != "valid")
         if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
-            return self.fallback.forward(cell, p, x, state0, inputs, reverse)
+            out, state_n, cache = self.fallback.forward(cell, p, x.copy(), state0, inputs,
+                                                        reverse)
+            return out.copy(), state_n, cache
         T, B, I = x.shape
         x = np.ascontiguousarray(x)
+        x_kept = _POOL.empty((T, B, I), x.dtype)
         state0_fm = tuple(aligned_copy(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
         h = _POOL.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
+        out = np.empty_like(h) if valid is None else None  # the caller's (else h · valid)
         checkpoints, fm, state = [], None, state0_fm
         with self._one_pool() as threads:
             for _, lo, hi in _segments(T, reverse, every):
                 checkpoints.append(state)
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
                                        fm if fm is not None and len(fm["h"]) == hi - lo else None,
-                                       out=h[lo:hi])
+                                       (h[lo:hi], None if out is None else out[lo:hi]),
+                                       x_kept[lo:hi])
                 last = 0 if reverse else hi - lo - 1
                 state = tuple(aligned_copy(fm[name][last]) for name in cell.state)  # reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
-        out = h if valid is None else h * valid
+        if out is None:
+            out = h * valid
         if every < T:
             saved = {"h": h}
             fm = None  # recomputed in backward, a segment at a time
@@ -376,8 +393,8 @@ class CompiledCPU:
             saved["h"] = h
             for name in _BACKWARD_SKIPS.get(loop.name, ()):  # what its backward never reads
                 del fm[name]
-        return out, state_T, CompiledCache(x, inputs, reverse, tuple(state0), saved, dims, fm,
-                                           state0_fm, valid_u8, every, tuple(checkpoints))
+        return out, state_T, CompiledCache(x_kept, inputs, reverse, tuple(state0), saved, dims,
+                                           fm, state0_fm, valid_u8, every, tuple(checkpoints))
 
     def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
                  interventions=None, dstates_all=None):
