@@ -22,6 +22,7 @@ forgets the oldest (its memory is then freed as usual, once nothing uses it).
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -42,7 +43,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     """np.empty, starting on an ALIGN-byte boundary."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     return _aligned_view(np.empty(nbytes + ALIGN, np.uint8), nbytes, shape, dtype)
 
 
@@ -68,7 +69,7 @@ class BufferPool:
     def empty(self, shape, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES:
             return aligned_empty(shape, dtype)
         with self._lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
@@ -80,6 +81,12 @@ def activation_estimate(spec, T: int, B: int, itemsize: int, every: int = 0) -> 
     return total * B * itemsize
 
 
+# MemAvailable is read at most this often (every forward checks it: a read of /proc/meminfo
+# took about a tenth of the Python time of a small layer's forward)
+MEM_AVAILABLE_SECONDS = 1.0
+_MEM_AVAILABLE = [-math.inf, 0]  # [when it was read, bytes]
+
+
 def max_activation_bytes() -> int:
     """``RNNCORE_MAX_ACTIVATION_BYTES`` if set, else the memory the OS reports available
     (``MemAvailable``; without /proc/meminfo, the physical memory)."""
@@ -90,11 +97,15 @@ def max_activation_bytes() -> int:
         except ValueError:
             raise ValueError(f"RNNCORE_MAX_ACTIVATION_BYTES must be a number of bytes, "
                              f"got {text!r:.40}") from None
+    now = time.monotonic()
+    if now - _MEM_AVAILABLE[0] < MEM_AVAILABLE_SECONDS:
+        return _MEM_AVAILABLE[1]
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    _MEM_AVAILABLE[:] = [now, int(line.split()[1]) * 1024]
+                    return _MEM_AVAILABLE[1]
     except OSError:
         pass
     try:

@@ -106,7 +106,8 @@ def layer_params(spec: StackSpec, params: dict, k: int, d: int) -> dict:
 
 
 class StackCache(NamedTuple):
-    x: object
+    x: object  # the input where the backward reads it (a projected stack residual), else an
+    #            empty (T, B, 0) array: the layers keep what they need of it
     valid: object
     layers: list  # [k][d] LayerCache (rnncore.drivers)
     masks: list  # [k] dropout mask or None
@@ -173,7 +174,8 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
             skip = x @ params["residual_weight"].T + params["residual_bias"]
         out = out + skip if valid is None else (out + skip) * valid
     state_n = tuple(xp.stack([s[i] for s in finals]) for i in range(len(spec.cell.state)))
-    return out, state_n, StackCache(x, valid, layers, masks, step_masks, weight_masks)
+    kept_x = x if spec.stack_residual_projected() else xp.empty(x.shape[:2] + (0,), x.dtype)
+    return out, state_n, StackCache(kept_x, valid, layers, masks, step_masks, weight_masks)
 
 
 def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,

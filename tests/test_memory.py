@@ -50,12 +50,13 @@ def test_kept_bytes_reference_lstm_by_hand():
 def test_kept_bytes_compiled_lstm_by_hand():
     """The compiled driver, same case: x (12), h batch-major (8), c (8), the gates (32),
     the initial state (4) and its feature-major copy (4): 68 values = 544 bytes (no
-    feature-major copy of h, no tanh(c)); at B 2, 2·68 values. Each of the five arrays the
-    driver allocates (h, c, the gates, the two state copies) starts on a 64-byte boundary
-    (rnncore.buffer_pool.ALIGN), its buffer ALIGN bytes longer."""
+    feature-major copy of h, no tanh(c)); at B 2, 2·68 values. Each of the six arrays the
+    driver allocates (its own copy of x, h, c, the gates, the two state copies) starts on a
+    64-byte boundary (rnncore.buffer_pool.ALIGN), its buffer ALIGN bytes longer; the caller's
+    x is not kept."""
     m = Recurrent("lstm", 3, 2, dtype="float64", impl="compiled", seed=0)
-    assert kept(m, np.ones((4, 1, 3))) == 68 * 8 + 5 * ALIGN
-    assert kept(m, np.ones((4, 2, 3))) == 2 * 68 * 8 + 5 * ALIGN
+    assert kept(m, np.ones((4, 1, 3))) == 68 * 8 + 6 * ALIGN
+    assert kept(m, np.ones((4, 2, 3))) == 2 * 68 * 8 + 6 * ALIGN
 
 
 def test_recompute_keeps_less():
