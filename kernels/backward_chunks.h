@@ -47,6 +47,8 @@ template <typename T> class Chunks {
         p.valid = a_.valid ? a_.valid + t_lo * B : nullptr;
         p.dh = a_.dh + t_lo * HB;
         p.dh0 = p0 == 0 ? a_.dh0 : a_.dh + step(p0 - 1) * HB;
+        p.dout = a_.dout ? a_.dout + t_lo * HB : nullptr;
+        p.dout0 = a_.dout && p0 > 0 ? a_.dout + step(p0 - 1) * HB : nullptr;
         for (int k = 0; k < 8; ++k)
             p.saved[k] = a_.saved[k] && c_.saved_width[k]
                              ? a_.saved[k] + (t_lo - c_.seg_lo) * c_.saved_width[k] * HB

@@ -80,6 +80,10 @@ template <typename T> struct Args {
     int64_t grad_stride;    // of grads[0], grads[1]
     T* out;                 // (T, B, H) or null: the forward also writes h batch-major here
     T* out_copy;            //   and here, when not null (the caller's copy; out is kept)
+    const T* dout;          // (T, B, H) or null: the masked ∂L/∂out, batch-major; the backward
+                            //   then starts each dh[t − 1] from it, in the loop (else the
+                            //   driver has filled dh)
+    const T* dout0;         //   its block of the step whose ∂h is dh0 (a piece's), or null
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
@@ -306,6 +310,12 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
         for (int64_t k = a.steps - 1; k >= 0; --k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
+            // ∂h_{t−1} starts as ∂L/∂out_{t−1}ᵀ: this thread's rows, which only it reads
+            // (its element step, which may carry ∂h_t into it) and writes (its product)
+            // until the barrier
+            const T* dout_p = tp < 0 ? a.dout0 : a.dout ? a.dout + tp * B * H : nullptr;
+            if (dout_p)
+                transpose_rect(dout_p + mine.lo, H, dhp + mine.lo * B, B, B, mine.hi - mine.lo);
             int64_t stride;
             const T* d = staged.stage(
                 with_valid(a.valid, t, B,

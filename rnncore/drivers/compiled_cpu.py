@@ -175,7 +175,8 @@ def _args_type(ctype):
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
         ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
-        ("grad_stride", ctypes.c_int64), ("out", ptr), ("out_copy", ptr)]})
+        ("grad_stride", ctypes.c_int64), ("out", ptr), ("out_copy", ptr), ("dout", ptr),
+        ("dout0", ptr)]})
 
 
 class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
@@ -416,12 +417,11 @@ class CompiledCPU:
         T, B, I = x.shape
         H, GH, dt = dims.hidden, p["w_ih"].shape[0], dout.dtype
         valid = inputs.get("valid")
+        # ∂h: the loop starts each step's from ∂L/∂out (Args::dout), the first one here
         dh = _POOL.empty((T, H, B), dt)
-        with self._one_pool() as threads:
-            self._transpose_steps(np.ascontiguousarray(dout if valid is None else dout * valid),
-                                  dh, threads)
+        dout = np.ascontiguousarray(dout if valid is None else dout * valid)
         last = 0 if reverse else T - 1
-        dh[last] += dstate[0].T
+        np.add(dout[last].T, dstate[0].T, out=dh[last])
         dh0 = aligned_zeros((H, B), dt)
         rest = [aligned_copy(d.T) for d in dstate[1:]]
         history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
@@ -453,7 +453,7 @@ class CompiledCPU:
         with self._one_pool() as threads:
             args = _ARGS[dt.name](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
                                   valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
-                                  threads=threads, grad_stride=chunk * B)
+                                  threads=threads, grad_stride=chunk * B, dout=_ptr(dout))
             args.saved[len(names)] = _ptr(extra)
             for k, (d, sc) in enumerate(zip(rest, dstate_scratch)):
                 args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
