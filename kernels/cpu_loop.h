@@ -73,7 +73,7 @@ template <typename T> struct Args {
     T* grads[4];            // buffers the backward writes: [0], [1] (W, ·, B) with row
                             //   stride grad_stride, step t at grads + t·B (the layout the
                             //   weight-gradient GEMMs read); [3] (T, W, B)
-    const T* x;             // (T, I, B) or null: the input, when the step's product takes
+    const T* x;             // (T, B, I) or null: the input, when the step's product takes
     const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (packed_ok(B) only)
     int64_t input;          // I
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
@@ -84,6 +84,7 @@ template <typename T> struct Args {
                             //   then starts each dh[t − 1] from it, in the loop (else the
                             //   driver has filled dh)
     const T* dout0;         //   its block of the step whose ∂h is dh0 (a piece's), or null
+    T* x_copy;              // (T, B, I) or null: the forward also copies x here
 };
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
@@ -246,18 +247,38 @@ template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
 // cell's element step on its units,
 //     elements(t, tp, h_{t−1}, valid flags, units)     (tp: the previous step, −1 at the first)
 // writes them into the batch-major output, and waits for the others (h_t complete).
+//
+// With the input joined to the product (Args::x), x_t is laid out feature-major, (I, B), in
+// one of two blocks used in turn: each thread lays out its share of x_{t+1}'s rows (and
+// copies them to Args::x_copy) after its product of step t, before the barrier.
 template <typename T, typename Elements>
 void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements elements) {
-    const int64_t H = a.hidden, B = a.batch;
+    const int64_t H = a.hidden, B = a.batch, I = a.input;
     const Order order{a.steps, a.reverse != 0};
+    AlignedArray<T> x_fm(a.x ? 2 * I * B : 0);
 #pragma omp parallel num_threads(product.threads(a.threads))
     {
         const Units mine = my_units(H, product.block_rows());
+        const int64_t n = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t i0 = I * id / n, i1 = I * (id + 1) / n;  // this thread's inputs
+        auto lay_out = [&](int64_t k) {  // x at loop position k into block k % 2
+            const T* xt = a.x + order.step(k) * B * I;
+            transpose_rect(xt + i0, I, x_fm.data() + (k % 2) * I * B + i0 * B, B, B, i1 - i0);
+            if (a.x_copy)
+                for (int64_t b = 0; b < B; ++b)
+                    std::memcpy(a.x_copy + order.step(k) * B * I + b * I + i0, xt + b * I + i0,
+                                sizeof(T) * (i1 - i0));
+        };
+        if (a.x) {
+            lay_out(0);
+#pragma omp barrier
+        }
         for (int64_t k = 0; k < a.steps; ++k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
             product(hp, a.scratch, false, mine,
-                    a.x ? block<const T>(a.x, t, a.input, B) : nullptr);
+                    a.x ? x_fm.data() + (k % 2) * I * B : nullptr);
+            if (a.x && k + 1 < a.steps) lay_out(k + 1);
             with_valid(a.valid, t, B, [&](auto valid) { elements(t, tp, hp, valid, mine); });
             emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
 #pragma omp barrier

@@ -176,7 +176,7 @@ def _args_type(ctype):
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
         ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
         ("grad_stride", ctypes.c_int64), ("out", ptr), ("out_copy", ptr), ("dout", ptr),
-        ("dout0", ptr)]})
+        ("dout0", ptr), ("x_copy", ptr)]})
 
 
 class HoistedArgs(ctypes.Structure):  # kernels/hoisted_cpu.cpp
@@ -193,11 +193,6 @@ class ChunkedArgs(ctypes.Structure):  # kernels/backward_chunks.h
            ("checkpoint", ctypes.c_void_p * 2)] \
         + [(name, ctypes.c_void_p) for name in ("x", "h", "h0", "dx", "h_prev")] \
         + [("products", HoistedArgs)]
-
-
-class TransposeArgs(ctypes.Structure):  # kernels/layout_cpu.cpp
-    _fields_ = [(name, ctypes.c_int64) for name in ("steps", "rows", "cols", "threads")] + \
-               [(name, ctypes.c_void_p) for name in ("src", "dst", "copy")]
 
 
 class KernelRateArgs(ctypes.Structure):  # kernels/kernel_rate_cpu.cpp
@@ -276,17 +271,6 @@ class CompiledCPU:
         getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
             ctypes.byref(self.blas), ctypes.byref(HoistedArgs(**fields)))
 
-    def _transpose_steps(self, src, dst, threads, copy=None):
-        """dst[t] = src[t]ᵀ for (steps, rows, cols) → (steps, cols, rows), all contiguous,
-        and copy[t] = src[t] in the same pass when ``copy`` is given."""
-        assert src.flags.c_contiguous and dst.flags.c_contiguous and src.dtype == dst.dtype
-        assert copy is None or (copy.flags.c_contiguous and copy.shape == src.shape)
-        steps, rows, cols = src.shape
-        getattr(self.lib, f"cpu_transpose_steps_{SUFFIX[src.dtype.name]}")(
-            ctypes.byref(self.blas), ctypes.byref(TransposeArgs(
-                steps=steps, rows=rows, cols=cols, threads=threads, src=_ptr(src),
-                dst=_ptr(dst), copy=_ptr(copy))))
-
     @contextmanager
     def _one_pool(self):
         """NumPy's BLAS thread count, for the C++ loops' OpenMP team, with BLAS itself on one
@@ -323,14 +307,14 @@ class CompiledCPU:
         returns the segment's feature-major saved buffers (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
-        xg = x_fm = w_ih = None
-        if self._joins_input(loop, dt, B):
-            x_fm = _POOL.empty((n, x.shape[2], B), dt)  # (n, I, B)
-            self._transpose_steps(x[lo:hi], x_fm, threads, x_copy)
+        xg = x_in = w_ih = None
+        if self._joins_input(loop, dt, B):  # the loop lays x out (and copies it) itself
+            x_in = x[lo:hi]
             w_ih = np.ascontiguousarray(p["w_ih"])
         else:
             if x_copy is not None:
                 np.copyto(x_copy, x[lo:hi])
+            x_copy = None
             # not pooled: a free buffer this large would stay resident through the backward
             # (measured: the GRU 3×512's peak RSS above torch's)
             xg = aligned_empty((n, GH, B), dt)
@@ -347,9 +331,9 @@ class CompiledCPU:
         valid = None if valid_u8 is None else valid_u8[lo:hi]
         args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
-                              bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_fm),
+                              bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_in),
                               w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
-                              out=_ptr(out[0]), out_copy=_ptr(out[1]))
+                              out=_ptr(out[0]), out_copy=_ptr(out[1]), x_copy=_ptr(x_copy))
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
