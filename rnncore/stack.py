@@ -147,15 +147,18 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
     masks = masks or [None] * spec.num_layers
     u = x
     layers, finals = [], []
+    protects = getattr(driver, "protects_cache", False)  # and may skip copies between layers
     for k in range(spec.num_layers):
         outs, caches, states = [], [], []
+        internal = {"input_is_internal": k > 0, "output_is_internal": k < spec.num_layers - 1} \
+            if protects else {}
         for d in range(spec.num_directions):
             idx = k * spec.num_directions + d
             p = masked_params(spec, params, k, d, weight_masks)
             inputs = {"valid": valid, **(step_masks[idx] if step_masks else {})}
             out_d, state_d, cache_d = driver.forward(
-                spec.cell, p, u, tuple(s[idx] for s in state0), inputs, reverse=d == 1
-            )
+                spec.cell, p, u, tuple(s[idx] for s in state0), inputs, reverse=d == 1,
+                **internal)
             outs.append(out_d)
             caches.append(cache_d)
             states.append(state_d)

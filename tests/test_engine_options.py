@@ -142,9 +142,11 @@ def test_backend_devices():
 # the compiled CPU driver keeps its own copy of x and returns an output its cache does not
 # hold, and the module then copies neither: each path that driver takes (the packed kernel
 # with the input joined, BLAS per step, a hoisted input projection, lengths, recompute
-# segments, the reference fallback under zoneout) and the stack's own use of x
+# segments, the reference fallback under zoneout), layers between which it copies nothing,
+# and the stack's own use of x
 EDIT_CASES = {
     "lstm packed": ("lstm", "float32", 16, 16, {}),
+    "lstm packed 3 layers": ("lstm", "float32", 16, 16, dict(num_layers=3)),
     "lstm": ("lstm", "float64", 2, 3, {}),
     "gru packed": ("gru", "float32", 16, 16, dict(num_layers=2, bidirectional=True)),
     "lstm lengths": ("lstm", "float32", 16, 16, dict(lengths=True)),
@@ -164,7 +166,7 @@ def test_callers_edits_after_forward_do_not_change_gradients(case):
     x = rng.standard_normal((4, B, I)).astype(dtype)
     dout = rng.standard_normal((4, B, 5 * (2 if options.get("bidirectional") else 1)))
     lengths = rng.integers(1, 5, B) if use_lengths else None
-    hx = tuple(rng.standard_normal((2 * (1 + bool(options.get("bidirectional"))), B, 5))
+    hx = tuple(rng.standard_normal((6, B, 5))  # enough for 3 layers × 2 directions
                .astype(dtype) for _ in range(2 if cell == "lstm" else 1))
     grads = []
     for edit in (False, True):  # twin models: the same weights and random masks

@@ -346,26 +346,29 @@ class CompiledCPU:
 
     # the caches of this driver's forward hold neither the input it was given nor the output
     # it returns (modules.py then makes no copies of its own): it keeps its own copy of x,
-    # written in the pass that lays x out feature-major, and writes the output twice in its
-    # loop, once for itself
+    # written as its loop lays x out feature-major, and writes the output twice in its loop,
+    # once for itself. Between layers the stack says the copies are not needed
+    # (input_is_internal, output_is_internal: the arrays never reach the caller as they are)
     protects_cache = True
 
-    def forward(self, cell, p, x, state0, inputs, reverse=False):
+    def forward(self, cell, p, x, state0, inputs, reverse=False, input_is_internal=False,
+                output_is_internal=False):
         dims, loop = self._loop(cell, p, x)
         masked = any(v is not None for k, v in inputs.items() if k != "valid")
         if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
-            out, state_n, cache = self.fallback.forward(cell, p, x.copy(), state0, inputs,
-                                                        reverse)
-            return out.copy(), state_n, cache
+            out, state_n, cache = self.fallback.forward(
+                cell, p, x if input_is_internal else x.copy(), state0, inputs, reverse)
+            return out if output_is_internal else out.copy(), state_n, cache
         T, B, I = x.shape
         x = np.ascontiguousarray(x)
-        x_kept = _POOL.empty((T, B, I), x.dtype)
+        x_kept = x if input_is_internal else _POOL.empty((T, B, I), x.dtype)
         state0_fm = tuple(aligned_copy(s.T) for s in state0)
         valid = inputs.get("valid")
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
         h = _POOL.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
-        out = np.empty_like(h) if valid is None else None  # the caller's (else h · valid)
+        # the caller's output (else h · valid, or h itself when it goes no further)
+        out = np.empty_like(h) if valid is None and not output_is_internal else None
         checkpoints, fm, state = [], None, state0_fm
         with self._one_pool() as threads:
             for _, lo, hi in _segments(T, reverse, every):
@@ -373,12 +376,12 @@ class CompiledCPU:
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
                                        fm if fm is not None and len(fm["h"]) == hi - lo else None,
                                        (h[lo:hi], None if out is None else out[lo:hi]),
-                                       x_kept[lo:hi])
+                                       None if x_kept is x else x_kept[lo:hi])
                 last = 0 if reverse else hi - lo - 1
                 state = tuple(aligned_copy(fm[name][last]) for name in cell.state)  # reused
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         if out is None:
-            out = h * valid
+            out = h if valid is None else h * valid
         if every < T:
             saved = {"h": h}
             fm = None  # recomputed in backward, a segment at a time
