@@ -20,14 +20,24 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
   units (their rows of the product and their element loop; one barrier a step), with BLAS
   set to one thread meanwhile and called by each team thread for its share.
 
-Before and after the loop, the hoisted products (``kernels/hoisted_cpu.cpp``, on the same
+The batch-major ⇄ feature-major changes happen inside the loops, a step at a time while
+the block is in cache: the forward lays out x_t for its product (and copies x for its
+cache) and writes h_t batch-major; the backward starts ∂h_{t−1} from ∂L/∂out_{t−1}.
+
+Before and after the loop, the hoisted products (``kernels/hoisted.h``, on the same
 threads):
 
     X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih
     ∂W_ih += ∂X_g X     ∂W_hh += ∂H_g H_prev              ∂b += Σ_columns
 
 a chunk of steps at a time, the backward loop writing ∂X_g and ∂H_g straight into (G·H,
-chunk·B) rows, as these GEMMs read them, and X, H_prev as (chunk·B, ·) rows.
+chunk·B) rows, as these GEMMs read them, and X, H_prev as (chunk·B, ·) rows. A segment
+of the backward (all of it, unless it recomputes) is one C++ call that runs its pieces of
+the loop and each complete chunk's products (``kernels/backward_chunks.h``).
+
+The caches hold no array the caller has: the driver keeps its own copy of a stack's input
+and returns a top-layer output it does not keep (``protects_cache``), so ``modules.py``
+copies neither.
 
 Results equal the reference driver's to rounding (the GEMM shapes and -ffast-math change
 the order of additions), not bit for bit; the tests hold it to 1e-12 in float64, at one
