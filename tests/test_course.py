@@ -111,7 +111,8 @@ def test_lstm_check_names_the_gate_whose_sign_is_flipped(k, gate):
 
 def test_lstm_check_spots_the_missing_path_through_h():
     verdict = grading.check_lstm_step_backward(_lstm_with(skip_h_path=True), show=False)
-    assert not verdict.passed and verdict.first_wrong == "i" and "path through h_t" in verdict.message
+    assert not verdict.passed and verdict.first_wrong == "i"
+    assert "path through h_t" in verdict.message
 
 
 def test_lstm_check_spots_a_wrong_dc_prev():

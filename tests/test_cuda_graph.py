@@ -13,7 +13,6 @@ import ctypes
 import weakref
 from types import SimpleNamespace
 
-
 import numpy as np
 import pytest
 
