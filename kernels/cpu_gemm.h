@@ -169,7 +169,7 @@ void gemm_packed_mr(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t
 }
 
 // The rows of `units` in every group of C (groups·rows × N, rows of N) = A · [segs stacked]
-// (+ C if accumulate); N: packed_ok; units.lo a multiple of a.mr.
+// (+ C if accumulate), one or two segments; N: packed_ok; units.lo a multiple of a.mr.
 template <typename T>
 void gemm_packed(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
                  bool accumulate, Units units) {
