@@ -22,6 +22,7 @@ forgets the oldest (its memory is then freed as usual, once nothing uses it).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
 import threading
@@ -32,10 +33,21 @@ MIN_BYTES = 1 << 20  # smaller arrays come from malloc's own free lists, without
 ALIGN = 64  # bytes: a cache line, and the compiled loops' vector width
 
 
+def address(a: np.ndarray) -> int:
+    """The address of ``a``'s first element. Through the buffer protocol where ``a`` is
+    writable and C-contiguous: a third of the time of ``a.ctypes.data``, which builds a
+    helper object in Python (about 1 µs a call here, and the compiled driver takes some 40
+    addresses per layer and pass)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):  # read-only, strided or empty
+        return a.ctypes.data
+
+
 def _aligned_view(buffer: np.ndarray, nbytes: int, shape, dtype) -> np.ndarray:
     """``nbytes`` of the byte array ``buffer`` (ALIGN bytes longer) from its first
     ALIGN-byte boundary, as an array of ``shape`` and ``dtype``."""
-    start = -buffer.ctypes.data % ALIGN
+    start = -address(buffer) % ALIGN
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
 

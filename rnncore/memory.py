@@ -59,8 +59,24 @@ def kept_bytes(obj) -> int:
     return sum(buffers.values())
 
 
+_ESTIMATES: dict = {}  # (spec, T, B, itemsize, every) -> bytes: every forward asks
+
+
 def activation_estimate(spec, T: int, B: int, itemsize: int, every: int = 0) -> int:
     """Bytes of a forward + backward's activations at (T, B), from the shapes alone."""
+    key = (spec, T, B, itemsize, every)
+    try:
+        known = key in _ESTIMATES
+    except TypeError:  # a spec with an unhashable field
+        return _activation_bytes(spec, T, B, itemsize, every)
+    if not known:
+        if len(_ESTIMATES) > 256:
+            _ESTIMATES.clear()
+        _ESTIMATES[key] = _activation_bytes(spec, T, B, itemsize, every)
+    return _ESTIMATES[key]
+
+
+def _activation_bytes(spec, T, B, itemsize, every) -> int:
     total = 0
     for k in range(spec.num_layers):
         dims = spec.dims(k)

@@ -463,8 +463,8 @@ class Recurrent:
         dx, dstate0, grads = stack_backward(self.spec, self.driver, self.params, cache, dout,
                                             dstate_n, recorder, self.input_grad,
                                             self.interventions if self.interventions.active
-                                            else None, dstates_all)
-        for name, g in grads.items():
+                                            else None, dstates_all, accumulate_into=self.grads)
+        for name, g in grads.items():  # those the driver did not add into self.grads itself
             self.grads[name] += g
         if learned:
             for name, d in zip(self.cell.state, dstate0):

@@ -182,7 +182,7 @@ def stack_forward(spec: StackSpec, driver, params, x, state0, valid=None, masks=
 
 
 def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recorder=None,
-                   input_grad=True, interventions=None, dstates_all=None):
+                   input_grad=True, interventions=None, dstates_all=None, accumulate_into=None):
     """Backward through depth and time.
 
     ``dout`` (T, B, D·H_out), ``dstate_n`` a tuple like the state, each (L·D, B, width).
@@ -194,6 +194,9 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
     gradient at each layer's output (``rnncore.attribution``).
     gradient-flow instrumentation. ``dstates_all`` (optional) is the gradient reaching
     every step's state, a tuple like the state, each (L·D, T, B, width) (``all_states``).
+    ``accumulate_into`` (optional, {PyTorch name: array}): gradient totals that a driver
+    able to (``accumulates_grads``) adds its weight gradients into directly; those names
+    are then left out of the returned grads (the caller's sum without a temporary).
     """
     if getattr(cache, "entry", None) is not None and recorder is None \
             and interventions is None and dstates_all is None:
@@ -213,6 +216,8 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
             grads["residual_bias"] = dout.sum(axis=(0, 1))
             dx_skip = dout @ params["residual_weight"] if input_grad else None
     dstate0 = tuple(xp.empty_like(d) for d in dstate_n)
+    if weight_masks is not None or not getattr(driver, "accumulates_grads", False):
+        accumulate_into = None  # masked weights' gradients are scaled after the driver's
     dy = dout
     for k in range(spec.num_layers - 1, -1, -1):
         if masks[k] is not None:
@@ -233,6 +238,10 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
             backward_options = {}
             if dstates_all is not None:
                 backward_options["dstates_all"] = tuple(ds[idx] for ds in dstates_all)
+            s = spec.suffix(k, d)
+            if accumulate_into is not None:
+                backward_options["accumulate_into"] = {
+                    key: accumulate_into.get(name + s) for key, name in torch.items()}
             dx_d, dstate0_d, g = driver.backward(
                 spec.cell,
                 masked_params(spec, params, k, d, weight_masks),
@@ -249,7 +258,6 @@ def stack_backward(spec: StackSpec, driver, params, cache, dout, dstate_n, recor
                     g[key] = g[key] * mask
             for total, part in zip(dstate0, dstate0_d):
                 total[idx] = part
-            s = spec.suffix(k, d)
             for key, value in g.items():
                 name = torch.get(key, "") + s
                 if value is not None and params.get(name) is not None:

@@ -202,3 +202,36 @@ def test_a_loop_that_does_not_compile_fails_loudly(monkeypatch, tmp_path):
         monkeypatch.undo()
         compiled_cpu.reset()
     assert compiled_cpu.available()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_gradients_are_added_into_the_totals_in_place(cell):
+    """The compiled backward adds ∂W_ih and ∂W_hh into the module's totals itself
+    (accumulates_grads): two backward calls onto non-zero totals equal the reference's,
+    and the stack hands back only the gradients it did not add."""
+    from rnncore.stack import stack_backward
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 4, 5))
+    dout = rng.standard_normal((6, 4, 7))
+    totals = {}
+    for impl in ("compiled", "reference"):
+        m = rnncore.Recurrent(cell, 5, 7, num_layers=2, impl=impl, dtype="float64", seed=3)
+        for g in m.grads.values():
+            g[...] = 0.5
+        for _ in range(2):
+            m(x)
+            m.backward(dout)
+        totals[impl] = m.grads
+    for name, ref in totals["reference"].items():
+        np.testing.assert_allclose(totals["compiled"][name], ref, err_msg=name, **TOL["float64"])
+
+    m = rnncore.Recurrent(cell, 5, 7, num_layers=2, impl="compiled", dtype="float64", seed=3)
+    m(x)
+    before = {name: g.copy() for name, g in m.grads.items()}
+    dstate_n = tuple(np.zeros((2, 4, w)) for w in m.spec.state_widths())
+    _, _, grads = stack_backward(m.spec, m.driver, m.params, m._last[0], dout, dstate_n,
+                                 accumulate_into=m.grads)
+    added = {name for name in m.grads if not np.array_equal(m.grads[name], before[name])}
+    assert added == {f"weight_{w}_l{k}" for w in ("ih", "hh") for k in (0, 1)}
+    assert set(grads) == set(m.grads) - added

@@ -58,7 +58,7 @@ import numpy as np
 
 from .. import fused
 from ..backend import bias_sum
-from ..buffer_pool import BufferPool, aligned_copy, aligned_empty, aligned_zeros
+from ..buffer_pool import BufferPool, address, aligned_copy, aligned_empty, aligned_zeros
 from ..cells.base import Dims
 from .python_loop import LayerCache, PythonLoop
 
@@ -215,7 +215,7 @@ _ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_d
 
 
 def _ptr(a):
-    return None if a is None else a.ctypes.data
+    return None if a is None else address(a)
 
 
 def kernel_gflops(dtype, threads, rows=2048, depth=512, batch=64, repeats=20) -> float:
@@ -258,6 +258,7 @@ class CompiledCPU:
         self.lib, self.blas = library()
         self.fallback = PythonLoop("reference")
         self._scratch_arrays = {}
+        self._lanes = {}  # dtype -> the packed kernel's vector lanes
 
     def _scratch(self, name, shape, dtype):
         """An aligned array for use within one C call only (its content does not outlive
@@ -305,9 +306,11 @@ class CompiledCPU:
     def _joins_input(self, loop, dtype, batch) -> bool:
         """Whether the loop takes W_ih x_t into its step's product (cpu_gemm.h: the packed
         kernel, batch a multiple of its vector lanes) instead of a hoisted X_g."""
-        lanes = getattr(self.lib, f"cpu_loop_lanes_{SUFFIX[dtype.name]}")
-        lanes.restype = ctypes.c_int64
-        return loop.joins_input and batch % lanes() == 0
+        if dtype not in self._lanes:
+            lanes = getattr(self.lib, f"cpu_loop_lanes_{SUFFIX[dtype.name]}")
+            lanes.restype = ctypes.c_int64
+            self._lanes[dtype] = lanes()
+        return loop.joins_input and batch % self._lanes[dtype] == 0
 
     def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None,
                      out=(None, None), x_copy=None):
@@ -380,15 +383,18 @@ class CompiledCPU:
         # the caller's output (else h · valid, or h itself when it goes no further)
         out = np.empty_like(h) if valid is None and not output_is_internal else None
         checkpoints, fm, state = [], None, state0_fm
+        segments = _segments(T, reverse, every)
         with self._one_pool() as threads:
-            for _, lo, hi in _segments(T, reverse, every):
+            for s, (_, lo, hi) in enumerate(segments):
                 checkpoints.append(state)
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads,
                                        fm if fm is not None and len(fm["h"]) == hi - lo else None,
                                        (h[lo:hi], None if out is None else out[lo:hi]),
                                        None if x_kept is x else x_kept[lo:hi])
                 last = 0 if reverse else hi - lo - 1
-                state = tuple(aligned_copy(fm[name][last]) for name in cell.state)  # reused
+                state = tuple(fm[name][last] for name in cell.state)
+                if s + 1 < len(segments):  # fm is reused by the next segment
+                    state = tuple(aligned_copy(st) for st in state)
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
         if out is None:
             out = h if valid is None else h * valid
@@ -403,8 +409,13 @@ class CompiledCPU:
         return out, state_T, CompiledCache(x_kept, inputs, reverse, tuple(state0), saved, dims,
                                            fm, state0_fm, valid_u8, every, tuple(checkpoints))
 
+    # its backward adds ∂W_ih and ∂W_hh into the caller's totals (accumulate_into) when
+    # they are C-contiguous arrays of the gradient's dtype and shape: no zeroed temporaries,
+    # no second pass to add them (rnncore/stack.py stack_backward)
+    accumulates_grads = True
+
     def backward(self, cell, p, cache, dout, dstate, record=None, need_dx=True,
-                 interventions=None, dstates_all=None):
+                 interventions=None, dstates_all=None, accumulate_into=None):
         if not isinstance(cache, CompiledCache) or interventions is not None \
                 or dstates_all is not None:
             return self.fallback.backward(cell, p, cache, dout, dstate, record, need_dx,
@@ -435,8 +446,13 @@ class CompiledCPU:
         chunk = -(-T // -(-T // chunk))  # every chunk the same length, give or take one
         # (rows, chunk, B): a row's n·B columns contiguous, as the weight gradients read them
         zbuf = [self._scratch(name, (width * H, chunk, B), dt) for name, width in loop.grads]
-        wg = {"w_ih": np.zeros((GH, I), dt), "w_hh": np.zeros((GH, H), dt),
-              "b_ih": np.zeros(GH, dt), "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
+        into = {key: a for key, a in (accumulate_into or {}).items()
+                if key in ("w_ih", "w_hh") and _accumulates(a, dt, p[key].shape)}
+        wg = {"w_ih": into.get("w_ih"), "w_hh": into.get("w_hh"), "b_ih": np.zeros(GH, dt),
+              "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
+        for key in ("w_ih", "w_hh"):
+            if wg[key] is None:
+                wg[key] = np.zeros(p[key].shape, dt)
         dx = _POOL.empty((T, B, I), dt) if need_dx else None
         x = np.ascontiguousarray(x)
         w_ih, w_hh = np.ascontiguousarray(p["w_ih"]), np.ascontiguousarray(p["w_hh"])
@@ -489,6 +505,8 @@ class CompiledCPU:
                 record(t, (dh[t].T,) + more)
         out = {"w_ih": wg["w_ih"], "b_ih": wg["b_ih"], "w_hh": wg["w_hh"],
                "b_hh": wg["b_hh"] if loop.recurrent_bias else wg["b_ih"]}
+        for key in into:  # added into the caller's totals already
+            del out[key]
         dstate0 = (np.ascontiguousarray(dh0.T),) + tuple(np.ascontiguousarray(d.T) for d in rest)
         return dx, dstate0, out
 
@@ -504,6 +522,12 @@ _NOT_KEPT = {"lstm": ("tanh_c",)}
 # the saved buffers a loop's C++ backward never reads (kernels/*_cpu.cpp), dropped after
 # the forward: the LSTM's backward reads c, the gates and tanh(c), not h (kept batch-major)
 _BACKWARD_SKIPS = {"lstm": ("h",)}
+
+
+def _accumulates(a, dtype, shape) -> bool:
+    """Whether the C++ backward may add a gradient of ``dtype`` and ``shape`` into ``a``."""
+    return isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape \
+        and a.flags.c_contiguous and a.flags.writeable
 
 
 def _segments(T, reverse, every):
