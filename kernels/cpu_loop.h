@@ -84,7 +84,14 @@ template <typename T> struct Args {
                             //   driver has filled dh)
     const T* dout0;         //   its block of the step whose ∂h is dh0 (a piece's), or null
     T* x_copy;              // (T, B, I) or null: the forward also copies x here
+    int64_t h_ring;         // 0, or saved[0] holds only the last h_ring steps' h (h_block):
+                            //   where nothing after the forward reads them (the LSTM's)
 };
+
+// Step t's (H, B) block of h_t, the first saved buffer: of T blocks, or of a ring
+template <typename T> T* h_block(const Args<T>& a, int64_t t) {
+    return a.saved[0] + (a.h_ring ? t % a.h_ring : t) * a.hidden * a.batch;
+}
 
 // The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
 // batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
@@ -274,12 +281,12 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
         }
         for (int64_t k = 0; k < a.steps; ++k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
-            const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+            const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
             product(hp, a.scratch, false, mine,
                     a.x ? x_fm.data() + (k % 2) * I * B : nullptr);
             if (a.x && k + 1 < a.steps) lay_out(k + 1);
             with_valid(a.valid, t, B, [&](auto valid) { elements(t, tp, hp, valid, mine); });
-            emit_output(a, t, block<T>(a.saved[0], t, H, B), mine);
+            emit_output(a, t, h_block(a, t), mine);
 #pragma omp barrier
         }
     }

@@ -15,7 +15,7 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, 3 * H, B);
-        T *ht = block<T>(a.saved[0], t, H, B), *rt = block<T>(a.saved[1], t, H, B);
+        T *ht = h_block(a, t), *rt = block<T>(a.saved[1], t, H, B);
         T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
         T* hnt = block<T>(a.saved[4], t, H, B);
         for (int64_t j = units.lo; j < units.hi; ++j) {
@@ -52,7 +52,7 @@ template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
     const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);  // W_hhᵀ ∂h_g
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
                                           auto valid, Units units) {
-        const T* hp = tp < 0 ? a.state0[0] : block<T>(a.saved[0], tp, H, B);
+        const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
         const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
         const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
         const T* dht = block<T>(a.dh, t, H, B);

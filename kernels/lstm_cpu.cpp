@@ -3,7 +3,7 @@
 // the same helpers (sigmoid, tanh_, sigmoid_grad, tanh_grad from common.cuh). Layout and
 // arguments: cpu_loop.h. Twin of rnncore/cells/lstm.py's declared ``cpu_loop``.
 //
-// saved: [0] h (T,H,B)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c), or null: not
+// saved: [0] h (T,H,B), or a ring of 2 (Args::h_ring; the backward reads h batch-major)  [1] c  [2] gates (T,4H,B) i,f,g,o  [3] tanh(c), or null: not
 //        kept (the backward recomputes tanh(c_t) from c_t; where a padded step kept c_{t−1},
 //        the value differs but is multiplied by that step's zero ∂h, as before)
 //        [4] (H,B) scratch, used when [3] is null: the step's tanh(c), recomputed by the
@@ -23,7 +23,7 @@ void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, V
     const int64_t H = a.hidden, B = a.batch;
     const T* xt = Joined ? nullptr : block<const T>(a.xg, t, 4 * H, B);
     T* gt = block<T>(a.saved[2], t, 4 * H, B);
-    T* ht = block<T>(a.saved[0], t, H, B);
+    T* ht = h_block(a, t);
     T* ct = block<T>(a.saved[1], t, H, B);
     T* tct = KeepTanh ? block<T>(a.saved[3], t, H, B) : nullptr;
     for (int64_t j = units.lo; j < units.hi; ++j) {

@@ -15,7 +15,7 @@ template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, H, B);
-        T *ht = block<T>(a.saved[0], t, H, B), *yt = block<T>(a.saved[1], t, H, B);
+        T *ht = h_block(a, t), *yt = block<T>(a.saved[1], t, H, B);
         for (int64_t j = units.lo; j < units.hi; ++j) {
             const T bias = (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
             const int64_t s = j * B;
