@@ -37,7 +37,9 @@ the loop and each complete chunk's products (``kernels/backward_chunks.h``).
 
 The caches hold no array the caller has: the driver keeps its own copy of a stack's input
 and returns a top-layer output it does not keep (``protects_cache``), so ``modules.py``
-copies neither.
+copies neither. Its backward adds ∂W_ih and ∂W_hh into the module's gradient totals
+(``accumulates_grads``). The LSTM's forward keeps h_t feature-major only for the next step
+(a ring of two blocks): its backward reads h batch-major.
 
 Results equal the reference driver's to rounding (the GEMM shapes and -ffast-math change
 the order of additions), not bit for bit; the tests hold it to 1e-12 in float64, at one
