@@ -104,12 +104,15 @@ template <typename T> struct PackedA {
     }
     // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs]
     void fill(int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
-        for (int64_t g = 0; g < groups; ++g)
-            for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t i0 = b * mr;
-                pack_block(a + (g * rows + i0) * rs, rs, cs, std::min(mr, rows - i0), n,
-                           block(g, b) + k0 * mr, mr);
-            }
+        for (int64_t g = 0; g < groups; ++g) fill_group(g, k0, n, a + g * rows * rs, rs, cs);
+    }
+    // the same for group g's rows alone, element (i, k) of the group at a[i·rs + k·cs]
+    void fill_group(int64_t g, int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t i0 = b * mr;
+            pack_block(a + i0 * rs, rs, cs, std::min(mr, rows - i0), n, block(g, b) + k0 * mr,
+                       mr);
+        }
     }
     T* block(int64_t g, int64_t b) { return data.data() + (g * blocks + b) * depth * mr; }
     const T* block(int64_t g, int64_t b) const {
