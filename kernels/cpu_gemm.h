@@ -148,11 +148,15 @@ __attribute__((noinline)) void tile(const T* ap, const Rows<T>* segs, int nsegs,
     accumulate_rows<T, MR, V>(ap, segs[0].x + col, segs[0].count, segs[0].stride, acc);
     if (nsegs > 1)
         accumulate_rows<T, MR, V>(ap, segs[1].x + col, segs[1].count, segs[1].stride, acc);
-    for (int64_t r = 0; r < rows; ++r)
-        for (int v = 0; v < V; ++v) {
-            vec<T>& out = *reinterpret_cast<vec<T>*>(c + r * N + col + v * L);
-            out = accumulate ? out + acc[r][v] : acc[r][v];
-        }
+    // r runs to the constant MR, so that every acc[r][v] has a constant index and stays in
+    // a register (a runtime bound kept the array on the stack, zeroed by rep stos per tile)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+        if (r < rows)
+            for (int v = 0; v < V; ++v) {
+                vec<T>& out = *reinterpret_cast<vec<T>*>(c + r * N + col + v * L);
+                out = accumulate ? out + acc[r][v] : acc[r][v];
+            }
 }
 
 template <typename T, int MR>
