@@ -79,29 +79,30 @@ struct Units {
     int64_t lo, hi;
 };
 
-// dst[k·mr + r] = src[r·rs + k·cs] for r < m, k < n: one block of mr rows, k-major (rows
-// m … mr − 1 of it stay as they are: the zeros of a last, partial block). k outer, so the
-// writes are contiguous and the reads walk m rows side by side. Kept out of line: inlined
-// into a loop's function, GCC spilled its pointers and ran it 10× slower (0.3 ms of an
-// LSTM 1×128 forward).
+// dst[k·mr + r] = src[r·rs + k·cs] for r < m, k < n: one block of mr rows, k-major; rows
+// m … mr − 1 (a last, partial block's) are zeros. k outer, so the writes are contiguous and
+// the reads walk m rows side by side. Kept out of line: inlined into a loop's function, GCC
+// spilled its pointers and ran it 10× slower (0.3 ms of an LSTM 1×128 forward).
 template <typename T>
 __attribute__((noinline)) void pack_block(const T* __restrict src, int64_t rs, int64_t cs,
                                           int64_t m, int64_t n, T* __restrict dst, int64_t mr) {
-    for (int64_t k = 0; k < n; ++k)
+    for (int64_t k = 0; k < n; ++k) {
         for (int64_t r = 0; r < m; ++r) dst[k * mr + r] = src[r * rs + k * cs];
+        for (int64_t r = m; r < mr; ++r) dst[k * mr + r] = T(0);
+    }
 }
 
 // A (groups·rows × depth) packed: each group of `rows` rows (a gate's H rows) in blocks of
 // mr rows, the last block of a group padded with zeros, so that a range of units aligned to
 // mr is a range of blocks in every group.
 template <typename T> struct PackedA {
-    std::vector<T> data;  // [group][block][k][r]
+    AlignedArray<T> data;  // [group][block][k][r], every value written by fill (no zeroing
+                           // first: it was a 512 KiB memset a layer and pass at H 128)
     int64_t groups = 0, rows = 0, depth = 0, mr = 12, blocks = 0;
 
     PackedA(int64_t groups_, int64_t rows_, int64_t depth_, int64_t mr_)
-        : groups(groups_), rows(rows_), depth(depth_), mr(mr_), blocks((rows_ + mr_ - 1) / mr_) {
-        data.assign(groups * blocks * mr * depth, T(0));
-    }
+        : data(groups_ * ((rows_ + mr_ - 1) / mr_) * mr_ * depth_), groups(groups_),
+          rows(rows_), depth(depth_), mr(mr_), blocks((rows_ + mr_ - 1) / mr_) {}
     // columns k0 … k0 + n − 1 of A from a source with element (i, k) at a[i·rs + k·cs]
     void fill(int64_t k0, int64_t n, const T* a, int64_t rs, int64_t cs) {
         for (int64_t g = 0; g < groups; ++g) fill_group(g, k0, n, a + g * rows * rs, rs, cs);

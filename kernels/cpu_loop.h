@@ -332,9 +332,12 @@ template <typename T> class StagedRows {
         stride = ld;
         if (data_.empty()) return d;
         T* to = data_.data() + (k % 2) * rows_ * batch_;
+        constexpr int64_t L = lanes<T>();  // batch_: a multiple of L (on only when packed)
         for (int64_t g = 0; g < rows_ / H; ++g)
             for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
-                std::memcpy(to + r * batch_, d + r * ld, sizeof(T) * batch_);
+                for (int64_t b = 0; b < batch_; b += L)  // a row is a few vectors: a
+                    *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =  // memcpy call each
+                        *reinterpret_cast<const vec<T>*>(d + r * ld + b);  // cost more
         stride = batch_;
         return to;
     }
