@@ -79,19 +79,19 @@ struct Units {
     int64_t lo, hi;
 };
 
-// dst[k·mr + r] = src[r·rs + k·cs] for r < m, k < n: one block of mr rows, k-major; rows
-// m … mr − 1 (a last, partial block's) are zeros. k outer, so the writes are contiguous and
-// the reads walk m rows side by side. Kept out of line: inlined into a loop's function, GCC
-// spilled its pointers and ran it 10× slower (0.3 ms of an LSTM 1×128 forward).
-// The same for a whole block whose rows are contiguous (rs = 1: a transposed source), MR
-// a constant: GCC made the runtime-length copy of each k a memcpy call (1 % of the seed
-// row's forward and backward).
+// pack_block for a whole block of MR rows whose values of one k are contiguous (rs = 1: a
+// transposed source), MR a constant: GCC made the runtime-length copy of each k a memcpy
+// call (1 % of the seed row's forward and backward).
 template <typename T, int MR>
 void pack_contiguous_block(const T* __restrict src, int64_t cs, int64_t n, T* __restrict dst) {
     for (int64_t k = 0; k < n; ++k)
         for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[r + k * cs];
 }
 
+// dst[k·mr + r] = src[r·rs + k·cs] for r < m, k < n: one block of mr rows, k-major; rows
+// m … mr − 1 (a last, partial block's) are zeros. k outer, so the writes are contiguous and
+// the reads walk m rows side by side. Kept out of line: inlined into a loop's function, GCC
+// spilled its pointers and ran it 10× slower (0.3 ms of an LSTM 1×128 forward).
 template <typename T>
 __attribute__((noinline)) void pack_block(const T* __restrict src, int64_t rs, int64_t cs,
                                           int64_t m, int64_t n, T* __restrict dst, int64_t mr) {

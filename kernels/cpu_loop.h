@@ -93,19 +93,14 @@ template <typename T> T* h_block(const Args<T>& a, int64_t t) {
     return a.saved[0] + (a.h_ring ? t % a.h_ring : t) * a.hidden * a.batch;
 }
 
-// The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
-// batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
-// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (groups·rows × depth)
-// row-major, or its transpose (depth × rows, one group) when `transposed`. A thread computes
-// the rows of its units in every group (a gate's rows of the units whose step it runs).
-template <typename T>
+template <typename T>  // below, with the other layout helpers
 void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
                     int64_t cols);
 
 // Columns k0 … k0 + n − 1 of the packed blocks from a row-major W (groups·rows × n). Packed
-// from W itself, each k reads mr values a row apart: 2.3 ns a value, 3.7 % of the seed row's
-// forward (perf, Intel Xeon). So each group's rows are first transposed (in L × L tiles) and
-// packed from the copy, where a block's values of one k are contiguous.
+// from W itself, each k reads mr values a row apart: 3.7 % of the seed row's forward (perf,
+// Intel Xeon; 0.2 % this way). So each group's rows are first transposed (in L × L tiles)
+// and packed from the copy, where a block's values of one k are contiguous.
 template <typename T> void pack_rows(PackedA<T>& packed, int64_t k0, const T* w, int64_t n) {
     AlignedArray<T> wt(n * packed.rows);  // group g's rows of W, transposed: (n, rows)
     for (int64_t g = 0; g < packed.groups; ++g) {
@@ -114,6 +109,11 @@ template <typename T> void pack_rows(PackedA<T>& packed, int64_t k0, const T* w,
     }
 }
 
+// The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
+// batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
+// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (groups·rows × depth)
+// row-major, or its transpose (depth × rows, one group) when `transposed`. A thread computes
+// the rows of its units in every group (a gate's rows of the units whose step it runs).
 template <typename T> class StepProduct {
   public:
     StepProduct(const Blas& blas, const T* w, bool transposed, int64_t groups, int64_t rows,
@@ -332,12 +332,14 @@ template <typename T> class StagedRows {
         stride = ld;
         if (data_.empty()) return d;
         T* to = data_.data() + (k % 2) * rows_ * batch_;
-        constexpr int64_t L = lanes<T>();  // batch_: a multiple of L (on only when packed)
+        // a row is a few vectors (batch_ a multiple of L: on only when packed), copied as
+        // such; a memcpy call a row cost more than the copy
+        constexpr int64_t L = lanes<T>();
         for (int64_t g = 0; g < rows_ / H; ++g)
             for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
-                for (int64_t b = 0; b < batch_; b += L)  // a row is a few vectors: a
-                    *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =  // memcpy call each
-                        *reinterpret_cast<const vec<T>*>(d + r * ld + b);  // cost more
+                for (int64_t b = 0; b < batch_; b += L)
+                    *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =
+                        *reinterpret_cast<const vec<T>*>(d + r * ld + b);
         stride = batch_;
         return to;
     }
