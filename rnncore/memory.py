@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -59,21 +60,17 @@ def kept_bytes(obj) -> int:
     return sum(buffers.values())
 
 
-_ESTIMATES: dict = {}  # (spec, T, B, itemsize, every) -> bytes: every forward asks
-
-
 def activation_estimate(spec, T: int, B: int, itemsize: int, every: int = 0) -> int:
     """Bytes of a forward + backward's activations at (T, B), from the shapes alone."""
-    key = (spec, T, B, itemsize, every)
-    try:
-        known = key in _ESTIMATES
-    except TypeError:  # a spec with an unhashable field
+    try:  # every forward asks: remembered per (spec, T, B, itemsize, every)
+        return _remembered_bytes(spec, T, B, itemsize, every)
+    except TypeError:  # a spec whose cell cannot be hashed
         return _activation_bytes(spec, T, B, itemsize, every)
-    if not known:
-        if len(_ESTIMATES) > 256:
-            _ESTIMATES.clear()
-        _ESTIMATES[key] = _activation_bytes(spec, T, B, itemsize, every)
-    return _ESTIMATES[key]
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_bytes(spec, T, B, itemsize, every) -> int:
+    return _activation_bytes(spec, T, B, itemsize, every)
 
 
 def _activation_bytes(spec, T, B, itemsize, every) -> int:

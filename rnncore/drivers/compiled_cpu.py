@@ -454,11 +454,10 @@ class CompiledCPU:
         zbuf = [self._scratch(name, (width * H, chunk, B), dt) for name, width in loop.grads]
         into = {key: a for key, a in (accumulate_into or {}).items()
                 if key in ("w_ih", "w_hh") and _accumulates(a, dt, p[key].shape)}
-        wg = {"w_ih": into.get("w_ih"), "w_hh": into.get("w_hh"), "b_ih": np.zeros(GH, dt),
-              "b_hh": np.zeros(GH, dt) if loop.recurrent_bias else None}
-        for key in ("w_ih", "w_hh"):
-            if wg[key] is None:
-                wg[key] = np.zeros(p[key].shape, dt)
+        wg = {key: into[key] if key in into else np.zeros(p[key].shape, dt)
+              for key in ("w_ih", "w_hh")}
+        wg["b_ih"] = np.zeros(GH, dt)
+        wg["b_hh"] = np.zeros(GH, dt) if loop.recurrent_bias else None
         dx = _POOL.empty((T, B, I), dt) if need_dx else None
         x = np.ascontiguousarray(x)
         w_ih, w_hh = np.ascontiguousarray(p["w_ih"]), np.ascontiguousarray(p["w_hh"])
