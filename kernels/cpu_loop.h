@@ -78,7 +78,6 @@ template <typename T> struct Args {
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
     int64_t grad_stride;    // of grads[0], grads[1]
     T* out;                 // (T, B, H) or null: the forward also writes h batch-major here
-    T* out_copy;            //   and here, when not null (the caller's copy; out is kept)
     const T* dout;          // (T, B, H) or null: the masked ∂L/∂out, batch-major; the backward
                             //   then starts each dh[t − 1] from it, in the loop (else the
                             //   driver has filled dh)
@@ -231,9 +230,8 @@ void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_
 template <typename T> void emit_output(const Args<T>& a, int64_t t, const T* ht, Units units) {
     if (a.out == nullptr) return;
     const int64_t H = a.hidden, B = a.batch;
-    for (T* out : {a.out, a.out_copy})
-        if (out) transpose_rect(ht + units.lo * B, B, out + t * B * H + units.lo, H,
-                                units.hi - units.lo, B);
+    transpose_rect(ht + units.lo * B, B, a.out + t * B * H + units.lo, H, units.hi - units.lo,
+                   B);
 }
 
 // Step k of the loop is time step step(k); the step before it in the loop is prev(k).

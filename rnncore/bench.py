@@ -44,7 +44,11 @@ GEMM FLOPs (forward: the input and recurrent products of every layer direction,
 2·T·B·(I + H)·G·H each; backward: twice that, for ∂x, ∂h and the two weight gradients).
 The timing table then shows each implementation's GFLOP/s and its fraction of that peak;
 the element-wise work is not counted, so the fraction is the share of the time the GEMMs
-would need at peak.
+would need at peak. On a shared host the machine's speed drifts (by up to 2× between
+minutes on the project's 2-core VM), so the peak is also read in every timing round, untimed,
+before the calls (the kernel's best of ROUND_PEAK_REPEATS products; scaled up where BLAS's
+best reading of the run outran the kernel's), and each row shows its fraction of the median
+of its own rounds' readings as well (``round_peak``).
 
 Examples::
 
@@ -282,12 +286,30 @@ def device_synchronizer(device) -> Callable[[], None]:
     return sync
 
 
-def time_interleaved(fns: dict, sync, repeats: int, warmup: int) -> dict:
+# the packed kernel's rate read once in every timing round too (the fastest of this many
+# products, about 1 ms each): what the GEMMs could do at the time the row ran
+ROUND_PEAK_REPEATS = 5
+
+
+def round_peak(result, pass_, meta) -> float | None:
+    """The GEMM peak in the rounds that timed ``pass_`` of a row: the median of the kernel
+    readings taken among them, scaled by how far BLAS's best reading of the run outran the
+    kernel's best, where it did (then BLAS is the peak)."""
+    readings = result.get("round_kernel_gflops", {}).get(pass_)
+    rates = meta.get("gemm_rates_gflops", {})
+    if not readings or not rates.get("kernel"):
+        return None
+    return statistics.median(readings) * max(1.0, rates.get("blas", 0) / rates["kernel"])
+
+
+def time_interleaved(fns: dict, sync, repeats: int, warmup: int, between=None) -> dict:
     """Seconds per call of each function in ``fns``, ``repeats`` samples each.
 
     Every round calls every function once; the order flips each round (A B, B A, …) so
     that neither side always runs right after the other. ``sync`` is called before a
     clock is started and before it is read. The garbage collector is off while timing.
+    ``between``, if given, is called untimed at the start of each timed round (first in
+    every round, so that each side follows it equally often).
     """
     names = list(fns)
     for _ in range(warmup):
@@ -300,6 +322,8 @@ def time_interleaved(fns: dict, sync, repeats: int, warmup: int) -> dict:
     gc.disable()
     try:
         for r in range(repeats):
+            if between is not None:
+                between()
             for name in names if r % 2 == 0 else reversed(names):
                 sync()
                 start = time.perf_counter()
@@ -361,12 +385,21 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
     runners, baseline, skipped = build_runners(row, weights, x, dout, device, dtype)
     reference = reference_runner(row, weights, x, dout)
     errors = check_accuracy(runners, reference, baseline, skipped)
+    from .drivers import compiled_cpu
     sync = device_synchronizer(device)
-    samples = {}
+    samples, round_peaks = {}, {}
     for pass_name in PASSES:
         fns = {r.name: (r.forward if pass_name == "forward" else r.forward_backward)
                for r in runners}
-        samples[pass_name] = time_interleaved(fns, sync, repeats, warmup)
+        readings, between = [], None
+        if device.kind == "cpu" and compiled_cpu.available():  # the peak, read in each round
+            # (the machine's speed drifts by up to 2× between minutes on a shared host)
+            def between():
+                readings.append(compiled_cpu.kernel_gflops(dtype, threads,
+                                                           repeats=ROUND_PEAK_REPEATS))
+        samples[pass_name] = time_interleaved(fns, sync, repeats, warmup, between)
+        if readings:
+            round_peaks[pass_name] = readings
     median_ms = {p: {n: 1e3 * statistics.median(s) for n, s in by_impl.items()}
                  for p, by_impl in samples.items()}
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
@@ -378,6 +411,7 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
             "rel_error": errors, "median_ms": median_ms, "ratio": ratios, "memory": mem,
+            "round_kernel_gflops": round_peaks,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
 
@@ -890,11 +924,18 @@ def markdown_report(meta: dict, results: list) -> str:
         if rates:
             intro += " (the faster of " + " and ".join(
                 f"{PEAK_SOURCES.get(k, k)} {v:.1f}" for k, v in rates.items()) + ")"
+    per_round = peak and any(r.get("round_kernel_gflops") for r in results)
+    if per_round:
+        intro += ("; and of the peak read in the row's own timing rounds (between the calls, "
+                  "the kernel's best of " f"{ROUND_PEAK_REPEATS} products each round: the "
+                  "machine's speed drifts between minutes)")
     lines += ["", intro + ":", ""]
     header = ["row", "pass", "GEMM GFLOP"] + [f"{n} ms" for n in impls] \
         + [f"{baseline}/{n}" for n in others]
     if peak:
         header += [f"{n} GFLOP/s (of peak)" for n in impls]
+    if per_round:
+        header += ["rounds' peak GFLOP/s"] + [f"{n} of rounds' peak" for n in impls]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|---|---|" + "---:|" * (len(header) - 2))
     for r in results:
@@ -910,6 +951,15 @@ def markdown_report(meta: dict, results: list) -> str:
                         continue
                     rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
                     cells.append(f"{rate:.1f} ({100 * rate / peak:.0f} %)")
+            if per_round:
+                at_the_time = round_peak(r, p, meta)
+                cells.append(f"{at_the_time:.1f}" if at_the_time else "–")
+                for n in impls:
+                    if n not in r["impls"] or not at_the_time:
+                        cells.append("–")
+                        continue
+                    rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
+                    cells.append(f"{100 * rate / at_the_time:.0f} %")
             lines.append("| " + " | ".join(cells) + " |")
     lines += split_report(results)
     lines += memory_report(results, baseline)

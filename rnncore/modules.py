@@ -320,9 +320,20 @@ class Recurrent:
             out = out[:, 0]
         elif self.batch_first:
             out = out.transpose(1, 0, 2)
-        out = self.xp.ascontiguousarray(out) if protected else \
-            self.xp.array(out, order="C", copy=True)  # may be a buffer backward reads
-        return out, self.pack_state(state_n)
+        return self._handed_out(out, protected), self.pack_state(state_n)
+
+    def _handed_out(self, out, protected: bool):
+        """The output as the caller gets it. It may be a buffer the backward reads: on the
+        CPU it is read-only (NumPy refuses an in-place edit, as torch refuses the backward
+        after one), a view where the driver protects its caches, else a copy; on a GPU
+        (CuPy has no read-only arrays) a copy."""
+        if protected and self.xp is np:
+            out = np.ascontiguousarray(out).view()
+        else:
+            out = self.xp.array(out, order="C", copy=True)
+        if self.xp is np:
+            out.flags.writeable = False
+        return out
 
     def checkpoint_steps(self, T) -> int:
         """The recompute segment length for a forward of T steps (0: keep every step)."""

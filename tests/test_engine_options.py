@@ -139,11 +139,11 @@ def test_backend_devices():
     assert rnn.device.kind == "cpu"
 
 
-# the compiled CPU driver keeps its own copy of x and returns an output its cache does not
-# hold, and the module then copies neither: each path that driver takes (the packed kernel
-# with the input joined, BLAS per step, a hoisted input projection, lengths, recompute
-# segments, the reference fallback under zoneout), layers between which it copies nothing,
-# and the stack's own use of x
+# the compiled CPU driver keeps its own copy of x and hands out the output its backward
+# reads, read-only, and the module then copies neither: each path that driver takes (the
+# packed kernel with the input joined, BLAS per step, a hoisted input projection, lengths,
+# recompute segments, the reference fallback under zoneout), layers between which it copies
+# nothing, and the stack's own use of x
 EDIT_CASES = {
     "lstm packed": ("lstm", "float32", 16, 16, {}),
     "lstm packed 3 layers": ("lstm", "float32", 16, 16, dict(num_layers=3)),
@@ -158,7 +158,8 @@ EDIT_CASES = {
 
 @pytest.mark.parametrize("case", EDIT_CASES)
 def test_callers_edits_after_forward_do_not_change_gradients(case):
-    """Outputs, inputs and initial states handed over are not the cache's buffers."""
+    """Inputs and initial states handed over are not the cache's buffers; the output
+    cannot be edited (read-only on the CPU)."""
     cell, dtype, B, I, options = EDIT_CASES[case]
     options = dict(options)
     use_lengths = options.pop("lengths", False)
@@ -175,7 +176,8 @@ def test_callers_edits_after_forward_do_not_change_gradients(case):
         out, _ = model(x.copy() if not edit else x, state if len(state) > 1 else state[0],
                        lengths)
         if edit:
-            out *= 0
+            with pytest.raises(ValueError, match="read-only"):
+                out *= 0
             x *= 0
             state[0][...] = 7
         model.backward(dout.astype(dtype))
@@ -183,6 +185,23 @@ def test_callers_edits_after_forward_do_not_change_gradients(case):
     clean = grads[0]
     for name, g in clean.items():
         np.testing.assert_array_equal(grads[1][name], g, err_msg=name)
+
+
+@pytest.mark.parametrize("impl", ["reference", "compiled", "wavefront"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_output_is_read_only_on_the_cpu(impl, batch_first):
+    """The output may be the buffer the backward reads (the compiled driver's is): NumPy
+    refuses an edit, whichever driver ran, and the value is the reference's."""
+    x = np.random.default_rng(0).standard_normal((4, 16, 3)).astype(np.float32)
+    outs = []
+    for use in ("reference", impl):
+        model = rnncore.LSTM(3, 16, num_layers=2, seed=0, impl=use, batch_first=batch_first)
+        out, _ = model(x)
+        assert not out.flags.writeable and out.flags.c_contiguous
+        with pytest.raises(ValueError, match="read-only"):
+            out[0] = 0
+        outs.append(out)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
 
 
 def test_load_state_dict_copies():

@@ -35,9 +35,9 @@ chunk·B) rows, as these GEMMs read them, and X, H_prev as (chunk·B, ·) rows. 
 of the backward (all of it, unless it recomputes) is one C++ call that runs its pieces of
 the loop and each complete chunk's products (``kernels/backward_chunks.h``).
 
-The caches hold no array the caller has: the driver keeps its own copy of a stack's input
-and returns a top-layer output it does not keep (``protects_cache``), so ``modules.py``
-copies neither. Its backward adds ∂W_ih and ∂W_hh into the module's gradient totals
+The caller cannot edit what the caches hold: the driver keeps its own copy of a stack's
+input, and its output, which the backward reads, reaches the caller read-only
+(``protects_cache``; ``modules.py`` copies neither). Its backward adds ∂W_ih and ∂W_hh into the module's gradient totals
 (``accumulates_grads``). The LSTM's forward keeps h_t feature-major only for the next step
 (a ring of two blocks): its backward reads h batch-major.
 
@@ -187,7 +187,7 @@ def _args_type(ctype):
         ("bias_h", ptr), ("state0", ptr * MAX_STATES), ("valid", ptr), ("saved", ptr * 8),
         ("scratch", ptr), ("dh", ptr), ("dh0", ptr), ("dstate", ptr * 2), ("grads", ptr * 4),
         ("x", ptr), ("w_ih", ptr), ("input", ctypes.c_int64), ("threads", ctypes.c_int64),
-        ("grad_stride", ctypes.c_int64), ("out", ptr), ("out_copy", ptr), ("dout", ptr),
+        ("grad_stride", ctypes.c_int64), ("out", ptr), ("dout", ptr),
         ("dout0", ptr), ("x_copy", ptr), ("h_ring", ctypes.c_int64)]})
 
 
@@ -315,11 +315,11 @@ class CompiledCPU:
         return loop.joins_input and batch % self._lanes[dtype] == 0
 
     def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None,
-                     out=(None, None), x_copy=None):
+                     out=None, x_copy=None):
         """The C++ forward over steps lo..hi−1 (in loop order for ``reverse``) from
-        ``state_fm`` on ``threads``, also writing h batch-major into the (n, B, H) arrays
-        ``out`` (kept, and the caller's) that are given, and x[lo:hi] into ``x_copy``;
-        returns the segment's feature-major saved buffers (n, W·H, B)."""
+        ``state_fm`` on ``threads``, also writing h batch-major into the (n, B, H) array
+        ``out`` and x[lo:hi] into ``x_copy`` where they are given; returns the segment's
+        feature-major saved buffers (n, W·H, B)."""
         n, B = hi - lo, x.shape[1]
         hidden, GH, dt = p["w_hh"].shape[1], p["w_ih"].shape[0], x.dtype
         xg = x_in = w_ih = None
@@ -352,7 +352,7 @@ class CompiledCPU:
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_in),
                               w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
-                              out=_ptr(out[0]), out_copy=_ptr(out[1]), x_copy=_ptr(x_copy),
+                              out=_ptr(out), x_copy=_ptr(x_copy),
                               h_ring=ring)
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
@@ -364,10 +364,10 @@ class CompiledCPU:
         self._call(loop, "forward", dt, args)
         return fm
 
-    # the caches of this driver's forward hold neither the input it was given nor the output
-    # it returns (modules.py then makes no copies of its own): it keeps its own copy of x,
-    # written as its loop lays x out feature-major, and writes the output twice in its loop,
-    # once for itself. Between layers the stack says the copies are not needed
+    # the caller cannot reach this driver's caches (modules.py then makes no copies of its
+    # own): it keeps its own copy of x, written as its loop lays x out feature-major, and
+    # its output is a pooled buffer (never handed out twice while alive) that the module
+    # returns read-only. Between layers the stack says even the copy of x is not needed
     # (input_is_internal, output_is_internal: the arrays never reach the caller as they are)
     protects_cache = True
 
@@ -387,23 +387,20 @@ class CompiledCPU:
         valid_u8 = None if valid is None else np.ascontiguousarray(valid[..., 0]).view(np.uint8)
         every = self.checkpoint_every if 0 < self.checkpoint_every < T else T
         h = _POOL.empty((T, B, dims.out), x.dtype)  # (T, B, H): the output, kept for ∂W_hh
-        # the caller's output (else h · valid, or h itself when it goes no further)
-        out = np.empty_like(h) if valid is None and not output_is_internal else None
         checkpoints, fm, state = [], None, state0_fm
         segments = _segments(T, reverse, every)
         with self._one_pool() as threads:
             for s, (_, lo, hi) in enumerate(segments):
                 checkpoints.append(state)
                 fm = self._run_forward(loop, p, x, state, lo, hi, reverse, valid_u8, threads, fm,
-                                       (h[lo:hi], None if out is None else out[lo:hi]),
+                                       h[lo:hi],
                                        None if x_kept is x else x_kept[lo:hi])
                 last = 0 if reverse else hi - lo - 1
                 state = tuple(fm[name][last % len(fm[name])] for name in cell.state)
                 if s + 1 < len(segments):  # fm is reused by the next segment
                     state = tuple(aligned_copy(st) for st in state)
         state_T = tuple(np.ascontiguousarray(s.T) for s in state)
-        if out is None:
-            out = h if valid is None else h * valid
+        out = h if valid is None else h * valid
         if every < T:
             saved = {"h": h}
             fm = None  # recomputed in backward, a segment at a time
