@@ -60,6 +60,13 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
             rate = flops / (statistics.median(samples["rnncore"]) / 1e3) / 1e9
             share = 100 * rate / data["meta"]["gemm_peak_gflops"]
             assert columns[6] == f"{rate:.1f} ({share:.0f} %)"
+            # and of the peak read in the row's own rounds: one reading a timed round
+            readings = row["round_kernel_gflops"][p]
+            assert len(readings) == data["meta"]["repeats"] and min(readings) > 0
+            rates = data["meta"]["gemm_rates_gflops"]
+            at_the_time = statistics.median(readings) * max(1, rates["blas"] / rates["kernel"])
+            assert columns[8] == f"{at_the_time:.1f}"
+            assert columns[9] == f"{100 * rate / at_the_time:.0f} %"
         for errors in row["rel_error"].values():
             assert all(e < 1e-4 for e in errors.values()), errors
 
@@ -184,3 +191,15 @@ def test_the_split_pass_runs_every_timed_implementation():
     assert set(splits) == {"rnncore", "torch"}
     assert splits["torch"] == {"GEMM": 0.0, "step": 0.0, "other kernels": 0.0,
                                "launch and host": 3.0}
+
+
+def test_the_round_reading_comes_first_in_every_timed_round():
+    """Each side follows the untimed peak reading equally often (the order of the timed
+    calls flips each round; the reading does not move with it)."""
+    from rnncore import bench
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    samples = bench.time_interleaved(fns, lambda: None, 4, 1, lambda: calls.append("peak"))
+    assert calls == ["a", "b"] + ["peak", "a", "b", "peak", "b", "a"] * 2
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4}
