@@ -391,15 +391,15 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
     for pass_name in PASSES:
         fns = {r.name: (r.forward if pass_name == "forward" else r.forward_backward)
                for r in runners}
-        readings, between = [], None
+        between = None
         if device.kind == "cpu" and compiled_cpu.available():  # the peak, read in each round
             # (the machine's speed drifts by up to 2× between minutes on a shared host)
-            def between():
+            readings = round_peaks[pass_name] = []
+
+            def between(readings=readings):
                 readings.append(compiled_cpu.kernel_gflops(dtype, threads,
                                                            repeats=ROUND_PEAK_REPEATS))
         samples[pass_name] = time_interleaved(fns, sync, repeats, warmup, between)
-        if readings:
-            round_peaks[pass_name] = readings
     median_ms = {p: {n: 1e3 * statistics.median(s) for n, s in by_impl.items()}
                  for p, by_impl in samples.items()}
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
