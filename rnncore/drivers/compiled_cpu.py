@@ -38,8 +38,9 @@ the loop and each complete chunk's products (``kernels/backward_chunks.h``).
 The caller cannot edit what the caches hold: the driver keeps its own copy of a stack's
 input, and its output, which the backward reads, reaches the caller read-only
 (``protects_cache``; ``modules.py`` copies neither). Its backward adds ∂W_ih and ∂W_hh
-into the module's gradient totals (``accumulates_grads``). The LSTM's forward keeps h_t feature-major only for the next step
-(a ring of two blocks): its backward reads h batch-major.
+into the module's gradient totals (``accumulates_grads``). The LSTM's forward keeps h_t
+feature-major only for the next step (a ring of two blocks): its backward reads h
+batch-major.
 
 Results equal the reference driver's to rounding (the GEMM shapes and -ffast-math change
 the order of additions), not bit for bit; the tests hold it to 1e-12 in float64, at one
