@@ -40,9 +40,9 @@ Roofline (CPU): each run measures this machine's GEMM peak at its thread count, 
 rows and again after them (and in their timing rounds, below), keeping the best: the
 faster of NumPy's BLAS (the median GFLOP/s of a 2048³ ``numpy.matmul`` in the row dtype)
 and rnncore's packed step kernel on a (2048×512)·(512×64) product, which outruns OpenBLAS
-on some CPUs (``gemm_peak``); each row's
-GEMM FLOPs (forward: the input and recurrent products of every layer direction,
-2·T·B·(I + H)·G·H each; backward: twice that, for ∂x, ∂h and the two weight gradients).
+on some CPUs (``gemm_peak``); each row's GEMM FLOPs (forward: the input and recurrent
+products of every layer direction, 2·T·B·(I + H)·G·H each; backward: twice that, for ∂x,
+∂h and the two weight gradients).
 The timing table then shows each implementation's GFLOP/s and its fraction of that peak;
 the element-wise work is not counted, so the fraction is the share of the time the GEMMs
 would need at peak. On a shared host the machine's speed drifts (by up to 2× between
