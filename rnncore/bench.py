@@ -928,9 +928,9 @@ def markdown_report(meta: dict, results: list) -> str:
                 f"{PEAK_SOURCES.get(k, k)} {v:.1f}" for k, v in rates.items()) + ")"
     per_round = peak and any(r.get("round_kernel_gflops") for r in results)
     if per_round:
-        intro += ("; and of the peak read in the row's own timing rounds (between the calls, "
-                  "the kernel's best of " f"{ROUND_PEAK_REPEATS} products each round: the "
-                  "machine's speed drifts between minutes)")
+        intro += (f"; and of the peak read in the row's own timing rounds (between the "
+                  f"calls, the kernel's best of {ROUND_PEAK_REPEATS} products each round: "
+                  f"the machine's speed drifts between minutes)")
     lines += ["", intro + ":", ""]
     header = ["row", "pass", "GEMM GFLOP"] + [f"{n} ms" for n in impls] \
         + [f"{baseline}/{n}" for n in others]
@@ -946,22 +946,15 @@ def markdown_report(meta: dict, results: list) -> str:
             cells = [r["label"], p, f"{flops / 1e9:.2f}"]
             cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
             cells += [f"{r['ratio'][p][n]:.2f}" if n in r["ratio"][p] else "–" for n in others]
+            rate = {n: flops / (r["median_ms"][p][n] / 1e3) / 1e9 for n in r["impls"]}
             if peak:
-                for n in impls:
-                    if n not in r["impls"]:
-                        cells.append("–")
-                        continue
-                    rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
-                    cells.append(f"{rate:.1f} ({100 * rate / peak:.0f} %)")
+                cells += [f"{rate[n]:.1f} ({100 * rate[n] / peak:.0f} %)" if n in rate else "–"
+                          for n in impls]
             if per_round:
                 at_the_time = round_peak(r, p, meta)
                 cells.append(f"{at_the_time:.1f}" if at_the_time else "–")
-                for n in impls:
-                    if n not in r["impls"] or not at_the_time:
-                        cells.append("–")
-                        continue
-                    rate = flops / (r["median_ms"][p][n] / 1e3) / 1e9
-                    cells.append(f"{100 * rate / at_the_time:.0f} %")
+                cells += [f"{100 * rate[n] / at_the_time:.0f} %" if n in rate and at_the_time
+                          else "–" for n in impls]
             lines.append("| " + " | ".join(cells) + " |")
     lines += split_report(results)
     lines += memory_report(results, baseline)
@@ -1138,13 +1131,12 @@ def run(args, argv):
     if args.device.kind == "cpu":  # measured again: a peak is the best seen (on a
         # shared machine one reading can land in a slow spell)
         again = gemm_peak(args.dtype, torch.get_num_threads(), n=peak_n)
-        rates = {k: max(rates[k], again[k]) for k in rates}
+        rates = {k: max(rates[k], again[k]) for k in rates if k != "peak"}
         if "kernel" in rates:  # and the readings taken in the rows' rounds
             rates["kernel"] = max([rates["kernel"]] + [
                 g for r in results for readings in r.get("round_kernel_gflops", {}).values()
                 for g in readings])
-            rates["peak"] = max(rates.values())
-        meta["gemm_peak_gflops"] = rates.pop("peak")
+        meta["gemm_peak_gflops"] = max(rates.values())
         meta["gemm_rates_gflops"] = rates
     meta["load_average_after"] = os.getloadavg()
     print(markdown_report(meta, results))
