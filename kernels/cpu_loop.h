@@ -11,10 +11,12 @@
 //   * the element loops run over b innermost, contiguous, and vectorise (with -ffast-math
 //     glibc's vector expf/tanhf are used).
 #pragma once
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include <omp.h>
 
@@ -165,13 +167,96 @@ template <typename T> class StepProduct {
     int64_t in_ = 0;
 };
 
-// This thread's units of a parallel loop: the H units split over the team in whole blocks
-// of mr (cpu_gemm.h), so each thread's rows are whole blocks of the packed weights.
+// This thread's units of an even split: the H units over the team in whole blocks of mr
+// (cpu_gemm.h), so each thread's rows are whole blocks of the packed weights. The time
+// loops start from it and then move it (UnitShares).
 inline Units my_units(int64_t H, int64_t mr) {
     const int64_t blocks = (H + mr - 1) / mr, n = omp_get_num_threads(),
                   k = omp_get_thread_num();
     return {std::min(H, blocks * k / n * mr), std::min(H, blocks * (k + 1) / n * mr)};
 }
+
+// The threads' shares of the H units of a loop, in whole blocks of mr, moved step by step
+// toward the speed each thread shows. On a shared host one vCPU can run a third slower than
+// the other for seconds at a time (the packed kernel alone, one thread on each vCPU in turn:
+// 116 against 175 GFLOP/s), and with even shares the faster thread then waits at every
+// step's barrier. A unit's arithmetic does not depend on the thread that runs it, so the
+// results are the same for any shares. Each thread keeps its own copy of the boundaries
+// and moves them the same way, from the times every thread recorded for the step before,
+// in one of two slots by the step's parity (a thread records the next step while a slower
+// one may still read this one's).
+class UnitShares {
+  public:
+    // For the tests, on any machine: team position `slow_position`'s times are taken
+    // `slow_factor` times as long (cpu_loop_test_slow_thread), and the moves are counted.
+    static inline int64_t slow_position = -1;
+    static inline double slow_factor = 1;
+    static inline std::atomic<int64_t> moves{0};
+
+    UnitShares(int64_t H, int64_t mr, int64_t threads)
+        : H_(H), mr_(mr), blocks_((H + mr - 1) / mr), seconds_(2 * threads, 0.0) {}
+
+    class Mine {  // one thread's view
+      public:
+        Mine(const UnitShares& shares, int64_t n, int64_t id)
+            : s_(shares), n_(n), id_(id), bound_(n + 1), rate_(n, 0.0) {
+            for (int64_t k = 0; k <= n; ++k) bound_[k] = s_.blocks_ * k / n;  // even, first
+        }
+        Units units() const {
+            return {std::min(s_.H_, bound_[id_] * s_.mr_),
+                    std::min(s_.H_, bound_[id_ + 1] * s_.mr_)};
+        }
+        void start() {
+            if (n_ > 1) start_ = omp_get_wtime();
+        }
+        // this thread's time for its share of loop position k, before the barrier
+        void stop(int64_t k) {
+            if (n_ > 1)
+                s_.seconds_[(k % 2) * n_ + id_] = (omp_get_wtime() - start_) *
+                                                  (id_ == slow_position ? slow_factor : 1.0);
+        }
+        // after that barrier: where the threads' speeds (blocks a second, smoothed over
+        // steps) say the step would take 3 % less with the blocks in proportion to them,
+        // each boundary one block toward that proportion, if it is half a block away or more
+        // (a smaller imbalance is within the steps' noise, and a moved block's weights and
+        // state go to the other core's cache)
+        void rebalance(int64_t k) {
+            if (n_ < 2) return;
+            const double* seconds = s_.seconds_.data() + (k % 2) * n_;
+            double total = 0, slowest = 0;
+            for (int64_t j = 0; j < n_; ++j) {
+                const double blocks = double(bound_[j + 1] - bound_[j]);
+                const double now = blocks / std::max(seconds[j], 1e-9);
+                rate_[j] = rate_[j] == 0 ? now : 0.8 * rate_[j] + 0.2 * now;
+                total += rate_[j];
+                slowest = std::max(slowest, blocks / rate_[j]);
+            }
+            if (!(slowest > 1.03 * s_.blocks_ / total)) return;
+            double before = 0;
+            for (int64_t j = 1; j < n_; ++j) {
+                before += rate_[j - 1];
+                const double target = s_.blocks_ * before / total;
+                const int64_t was = bound_[j];
+                if (target >= bound_[j] + 0.5 && bound_[j] + 1 < bound_[j + 1])
+                    ++bound_[j];
+                else if (target <= bound_[j] - 0.5 && bound_[j] - 1 > bound_[j - 1])
+                    --bound_[j];
+                if (id_ == 0 && bound_[j] != was) moves.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+
+      private:
+        const UnitShares& s_;
+        int64_t n_, id_;
+        std::vector<int64_t> bound_;
+        std::vector<double> rate_;
+        double start_ = 0;
+    };
+
+  private:
+    int64_t H_, mr_, blocks_;
+    mutable std::vector<double> seconds_;  // [parity][thread]
+};
 
 // dst[c·ld_dst + r] = src[r·ld_src + c] for r < rows, c < cols: in L × L tiles (L = lanes<T>,
 // one 64-byte vector a row), each transposed in registers. A tile is L row vectors; swapping
@@ -265,8 +350,8 @@ template <typename T> T* block(T* base, int64_t t, int64_t W, int64_t B) {
 }
 
 // The time loop of every cell's compiled forward: one OpenMP team for the call; at each
-// step each thread computes its units' rows of the step's product into scratch, runs the
-// cell's element step on its units,
+// step each thread computes its units' rows (its share, UnitShares) of the step's product
+// into scratch, runs the cell's element step on its units,
 //     elements(t, tp, h_{t−1}, valid flags, units)     (tp: the previous step, −1 at the first)
 // writes them into the batch-major output, and waits for the others (h_t complete).
 //
@@ -278,10 +363,12 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
     const int64_t H = a.hidden, B = a.batch, I = a.input;
     const Order order{a.steps, a.reverse != 0};
     AlignedArray<T> x_fm(a.x ? 2 * I * B : 0);
-#pragma omp parallel num_threads(product.threads(a.threads))
+    const int team = product.threads(a.threads);
+    const UnitShares shares(H, product.block_rows(), team);
+#pragma omp parallel num_threads(team)
     {
-        const Units mine = my_units(H, product.block_rows());
         const int64_t n = omp_get_num_threads(), id = omp_get_thread_num();
+        UnitShares::Mine share(shares, n, id);
         const int64_t i0 = I * id / n, i1 = I * (id + 1) / n;  // this thread's inputs
         auto lay_out = [&](int64_t k) {  // x at loop position k into block k % 2
             const T* xt = a.x + order.step(k) * B * I;
@@ -298,11 +385,15 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
         for (int64_t k = 0; k < a.steps; ++k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
+            if (k > 0) share.rebalance(k - 1);
+            const Units mine = share.units();
+            share.start();
             product(hp, a.scratch, false, mine,
                     a.x ? x_fm.data() + (k % 2) * I * B : nullptr);
             if (a.x && k + 1 < a.steps) lay_out(k + 1);
             with_valid(a.valid, t, B, [&](auto valid) { elements(t, tp, hp, valid, mine); });
             emit_output(a, t, h_block(a, t), mine);
+            share.stop(k);
 #pragma omp barrier
         }
     }
@@ -313,7 +404,8 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 //     d = elements(k, t, tp, ∂h_{t−1}, valid flags, units)     (k: the loop position)
 // writing its units' rows of d, the gradient of step t's product (row stride grad_stride);
 // once every thread has, it computes its units' rows of  ∂h_{t−1} += W_hhᵀ d, which is all
-// its next element step reads.
+// its next element step reads. The shares move (UnitShares) only at that barrier, so a
+// product and the element step after it run the same units.
 //
 // The packed kernel reads d's rows from a contiguous (G·H, B) block (two, used in turn):
 // each thread first copies its own rows there, from its cache. Read in place, a chunk's
@@ -352,9 +444,13 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
     StagedRows<T> staged(product_t.packed() && a.grad_stride != B, product_t.depth(), B);
-#pragma omp parallel num_threads(product_t.threads(a.threads))
+    const int team = product_t.threads(a.threads);
+    const UnitShares shares(H, product_t.block_rows(), team);
+#pragma omp parallel num_threads(team)
     {
-        const Units mine = my_units(H, product_t.block_rows());
+        UnitShares::Mine share(shares, omp_get_num_threads(), omp_get_thread_num());
+        Units mine = share.units();
+        share.start();
         for (int64_t k = a.steps - 1; k >= 0; --k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             T* dhp = tp < 0 ? a.dh0 : block<T>(a.dh, tp, H, B);
@@ -369,13 +465,23 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
                 with_valid(a.valid, t, B,
                            [&](auto valid) { return elements(k, t, tp, dhp, valid, mine); }),
                 a.grad_stride, k, H, mine, stride);
+            share.stop(k);
 #pragma omp barrier
+            share.rebalance(k);
+            mine = share.units();
+            share.start();
             product_t(d, dhp, true, mine, nullptr, stride);
         }
     }
 }
 
 }  // namespace cpu_loop
+
+extern "C" void cpu_loop_test_slow_thread(int64_t position, double factor) {
+    cpu_loop::UnitShares::slow_position = position;
+    cpu_loop::UnitShares::slow_factor = factor;
+}
+extern "C" int64_t cpu_loop_share_moves() { return cpu_loop::UnitShares::moves.load(); }
 
 // the vector lanes of the packed kernel: the driver joins the input projection to the
 // step's product when the batch is a multiple of this (packed_ok)

@@ -3,6 +3,8 @@ calling NumPy's BLAS. It must equal the reference driver to rounding in every
 configuration, pass the finite-difference checks, feed the gradient-flow recorder the same
 gradients, repeat bit for bit, and leave cells it cannot run to the reference."""
 
+import ctypes
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -125,6 +127,34 @@ def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, 
     for name in ref_grads:
         np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
                                    **TOL["float64"])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_threads_shares_move_without_changing_a_bit(cell):
+    """The loops move whole blocks of units from a slower thread to a faster one as they
+    run (kernels/cpu_loop.h, UnitShares); which thread computes a unit changes no bit of
+    the result. Team position 0 is made to look four times slower, so that the shares move
+    on any machine (hidden 40: 5 blocks of 8, 2 + 3 at first)."""
+    lib, _ = compiled_cpu.library()
+    lib.cpu_loop_share_moves.restype = ctypes.c_int64
+    lengths = np.array([6, 2, 5, 1] * 4)
+    runs = []
+    for factor in (1.0, 4.0):
+        lib.cpu_loop_test_slow_thread(ctypes.c_int64(0), ctypes.c_double(factor))
+        moves = lib.cpu_loop_share_moves()
+        try:
+            with threadpool_limits(limits=2, user_api="blas"):
+                _, outs, grads = _run(cell, "compiled", "float64", dict(num_layers=2),
+                                      lengths, hidden=40, batch=16)
+        finally:
+            lib.cpu_loop_test_slow_thread(ctypes.c_int64(-1), ctypes.c_double(1.0))
+        runs.append((outs, grads, lib.cpu_loop_share_moves() - moves))
+    (even, even_grads, _), (moved, moved_grads, moves) = runs
+    assert moves > 0
+    for k, (a, b) in enumerate(zip(even, moved, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
+    for name in even_grads:
+        np.testing.assert_array_equal(even_grads[name], moved_grads[name], err_msg=name)
 
 
 def test_the_input_projection_joins_the_step_only_at_whole_vectors():
