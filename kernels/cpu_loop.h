@@ -385,7 +385,6 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
         for (int64_t k = 0; k < a.steps; ++k) {
             const int64_t t = order.step(k), tp = k == 0 ? -1 : order.step(k - 1);
             const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
-            if (k > 0) share.rebalance(k - 1);
             const Units mine = share.units();
             share.start();
             product(hp, a.scratch, false, mine,
@@ -395,6 +394,7 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
             emit_output(a, t, h_block(a, t), mine);
             share.stop(k);
 #pragma omp barrier
+            share.rebalance(k);
         }
     }
 }
