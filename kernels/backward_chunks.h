@@ -99,13 +99,17 @@ template <typename T> class Chunks {
 };
 
 // The segment's backward: pieces from its last loop position down, each followed, when it
-// completes its chunk, by that chunk's products.
+// completes its chunk, by that chunk's products. The loop's product, ∂h_{t−1} += W_hhᵀ d_t,
+// is packed once for all of them (packed per piece, it was 1.8 % of an LSTM 3×512 forward +
+// backward at one thread, 3.2 % at two: 27 pieces, one thread packing).
 template <typename T, typename Loop>
 void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c, Loop loop) {
     const Chunks<T> chunks(a, c);
+    const int64_t H = a.hidden;
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, c.products.groups * H, a.batch);
     for (int64_t p1 = c.end; p1 > c.first;) {
         const int64_t p0 = std::max(c.first, (p1 - 1) / c.chunk * c.chunk);
-        loop(blas, chunks.piece(p0, p1));
+        loop(recurrent_t, chunks.piece(p0, p1));
         if (p0 % c.chunk == 0) weight_grads<T>(blas, chunks.products(p0));
         p1 = p0;
     }

@@ -47,9 +47,10 @@ template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     });
 }
 
-template <typename T> void gru_backward(const Blas& blas, const Args<T>& a) {
+// recurrent_t: W_hhᵀ ∂h_g (backward_chunks.h packs it once for all pieces)
+template <typename T>
+void gru_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 3 * H, B);  // W_hhᵀ ∂h_g
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
                                           auto valid, Units units) {
         const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);

@@ -77,9 +77,10 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     });
 }
 
-template <typename T> void lstm_backward(const Blas& blas, const Args<T>& a) {
+// recurrent_t: W_hhᵀ ∂z_t (backward_chunks.h packs it once for all pieces)
+template <typename T>
+void lstm_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, 4 * H, B);  // W_hhᵀ ∂z_t
     // ∂L/∂c of the step being processed and of the one before it: the two dstate buffers,
     // swapped at every step (loop position k)
     auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };

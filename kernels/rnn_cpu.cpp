@@ -30,9 +30,10 @@ template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T
     });
 }
 
-template <typename T, bool Relu> void rnn_backward(const Blas& blas, const Args<T>& a) {
+// recurrent_t: W_hhᵀ ∂a_t (backward_chunks.h packs it once for all pieces)
+template <typename T, bool Relu>
+void rnn_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, H, B);  // W_hhᵀ ∂a_t
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t, T* dhp,
                                           auto valid, Units units) {
         const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
