@@ -106,7 +106,8 @@ template <typename T, typename Loop>
 void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c, Loop loop) {
     const Chunks<T> chunks(a, c);
     const int64_t H = a.hidden;
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, c.products.groups * H, a.batch);
+    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, c.products.groups * H, a.batch,
+                                     a.threads);
     for (int64_t p1 = c.end; p1 > c.first;) {
         const int64_t p0 = std::max(c.first, (p1 - 1) / c.chunk * c.chunk);
         loop(recurrent_t, chunks.piece(p0, p1));

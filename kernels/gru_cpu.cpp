@@ -11,7 +11,8 @@ namespace cpu_loop {
 
 template <typename T> void gru_forward(const Blas& blas, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
-    const StepProduct<T> recurrent(blas, a.w_hh, false, 3, H, H, B);  // W_hh · h_{t−1}
+    // W_hh · h_{t−1}
+    const StepProduct<T> recurrent(blas, a.w_hh, false, 3, H, H, B, a.threads);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, 3 * H, B);

@@ -47,7 +47,9 @@ template <typename T> void input_projection(const Blas& blas, const HoistedArgs<
     const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
     const bool packed_kernel = packed_ok<T>(B);
     PackedA<T> w_ih(packed_kernel ? 1 : 0, GH, I, pick_mr(GH, I, B, sizeof(T)));
-    if (packed_kernel) pack_rows(w_ih, 0, a.w_ih, I);
+    if (packed_kernel)
+        pack_in_parallel(I, a.threads,
+                         [&](int64_t k, int64_t n) { pack_rows(w_ih, k, a.w_ih + k, I, n); });
 #pragma omp parallel num_threads(int(a.threads))
     {
         const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();

@@ -64,8 +64,8 @@ template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
     // there is no xg)
     const StepProduct<T> recurrent =
-        a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B)
-            : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B);
+        a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B, a.threads)
+            : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B, a.threads);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t tp, const T* hp,
                                        auto valid, Units units) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
