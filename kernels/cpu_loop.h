@@ -155,12 +155,11 @@ template <typename T> class StepProduct {
           batch_(batch), packed_(groups, rows, depth + in,
                                  pick_mr(rows, depth + in, batch, sizeof(T))),
           in_(in) {
-        pack_in_parallel(depth + in, threads, [&](int64_t k, int64_t n) {
-            if (k < depth) pack_rows(packed_, k, w + k, depth, std::min(n, depth - k));
-            if (k + n > depth) {
-                const int64_t j = std::max(k, depth) - depth;
-                pack_rows(packed_, depth + j, w_in + j, in, k + n - depth - j);
-            }
+        pack_in_parallel(depth, threads, [&](int64_t k, int64_t n) {
+            pack_rows(packed_, k, w + k, depth, n);
+        });
+        pack_in_parallel(in, threads, [&](int64_t k, int64_t n) {
+            pack_rows(packed_, depth + k, w_in + k, in, n);
         });
     }
     // the threads the loop may run on: BLAS, called once per step, brings its own
