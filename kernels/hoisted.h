@@ -67,32 +67,36 @@ template <typename T> void input_projection(const Blas& blas, const HoistedArgs<
     }
 }
 
-template <typename T> void weight_grads(const Blas& blas, const HoistedArgs<T>& a) {
+// Share k of n of a chunk's weight gradients: a contiguous range of the G·H weight rows
+// (one GEMM each: BLAS packs X once a call) and a range of the N columns for ∂X. The shares
+// are fixed by (k, n) alone, whichever thread runs them, so the bits are too.
+template <typename T>
+void weight_grads_share(const Blas& blas, const HoistedArgs<T>& a, int64_t k, int64_t n) {
     const int64_t H = a.hidden, I = a.input, N = a.columns, ld = a.stride, GH = a.groups * H;
     const T* dhg = a.dhg ? a.dhg : a.dxg;
-#pragma omp parallel num_threads(int(a.threads))
-    {
-        // a thread's share: a contiguous range of the G·H weight rows (one GEMM each: BLAS
-        // packs X once a call) and a range of the N columns for ∂X
-        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
-        const int64_t r0 = GH * k / n, rows = GH * (k + 1) / n - r0;
-        if (rows > 0) {
-            gemm<T>(blas, false, false, rows, I, N, a.dxg + r0 * ld, ld, a.x, I, T(1),
-                    a.dw_ih + r0 * I, I);
-            gemm<T>(blas, false, false, rows, H, N, dhg + r0 * ld, ld, a.h_prev, H, T(1),
-                    a.dw_hh + r0 * H, H);
-        }
-        for (int64_t r = r0; r < r0 + rows; ++r) {  // ∂b += Σ_columns
-            a.db_ih[r] += row_sum(a.dxg + r * ld, N);
-            if (a.db_hh) a.db_hh[r] += row_sum(dhg + r * ld, N);
-        }
-        if (a.dx) {
-            const int64_t c0 = N * k / n, c1 = N * (k + 1) / n;
-            if (c1 > c0)  // ∂X[c0:c1] = ∂X_g[:, c0:c1]ᵀ W_ih
-                gemm<T>(blas, true, false, c1 - c0, I, a.groups * H, a.dxg + c0, ld, a.w_ih,
-                        I, T(0), a.dx + c0 * I, I);
-        }
+    const int64_t r0 = GH * k / n, rows = GH * (k + 1) / n - r0;
+    if (rows > 0) {
+        gemm<T>(blas, false, false, rows, I, N, a.dxg + r0 * ld, ld, a.x, I, T(1),
+                a.dw_ih + r0 * I, I);
+        gemm<T>(blas, false, false, rows, H, N, dhg + r0 * ld, ld, a.h_prev, H, T(1),
+                a.dw_hh + r0 * H, H);
     }
+    for (int64_t r = r0; r < r0 + rows; ++r) {  // ∂b += Σ_columns
+        a.db_ih[r] += row_sum(a.dxg + r * ld, N);
+        if (a.db_hh) a.db_hh[r] += row_sum(dhg + r * ld, N);
+    }
+    if (a.dx) {
+        const int64_t c0 = N * k / n, c1 = N * (k + 1) / n;
+        if (c1 > c0)  // ∂X[c0:c1] = ∂X_g[:, c0:c1]ᵀ W_ih
+            gemm<T>(blas, true, false, c1 - c0, I, a.groups * H, a.dxg + c0, ld, a.w_ih, I,
+                    T(0), a.dx + c0 * I, I);
+    }
+}
+
+// A chunk's weight gradients, share k on thread k of the loops' threads
+template <typename T> void weight_grads(const Blas& blas, const HoistedArgs<T>& a) {
+#pragma omp parallel num_threads(int(a.threads))
+    weight_grads_share(blas, a, omp_get_thread_num(), omp_get_num_threads());
 }
 
 }  // namespace cpu_loop

@@ -88,25 +88,61 @@ def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
                                            err_msg=f"B {batch} {name}", **TOL[dtype])
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(cell, monkeypatch):
-    """With the packed kernel the backward stages each step's ∂z rows contiguously: over
-    ∂z chunks of 2 steps and recompute segments of 4 (pieces starting mid-sequence), in
-    both directions, on 2 threads, it must equal the reference driver."""
+def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None):
+    """Over ∂z chunks of chunk_steps steps and recompute segments of 4 (pieces starting
+    mid-sequence; with 3-step chunks a chunk split over two segments), in both directions,
+    batch 8 (the packed kernel), on `threads` threads."""
     monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", (1, 1 << 30))
-    monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 16)  # 2 steps of 8
+    monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 8 * chunk_steps)
+    if buffers is not None:
+        monkeypatch.setattr(compiled_cpu, "ZBUFFERS", buffers)
     lengths = np.array([6, 2, 5, 1, 3, 6, 4, 2])
     options = dict(num_layers=2, bidirectional=True, checkpoint_every=4)
-    with threadpool_limits(limits=2, user_api="blas"):
-        _, ours, our_grads = _run(cell, "compiled", "float64", options, lengths, hidden=13,
-                                  batch=8)
-    _, ref, ref_grads = _run(cell, "reference", "float64", options, lengths, hidden=13,
-                             batch=8)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        _, outs, grads = _run(cell, "compiled", "float64", options, lengths, hidden=13,
+                              batch=8)
+    return outs, grads
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("chunk_steps", [2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(
+        cell, chunk_steps, threads, monkeypatch):
+    """With the packed kernel the backward stages each step's ∂z rows contiguously, and on
+    several threads it runs the loop beside the finished chunks' products
+    (pipelined_chunks): over chunks and segments (_chunked_run) it must equal the
+    reference driver."""
+    ours, our_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads)
+    _, ref, ref_grads = _run(cell, "reference", "float64",
+                             dict(num_layers=2, bidirectional=True, checkpoint_every=4),
+                             np.array([6, 2, 5, 1, 3, 6, 4, 2]), hidden=13, batch=8)
     for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
         np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
     for name in ref_grads:
         np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
                                    **TOL["float64"])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("chunk_steps", [1, 2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_pipelined_backward_changes_no_bit(cell, chunk_steps, threads, monkeypatch):
+    """The loop beside the products (pipelined_chunks, ∂z in 2 buffers, so that the loop
+    waits for a buffer at 1- and 2-step chunks) computes every product share exactly as
+    the loop-then-products order on the same threads (one buffer): the same bits."""
+    lib, _ = compiled_cpu.library()
+    lib.cpu_loop_pipelined_calls.restype = ctypes.c_int64
+    before = lib.cpu_loop_pipelined_calls()
+    outs, grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=2)
+    assert lib.cpu_loop_pipelined_calls() > before
+    middle = lib.cpu_loop_pipelined_calls()
+    one_outs, one_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=1)
+    assert lib.cpu_loop_pipelined_calls() == middle
+    for k, (a, b) in enumerate(zip(outs, one_outs, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], one_grads[name], err_msg=name)
 
 
 @pytest.mark.parametrize("hidden", [25, 40])
