@@ -67,6 +67,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import shlex
@@ -142,6 +143,9 @@ DEFAULT_ROWS = {
              "lstm-1x1024", "lstm-4x512"),
 }
 DEFAULT_REPEATS = {"cpu": (5, 1), "cuda": (30, 3)}  # (repeats, warm-up rounds)
+# a CPU sample is the mean of as many calls as take this long (calls_per_sample): an 8 ms
+# call timed alone read 0.95–1.05 of torch's by the minute on the 2-core Xeon
+MIN_SAMPLE_SECONDS = {"cpu": 0.25, "cuda": 0.0}
 
 
 # --------------------------------------------------------------------------- implementations
@@ -303,11 +307,28 @@ def round_peak(result, pass_, meta) -> float | None:
     return statistics.median(readings) * max(1.0, rates.get("blas", 0) / rates["kernel"])
 
 
-def time_interleaved(fns: dict, sync, repeats: int, warmup: int, between=None) -> dict:
-    """Seconds per call of each function in ``fns``, ``repeats`` samples each.
+def calls_per_sample(fns: dict, sync, min_seconds: float) -> int:
+    """How many calls of the fastest function in ``fns`` take ``min_seconds`` (at least 1),
+    from one timed call of each (the functions have run before: warm)."""
+    if min_seconds <= 0:
+        return 1
+    fastest = float("inf")
+    for fn in fns.values():
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        fastest = min(fastest, time.perf_counter() - start)
+    return max(1, math.ceil(min_seconds / max(fastest, 1e-9)))
 
-    Every round calls every function once; the order flips each round (A B, B A, …) so
-    that neither side always runs right after the other. ``sync`` is called before a
+
+def time_interleaved(fns: dict, sync, repeats: int, warmup: int, between=None,
+                     calls: int = 1) -> dict:
+    """Seconds per call of each function in ``fns``, ``repeats`` samples each, a sample
+    the mean of ``calls`` calls in a row.
+
+    Every round takes a sample of every function; the order flips each round (A B, B A, …)
+    so that neither side always runs right after the other. ``sync`` is called before a
     clock is started and before it is read. The garbage collector is off while timing.
     ``between``, if given, is called untimed at the start of each timed round (first in
     every round, so that each side follows it equally often).
@@ -328,9 +349,10 @@ def time_interleaved(fns: dict, sync, repeats: int, warmup: int, between=None) -
             for name in names if r % 2 == 0 else reversed(names):
                 sync()
                 start = time.perf_counter()
-                fns[name]()
+                for _ in range(calls):
+                    fns[name]()
                 sync()
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append((time.perf_counter() - start) / calls)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -369,7 +391,8 @@ def check_accuracy(runners, reference: Runner, baseline: str, skipped: dict):
     return errors
 
 
-def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads=1) -> dict:
+def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads=1,
+              min_sample=0.0) -> dict:
     """Accuracy check and timings of every implementation on one row (and its memory,
     measured in subprocesses, when ``memory``)."""
     mem = None
@@ -388,7 +411,7 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
     errors = check_accuracy(runners, reference, baseline, skipped)
     from .drivers import compiled_cpu
     sync = device_synchronizer(device)
-    samples, round_peaks = {}, {}
+    samples, round_peaks, calls = {}, {}, {}
     for pass_name in PASSES:
         fns = {r.name: (r.forward if pass_name == "forward" else r.forward_backward)
                for r in runners}
@@ -400,7 +423,9 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
             def between(readings=readings):
                 readings.append(compiled_cpu.kernel_gflops(dtype, threads,
                                                            repeats=ROUND_PEAK_REPEATS))
-        samples[pass_name] = time_interleaved(fns, sync, repeats, warmup, between)
+        calls[pass_name] = calls_per_sample(fns, sync, min_sample)
+        samples[pass_name] = time_interleaved(fns, sync, repeats, warmup, between,
+                                              calls[pass_name])
     median_ms = {p: {n: 1e3 * statistics.median(s) for n, s in by_impl.items()}
                  for p, by_impl in samples.items()}
     ratios = {p: {n: by_impl[baseline] / t for n, t in by_impl.items() if n != baseline}
@@ -412,7 +437,7 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
             "rel_error": errors, "median_ms": median_ms, "ratio": ratios, "memory": mem,
-            "round_kernel_gflops": round_peaks,
+            "round_kernel_gflops": round_peaks, "calls_per_sample": calls,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
 
@@ -887,8 +912,11 @@ def markdown_report(meta: dict, results: list) -> str:
         versions += (f", CuPy {meta['cupy']}, CUDA runtime {meta['cuda_runtime']}, "
                      f"cuDNN {meta['cudnn']}, torch float32 {meta['torch_fp32_precision']}")
     lines.append(versions)
+    sample = meta.get("min_sample_seconds", 0)
     lines.append(f"- timing: median of {meta['repeats']} interleaved repeats after "
-                 f"{meta['warmup']} warm-up round(s); load average before "
+                 f"{meta['warmup']} warm-up round(s)"
+                 + (f", a repeat the mean of as many calls in a row as take {sample:g} s "
+                    f"(calls/sample)" if sample else "") + "; load average before "
                  f"{_fmt_load(meta['load_average_before'])}, after "
                  f"{_fmt_load(meta['load_average_after'])}")
     skipped = {}
@@ -932,8 +960,9 @@ def markdown_report(meta: dict, results: list) -> str:
                   f"calls, the kernel's best of {ROUND_PEAK_REPEATS} products each round: "
                   f"the machine's speed drifts between minutes)")
     lines += ["", intro + ":", ""]
-    header = ["row", "pass", "GEMM GFLOP"] + [f"{n} ms" for n in impls] \
-        + [f"{baseline}/{n}" for n in others]
+    calls = bool(meta.get("min_sample_seconds"))
+    header = ["row", "pass"] + (["calls/sample"] if calls else []) + ["GEMM GFLOP"] \
+        + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others]
     if peak:
         header += [f"{n} GFLOP/s (of peak)" for n in impls]
     if per_round:
@@ -943,7 +972,8 @@ def markdown_report(meta: dict, results: list) -> str:
     for r in results:
         for p in PASSES:
             flops = r["gemm_flops"][p]
-            cells = [r["label"], p, f"{flops / 1e9:.2f}"]
+            cells = [r["label"], p] + ([str(r.get("calls_per_sample", {}).get(p, "–"))]
+                                       if calls else []) + [f"{flops / 1e9:.2f}"]
             cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
             cells += [f"{r['ratio'][p][n]:.2f}" if n in r["ratio"][p] else "–" for n in others]
             rate = {n: flops / (r["median_ms"][p][n] / 1e3) / 1e9 for n in r["impls"]}
@@ -1105,8 +1135,9 @@ def run(args, argv):
         torch.cuda.set_device(args.device.index)
         disable_tf32()
     meta = machine_info(args.device, torch.get_num_threads(), blas_threads)
+    min_sample = 0.0 if args.quick else MIN_SAMPLE_SECONDS[args.device.kind]
     meta.update(device=str(args.device), dtype=args.dtype, repeats=args.repeats,
-                warmup=args.warmup, quick=args.quick,
+                warmup=args.warmup, quick=args.quick, min_sample_seconds=min_sample,
                 command=shlex.join(["python", "-m", "rnncore.bench", *argv]))
     peak_n = 256 if args.quick else 2048
     if args.device.kind == "cpu":
@@ -1116,7 +1147,7 @@ def run(args, argv):
         print(f"[bench] {row.label} ...", file=sys.stderr, flush=True)
         results.append(bench_row(row, args.device, args.dtype, args.repeats, args.warmup,
                                  memory="only" if args.memory_only else args.memory,
-                                 threads=torch.get_num_threads()))
+                                 threads=torch.get_num_threads(), min_sample=min_sample))
     if args.checkpoint_table and args.device.kind == "cpu":
         print(f"[bench] recompute trade-off on {args.rows[0].label} ...", file=sys.stderr,
               flush=True)

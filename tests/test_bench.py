@@ -203,3 +203,49 @@ def test_the_round_reading_comes_first_in_every_timed_round():
     samples = bench.time_interleaved(fns, lambda: None, 4, 1, lambda: calls.append("peak"))
     assert calls == ["a", "b"] + ["peak", "a", "b", "peak", "b", "a"] * 2
     assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4}
+
+
+def test_a_sample_is_the_mean_of_its_calls(monkeypatch):
+    """calls_per_sample: as many calls of the fastest side as take the minimum (from one
+    timed call of each); time_interleaved then times that many calls in a row a sample and
+    divides. A fake clock that each call advances makes both exact."""
+    from rnncore import bench
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def side(name, seconds):
+        def fn():
+            calls.append(name)
+            clock[0] += seconds
+        return fn
+
+    fns = {"a": side("a", 0.010), "b": side("b", 0.030)}
+    assert bench.calls_per_sample(fns, lambda: None, 0.25) == 25
+    assert bench.calls_per_sample(fns, lambda: None, 0.0) == 1
+    assert bench.calls_per_sample(fns, lambda: None, 0.001) == 1
+    calls.clear()
+    samples = bench.time_interleaved(fns, lambda: None, 2, 0, calls=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert samples == {"a": [pytest.approx(0.010)] * 2, "b": [pytest.approx(0.030)] * 2}
+
+
+def test_the_table_gives_the_calls_a_sample_took():
+    from rnncore import bench
+
+    row = bench.ROWS["lstm-1x128"].quick()
+    result = bench.bench_row(row, bench.backend.parse_device("cpu"), "float32", 2, 0,
+                             min_sample=0.05)
+    calls = result["calls_per_sample"]
+    assert set(calls) == {"forward", "forward+backward"}
+    assert all(n >= 2 for n in calls.values()), calls  # a toy call takes far less than 50 ms
+    meta = dict(bench.machine_info(bench.backend.parse_device("cpu"), 1, [1]),
+                repeats=2, warmup=0, min_sample_seconds=0.05, device="cpu",
+                dtype="float32", command="python -m rnncore.bench",
+                load_average_after=(0.0, 0.0, 0.0))
+    table = bench.markdown_report(meta, [result])
+    assert "as many calls in a row as take 0.05 s" in table
+    assert "| row | pass | calls/sample | GEMM GFLOP |" in table
+    for p in ("forward", "forward+backward"):
+        assert f"| {row.label} | {p} | {calls[p]} |" in table
