@@ -118,7 +118,6 @@ inline std::atomic<int64_t> pipelined_calls{0};  // for the tests
 // The time loop's step is small at H 128 (a step's product 14 µs on each of two threads),
 // so split over the threads it waited at a barrier every step (1.3× as fast on two threads
 // as on one), while the hoisted GEMMs ran 1.8× as fast.
-
 template <typename T, typename Loop>
 void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c,
                       const Chunks<T>& chunks, const StepProduct<T>& recurrent_t, Loop loop) {
