@@ -88,7 +88,11 @@ def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
                                            err_msg=f"B {batch} {name}", **TOL[dtype])
 
 
-def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None):
+CHUNKED_LENGTHS = np.array([6, 2, 5, 1, 3, 6, 4, 2])
+CHUNKED_OPTIONS = dict(num_layers=2, bidirectional=True, checkpoint_every=4)
+
+
+def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None, impl="compiled"):
     """Over ∂z chunks of chunk_steps steps and recompute segments of 4 (pieces starting
     mid-sequence; with 3-step chunks a chunk split over two segments), in both directions,
     batch 8 (the packed kernel), on `threads` threads."""
@@ -96,11 +100,9 @@ def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None):
     monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 8 * chunk_steps)
     if buffers is not None:
         monkeypatch.setattr(compiled_cpu, "ZBUFFERS", buffers)
-    lengths = np.array([6, 2, 5, 1, 3, 6, 4, 2])
-    options = dict(num_layers=2, bidirectional=True, checkpoint_every=4)
     with threadpool_limits(limits=threads, user_api="blas"):
-        _, outs, grads = _run(cell, "compiled", "float64", options, lengths, hidden=13,
-                              batch=8)
+        _, outs, grads = _run(cell, impl, "float64", CHUNKED_OPTIONS, CHUNKED_LENGTHS,
+                              hidden=13, batch=8)
     return outs, grads
 
 
@@ -114,9 +116,7 @@ def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(
     (pipelined_chunks): over chunks and segments (_chunked_run) it must equal the
     reference driver."""
     ours, our_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads)
-    _, ref, ref_grads = _run(cell, "reference", "float64",
-                             dict(num_layers=2, bidirectional=True, checkpoint_every=4),
-                             np.array([6, 2, 5, 1, 3, 6, 4, 2]), hidden=13, batch=8)
+    ref, ref_grads = _chunked_run(cell, monkeypatch, chunk_steps, 1, impl="reference")
     for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
         np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
     for name in ref_grads:
