@@ -28,11 +28,16 @@ CONFIGS = [
 ]
 
 
-def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None, batch=4):
-    m = rnncore.Recurrent(cell, 5, hidden, impl=impl, dtype=dtype, seed=3, **options)
+def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None, batch=4, inputs=5,
+         spoil_input=False):
+    """Forward and backward; ``spoil_input``: the caller overwrites x in between (the
+    backward must read the copy of x the driver kept)."""
+    m = rnncore.Recurrent(cell, inputs, hidden, impl=impl, dtype=dtype, seed=3, **options)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((6, batch, 5)).astype(dtype)
+    x = rng.standard_normal((6, batch, inputs)).astype(dtype)
     out, state = m(x, lengths=lengths)
+    if spoil_input:
+        x[...] = np.nan
     states = state if isinstance(state, tuple) else (state,)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dstates = tuple(rng.standard_normal(s.shape).astype(dtype) for s in states)
@@ -86,6 +91,28 @@ def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
             for name in ref_grads:
                 np.testing.assert_allclose(our_grads[name], ref_grads[name],
                                            err_msg=f"B {batch} {name}", **TOL[dtype])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_output_and_copy_of_x_written_past_the_cache_equal_the_reference(
+        cell, dtype, threads):
+    """Where the batch-major output's rows and the copy of x are whole, aligned vectors
+    (hidden and input 32, batch 16; on two threads 16 units and 16 inputs each) the forward
+    writes them with non-temporal stores (kernels/cpu_loop.h, store_past_cache). The caller
+    overwrites x after the forward: the backward reads the driver's copy."""
+    lengths = np.array([6, 2, 5, 1] * 4)
+    shapes = dict(hidden=32, inputs=32, batch=16)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        _, ours, our_grads = _run(cell, "compiled", dtype, dict(num_layers=2), lengths,
+                                  spoil_input=True, **shapes)
+    _, ref, ref_grads = _run(cell, "reference", dtype, dict(num_layers=2), lengths, **shapes)
+    for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL[dtype])
+    for name in ref_grads:
+        np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
+                                   **TOL[dtype])
 
 
 CHUNKED_LENGTHS = np.array([6, 2, 5, 1, 3, 6, 4, 2])
