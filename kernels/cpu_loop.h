@@ -460,10 +460,12 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
         auto lay_out = [&](int64_t k) {  // x at loop position k into block k % 2
             const T* xt = a.x + order.step(k) * B * I;
             transpose_rect(xt + i0, I, x_fm.data() + (k % 2) * I * B + i0 * B, B, B, i1 - i0);
-            if (a.x_copy)
+            T* copy = a.x_copy ? a.x_copy + order.step(k) * B * I : nullptr;
+            if (copy && i1 - i0 == I)  // all of x_t: one block, whole vectors for any I
+                copy_past_cache(copy, xt, B * I);
+            else if (copy)
                 for (int64_t b = 0; b < B; ++b)
-                    copy_past_cache(a.x_copy + order.step(k) * B * I + b * I + i0,
-                                    xt + b * I + i0, i1 - i0);
+                    copy_past_cache(copy + b * I + i0, xt + b * I + i0, i1 - i0);
         };
         if (a.x) {
             lay_out(0);

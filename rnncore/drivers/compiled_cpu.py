@@ -71,7 +71,8 @@ FLAGS = ("-O3", "-std=c++17", "-fPIC", "-march=native", "-mprefer-vector-width=5
          "-ffast-math", "-fopenmp", "-w")
 # linked without -ffast-math: its startup code would set flush-to-zero for the whole process
 LINK_FLAGS = ("-shared", "-fopenmp", "-lmvec", "-lm")
-SUFFIX = {"float32": "f32", "float64": "f64"}
+# keyed by the dtype itself: its .name is computed in Python at every access (4 µs)
+SUFFIX = {np.dtype(name): suffix for name, suffix in fused.SUFFIX.items()}
 MAX_STATES = 2
 # the backward keeps ∂z for an eighth of a layer's steps at a time, within these bytes:
 # the longer the chunk, the longer the weight-gradient GEMMs' inner dimension (chunk·B).
@@ -222,7 +223,8 @@ class KernelRateArgs(ctypes.Structure):  # kernels/kernel_rate_cpu.cpp
                [("seconds", ctypes.POINTER(ctypes.c_double))]
 
 
-_ARGS = {"float32": _args_type(ctypes.c_float), "float64": _args_type(ctypes.c_double)}
+_ARGS = {np.dtype(np.float32): _args_type(ctypes.c_float),
+         np.dtype(np.float64): _args_type(ctypes.c_double)}
 
 
 def _ptr(a):
@@ -237,7 +239,7 @@ def kernel_gflops(dtype, threads, rows=2048, depth=512, batch=64, repeats=20) ->
     seconds = ctypes.c_double()
     args = KernelRateArgs(rows=rows, depth=depth, batch=batch, repeats=repeats,
                           threads=threads, seconds=ctypes.pointer(seconds))
-    getattr(lib, f"cpu_kernel_rate_{SUFFIX[np.dtype(dtype).name]}")(ctypes.byref(blas),
+    getattr(lib, f"cpu_kernel_rate_{SUFFIX[np.dtype(dtype)]}")(ctypes.byref(blas),
                                                                       ctypes.byref(args))
     return 2 * rows * depth * batch / seconds.value / 1e9
 
@@ -286,11 +288,11 @@ class CompiledCPU:
         return dims, cell.cpu_loop_for(dims)
 
     def _call(self, loop, step, dtype, *args):
-        getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype.name]}")(
+        getattr(self.lib, f"{loop.name}_cpu_{step}_{SUFFIX[dtype]}")(
             ctypes.byref(self.blas), *(ctypes.byref(a) for a in args))
 
     def _hoisted(self, name, dtype, **fields):
-        getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype.name]}")(
+        getattr(self.lib, f"cpu_{name}_{SUFFIX[dtype]}")(
             ctypes.byref(self.blas), ctypes.byref(HoistedArgs(**fields)))
 
     @contextmanager
@@ -318,7 +320,7 @@ class CompiledCPU:
         """Whether the loop takes W_ih x_t into its step's product (cpu_gemm.h: the packed
         kernel, batch a multiple of its vector lanes) instead of a hoisted X_g."""
         if dtype not in self._lanes:
-            lanes = getattr(self.lib, f"cpu_loop_lanes_{SUFFIX[dtype.name]}")
+            lanes = getattr(self.lib, f"cpu_loop_lanes_{SUFFIX[dtype]}")
             lanes.restype = ctypes.c_int64
             self._lanes[dtype] = lanes()
         return loop.joins_input and batch % self._lanes[dtype] == 0
@@ -357,7 +359,7 @@ class CompiledCPU:
         bias_x, bias_h = self._bias(loop, p)
         w_hh = np.ascontiguousarray(p["w_hh"])
         valid = None if valid_u8 is None else valid_u8[lo:hi]
-        args = _ARGS[dt.name](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
+        args = _ARGS[dt](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
                               xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
                               bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_in),
                               w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
@@ -384,7 +386,7 @@ class CompiledCPU:
                 output_is_internal=False):
         dims, loop = self._loop(cell, p, x)
         masked = any(v is not None for k, v in inputs.items() if k != "valid")
-        if loop is None or masked or x.dtype.name not in SUFFIX:  # regulariser masks: reference
+        if loop is None or masked or x.dtype not in SUFFIX:  # regulariser masks: reference
             out, state_n, cache = self.fallback.forward(
                 cell, p, x if input_is_internal else x.copy(), state0, inputs, reverse)
             return out if output_is_internal else out.copy(), state_n, cache
@@ -481,7 +483,7 @@ class CompiledCPU:
         segments = _segments(T, reverse, every)
         seg_fm = None
         with self._one_pool() as threads:
-            args = _ARGS[dt.name](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
+            args = _ARGS[dt](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
                                   valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
                                   threads=threads, grad_stride=chunk * B, dout=_ptr(dout))
             args.saved[len(names)] = _ptr(extra)
