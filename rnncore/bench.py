@@ -11,7 +11,10 @@ For each configuration ("row") the benchmark
    then ``repeats`` rounds in which the implementations alternate (ABBA order, so that
    machine load and cache effects hit them all alike), and reports the median.
 
-The ratio columns are baseline_time / impl_time: above 1 means rnncore is faster.
+The ratio columns are baseline_time / impl_time: above 1 means rnncore is faster. Each
+is given twice: the ratio of the two medians, and the median of the rounds' own ratios
+(the two samples of a round are taken back to back, so a change in the machine's speed
+between rounds cancels out of it; this project's shared host drifts by up to 2×).
 
 What is timed, so the columns compare like with like:
 
@@ -359,6 +362,15 @@ def time_interleaved(fns: dict, sync, repeats: int, warmup: int, between=None,
     return samples
 
 
+def paired_ratios(samples: dict, baseline: str) -> dict:
+    """{pass: {impl: median over rounds of baseline / impl}} from time_interleaved's
+    samples ({pass: {impl: [seconds per round]}}), each round's two samples taken back to
+    back; empty for a pass without the baseline."""
+    return {p: {n: statistics.median(b / t for b, t in zip(by_impl[baseline], s))
+                for n, s in by_impl.items() if n != baseline}
+            if baseline in by_impl else {} for p, by_impl in samples.items()}
+
+
 def relative_error(a: np.ndarray, ref: np.ndarray) -> float:
     """max |a − ref| / max |ref| (norm-wise, so tiny reference entries do not blow up)."""
     scale = float(np.max(np.abs(ref))) or 1.0
@@ -436,7 +448,8 @@ def bench_row(row, device, dtype, repeats, warmup, seed=0, memory=False, threads
             "gemm_flops": gemm_flops(row),
             "impls": [r.name for r in runners], "baseline": baseline, "skipped": skipped,
             "reference": reference.name,
-            "rel_error": errors, "median_ms": median_ms, "ratio": ratios, "memory": mem,
+            "rel_error": errors, "median_ms": median_ms, "ratio": ratios,
+            "ratio_per_round": paired_ratios(samples, baseline), "memory": mem,
             "round_kernel_gflops": round_peaks, "calls_per_sample": calls,
             "samples_ms": {p: {n: [1e3 * t for t in s] for n, s in by_impl.items()}
                            for p, by_impl in samples.items()}}
@@ -944,7 +957,8 @@ def markdown_report(meta: dict, results: list) -> str:
     baseline = results[0]["baseline"]
     others = [n for n in impls if n != baseline] if baseline in impls else []
     peak = meta.get("gemm_peak_gflops")
-    intro = f"Time per call in ms; ratio = {baseline} time / rnncore time (> 1: rnncore faster)"
+    intro = (f"Time per call in ms; ratio = {baseline} time / rnncore time (> 1: rnncore "
+             f"faster), of the medians and, per round, the median of the rounds' own ratios")
     if peak:
         intro += (f"; GEMM GFLOP/s of each, and in brackets its fraction of this machine's "
                   f"measured GEMM peak, {peak:.1f} GFLOP/s at {meta['threads']} thread(s), "
@@ -962,7 +976,8 @@ def markdown_report(meta: dict, results: list) -> str:
     lines += ["", intro + ":", ""]
     calls = bool(meta.get("min_sample_seconds"))
     header = ["row", "pass"] + (["calls/sample"] if calls else []) + ["GEMM GFLOP"] \
-        + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others]
+        + [f"{n} ms" for n in impls] + [f"{baseline}/{n}" for n in others] \
+        + [f"{baseline}/{n} per round" for n in others]
     if peak:
         header += [f"{n} GFLOP/s (of peak)" for n in impls]
     if per_round:
@@ -976,6 +991,9 @@ def markdown_report(meta: dict, results: list) -> str:
                                        if calls else []) + [f"{flops / 1e9:.2f}"]
             cells += [_fmt_ms(r["median_ms"][p][n]) if n in r["impls"] else "–" for n in impls]
             cells += [f"{r['ratio'][p][n]:.2f}" if n in r["ratio"][p] else "–" for n in others]
+            per_round_ratio = r.get("ratio_per_round", {}).get(p, {})
+            cells += [f"{per_round_ratio[n]:.2f}" if n in per_round_ratio else "–"
+                      for n in others]
             rate = {n: flops / (r["median_ms"][p][n] / 1e3) / 1e9 for n in r["impls"]}
             if peak:
                 cells += [f"{rate[n]:.1f} ({100 * rate[n] / peak:.0f} %)" if n in rate else "–"

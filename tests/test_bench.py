@@ -25,7 +25,8 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
     assert ("| row | pass | GEMM GFLOP | rnncore ms | torch ms | torch/rnncore | "
-            "rnncore GFLOP/s (of peak) | torch GFLOP/s (of peak) |") in table
+            "torch/rnncore per round | rnncore GFLOP/s (of peak) | torch GFLOP/s (of peak) |"
+            ) in table
     timing_lines = [line for line in table.splitlines()
                     if line.startswith("| ") and "forward" in line]
     labels = {"LSTM 1×16 (B 4, T 6)", "LSTM 3×16 (B 4, T 6)", "GRU 3×16 (B 4, T 6)",
@@ -46,6 +47,11 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
             assert row["ratio"][p]["rnncore"] == pytest.approx(want, rel=1e-12)
             columns = [c.strip() for c in line.strip("| ").split("|")]
             assert columns[5] == f"{want:.2f}"
+            # and per round: the median of the rounds' own ratios
+            per_round = statistics.median(t / r for t, r in zip(samples["torch"],
+                                                                samples["rnncore"]))
+            assert row["ratio_per_round"][p]["rnncore"] == pytest.approx(per_round, rel=1e-12)
+            assert columns[6] == f"{per_round:.2f}"
             # GFLOP/s and fraction of the measured peak, recomputed from the FLOP count
             # (written out here: 2·T·B·(I + H)·G·H per layer forward, 3× for both passes)
             config = row["config"]
@@ -59,14 +65,14 @@ def test_quick_benchmark_prints_every_row_and_its_ratios(tmp_path):
             assert row["gemm_flops"][p] == flops
             rate = flops / (statistics.median(samples["rnncore"]) / 1e3) / 1e9
             share = 100 * rate / data["meta"]["gemm_peak_gflops"]
-            assert columns[6] == f"{rate:.1f} ({share:.0f} %)"
+            assert columns[7] == f"{rate:.1f} ({share:.0f} %)"
             # and of the peak read in the row's own rounds: one reading a timed round
             readings = row["round_kernel_gflops"][p]
             assert len(readings) == data["meta"]["repeats"] and min(readings) > 0
             rates = data["meta"]["gemm_rates_gflops"]
             at_the_time = statistics.median(readings) * max(1, rates["blas"] / rates["kernel"])
-            assert columns[8] == f"{at_the_time:.1f}"
-            assert columns[9] == f"{100 * rate / at_the_time:.0f} %"
+            assert columns[9] == f"{at_the_time:.1f}"
+            assert columns[10] == f"{100 * rate / at_the_time:.0f} %"
         for errors in row["rel_error"].values():
             assert all(e < 1e-4 for e in errors.values()), errors
 
@@ -77,10 +83,27 @@ def test_a_cell_without_a_torch_twin_has_no_torch_column():
     row = bench.ROWS["lstm-1x128"].quick().with_cell("gru_reset_before")
     result = bench.bench_row(row, bench.backend.parse_device("cpu"), "float32", 1, 0)
     assert result["impls"] == ["rnncore"] and result["ratio"] == {
-        "forward": {}, "forward+backward": {}}
+        "forward": {}, "forward+backward": {}} == result["ratio_per_round"]
     assert "no torch.nn twin" in result["skipped"]["torch"]
     assert result["reference"] == "float64 rnncore reference"
     assert all(e < 1e-4 for e in result["rel_error"]["rnncore"].values())
+
+
+def test_the_per_round_ratio_cancels_a_change_of_speed_between_rounds():
+    """A row timed while the machine changed speed (an LSTM 1×128 forward + backward of
+    this project's bench, ms): the first round's rnncore sample ran slow and torch's fast,
+    and the two medians fell in different speeds; the rounds' own ratios did not."""
+    from rnncore import bench
+
+    samples = {"forward": {"torch": [25.22, 25.03, 25.36, 30.85, 31.28],
+                           "rnncore": [32.08, 25.14, 25.38, 32.57, 32.19]}}
+    of_medians = 25.36 / 32.08
+    assert of_medians < 0.80
+    ratios = [25.22 / 32.08, 25.03 / 25.14, 25.36 / 25.38, 30.85 / 32.57, 31.28 / 32.19]
+    assert bench.paired_ratios(samples, "torch") == {
+        "forward": {"rnncore": pytest.approx(sorted(ratios)[2], rel=1e-15)}}
+    assert bench.paired_ratios(samples, "torch")["forward"]["rnncore"] > 0.97
+    assert bench.paired_ratios({"forward": {"rnncore": [1.0]}}, "torch") == {"forward": {}}
 
 
 def test_one_table_per_thread_count(tmp_path, capsys):
