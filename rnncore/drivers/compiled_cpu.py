@@ -240,7 +240,7 @@ def kernel_gflops(dtype, threads, rows=2048, depth=512, batch=64, repeats=20) ->
     args = KernelRateArgs(rows=rows, depth=depth, batch=batch, repeats=repeats,
                           threads=threads, seconds=ctypes.pointer(seconds))
     getattr(lib, f"cpu_kernel_rate_{SUFFIX[np.dtype(dtype)]}")(ctypes.byref(blas),
-                                                                      ctypes.byref(args))
+                                                                ctypes.byref(args))
     return 2 * rows * depth * batch / seconds.value / 1e9
 
 
