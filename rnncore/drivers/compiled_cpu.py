@@ -360,11 +360,10 @@ class CompiledCPU:
         w_hh = np.ascontiguousarray(p["w_hh"])
         valid = None if valid_u8 is None else valid_u8[lo:hi]
         args = _ARGS[dt](steps=n, batch=B, hidden=hidden, reverse=int(bool(reverse)),
-                              xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
-                              bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_in),
-                              w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
-                              out=_ptr(out), x_copy=_ptr(x_copy),
-                              h_ring=ring)
+                         xg=_ptr(xg), w_hh=_ptr(w_hh), bias_x=_ptr(bias_x),
+                         bias_h=_ptr(bias_h), valid=_ptr(valid), x=_ptr(x_in),
+                         w_ih=_ptr(w_ih), input=x.shape[2], threads=threads,
+                         out=_ptr(out), x_copy=_ptr(x_copy), h_ring=ring)
         for k, st in enumerate(state_fm):
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
@@ -484,8 +483,8 @@ class CompiledCPU:
         seg_fm = None
         with self._one_pool() as threads:
             args = _ARGS[dt](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
-                                  valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
-                                  threads=threads, grad_stride=chunk * B, dout=_ptr(dout))
+                             valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
+                             threads=threads, grad_stride=chunk * B, dout=_ptr(dout))
             args.saved[len(names)] = _ptr(extra)
             for k, (d, sc) in enumerate(zip(rest, dstate_scratch)):
                 args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
