@@ -1,5 +1,7 @@
 """The buffer pool hands a buffer out again only once nothing made from it is alive."""
 
+import weakref
+
 import numpy as np
 
 from rnncore.buffer_pool import ALIGN, MIN_BYTES, BufferPool, aligned_copy, aligned_zeros
@@ -36,8 +38,27 @@ def test_small_arrays_are_not_pooled_and_the_pool_is_bounded():
     pool = BufferPool(max_buffers=2)
     assert pool.empty((8,), np.float64).shape == (8,) and pool.held_bytes == 0
     kept = [pool.empty((N,), np.float32) for _ in range(4)]
-    assert pool.held_bytes == 2 * MIN_BYTES
     assert len({k.ctypes.data for k in kept}) == 4
+    assert pool.held_bytes == 4 * MIN_BYTES  # all four in use: none is forgotten
+    del kept[:3]
+    bigger = pool.empty((3 * N,), np.float32)  # fits none: allocated, the free ones forgotten
+    assert pool.held_bytes == 4 * MIN_BYTES  # kept[3] and bigger
+    del bigger
+
+
+def test_a_cycle_of_calls_longer_than_the_bound_reuses_every_buffer():
+    # a loop of forwards, each call's arrays alive until the call after it has made its own
+    pool = BufferPool(max_buffers=4)
+    previous, buffers = [], []
+    for _ in range(4):
+        current = [pool.empty((N,), np.float32) for _ in range(6)]
+        buffers.append([weakref.ref(a.base) for a in current])
+        previous = current  # noqa: F841 (alive while the next call makes its arrays)
+    del previous, current
+    bases = [{id(ref()) for ref in call} for call in buffers]
+    assert all(ref() is not None for call in buffers for ref in call)
+    assert bases[2] == bases[0] and bases[3] == bases[1] and not bases[0] & bases[1]
+    assert pool.held_bytes == 12 * MIN_BYTES
 
 
 def test_the_smallest_free_buffer_that_fits_is_used():
