@@ -127,7 +127,9 @@ class Recurrent:
 
     @property
     def last_cache(self):
-        """The ``StackCache`` of the last forward pass (what ``backward`` will use), or None.
+        """The ``StackCache`` of the last forward pass (what ``backward`` will use), or None
+        (before the first, and from the start of each forward until it returns: a new call
+        frees the last one's cache first).
 
         Read-only instruments look inside it: ``last_cache.layers[k][d]`` is layer k,
         direction d's ``LayerCache``, whose ``saved`` holds the cell's per-step buffers by
@@ -304,6 +306,8 @@ class Recurrent:
         every = self.checkpoint_steps(T)
         memory.check_activations(self.spec, T, B, self.dtype.itemsize, every)
         drivers.set_checkpointing(self.driver, every)
+        self._last = None  # the last call's cache, freed (and its buffers reusable) before
+        # this call makes its own: no second generation alive at once
         out, state_n, cache = stack_forward(self.spec, self.driver, self.params, x, state0,
                                             valid, masks, step_masks, weight_masks)
         self._last = (cache, batched, learned)

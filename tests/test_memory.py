@@ -175,3 +175,52 @@ def test_bad_limit_is_refused(monkeypatch):
     monkeypatch.setenv("RNNCORE_MAX_ACTIVATION_BYTES", "lots")
     with pytest.raises(ValueError, match="RNNCORE_MAX_ACTIVATION_BYTES"):
         memory.max_activation_bytes()
+
+
+# ----------------------------------------------------------------------------- reuse
+def test_a_forward_frees_the_last_calls_cache_before_making_its_own(monkeypatch):
+    import rnncore.modules as modules
+    module = Recurrent("lstm", 3, 4, num_layers=2, dtype=np.float64, impl="reference")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    seen = []
+    real = modules.stack_forward
+
+    def recording(*args, **kwargs):
+        seen.append(module.last_cache)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "stack_forward", recording)
+    module(x)
+    module(x)
+    assert seen == [None, None] and module.last_cache is not None
+
+
+class CountingPool(compiled_cpu.BufferPool):
+    """A buffer pool that counts the buffers it allocates."""
+
+    allocated = 0
+
+    def empty(self, shape, dtype):
+        before = {id(b) for b in self._buffers}
+        array = super().empty(shape, dtype)
+        self.allocated += any(id(b) not in before for b in self._buffers)
+        return array
+
+
+@needs_compiled
+@pytest.mark.parametrize("backward", [False, True])
+def test_a_loop_of_calls_allocates_no_buffer_after_the_first(backward, monkeypatch):
+    # hidden 256, batch 32, T 64: the gates (8 MiB a layer) and states are pooled; more
+    # buffers than the pool's bound are in use at once
+    pool = CountingPool(max_buffers=2)
+    monkeypatch.setattr(compiled_cpu, "_POOL", pool)
+    module = Recurrent("lstm", 256, 256, num_layers=2, dtype=np.float32, impl="compiled")
+    x = np.random.default_rng(0).standard_normal((64, 32, 256)).astype(np.float32)
+    dout = np.ones((64, 32, 256), np.float32)
+    counts = []
+    for _ in range(4):
+        module(x)
+        if backward:
+            module.backward(dout)
+        counts.append(pool.allocated)
+    assert counts[0] > 2 and counts[1:] == [counts[0]] * 3
