@@ -134,6 +134,7 @@ def test_memory_columns_measure_each_implementation(tmp_path):
     for impl in ("rnncore", "torch"):
         assert "error" not in figures[impl], figures[impl]
         assert figures[impl]["kept_bytes"] > 0 and figures[impl]["rss_peak_bytes"] >= 0
+        assert figures[impl]["rss_loop_peak_bytes"] >= 0
     assert figures["rnncore"]["numpy_peak_bytes"] >= figures["rnncore"]["kept_bytes"]
     # the same count in this process
     weights, x, _ = bench._row_inputs(row, "float32", 0)
@@ -143,7 +144,10 @@ def test_memory_columns_measure_each_implementation(tmp_path):
     m(x)
     assert memory.kept_bytes(m._last[0]) == figures["rnncore"]["kept_bytes"]
     lines = bench.memory_report([{"label": row.label, "memory": figures}], "torch")
-    assert any(line.startswith(f"| {row.label} | rnncore |") for line in lines)
+    mine = next(line for line in lines if line.startswith(f"| {row.label} | rnncore |"))
+    cells = [c.strip() for c in mine.split("|")[1:-1]]
+    assert cells[5] == f"{figures['rnncore']['rss_loop_peak_bytes'] / 2**20:.1f}"
+    assert cells[6] in ("yes", "no")
     # the recompute table: checkpoint_every = T, about √T, 1
     table = bench.checkpoint_table(row, "float32")
     assert [e["checkpoint_every"] for e in table] == [6, 3, 1]
