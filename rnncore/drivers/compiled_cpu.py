@@ -368,9 +368,7 @@ class CompiledCPU:
             args.state0[k] = _ptr(st)
         for k, (name, _) in enumerate(loop.saved):
             args.saved[k] = _ptr(fm.get(name))
-        # saved[len(loop.saved)]: a step's scratch; scratch: a step's product
-        args.saved[len(loop.saved)] = _ptr(self._scratch("forward extra", (hidden, B), dt))
-        args.scratch = _ptr(self._scratch("product", (GH, B), dt))
+        args.scratch = _ptr(self._scratch("product", (GH, B), dt))  # a step's product
         self._call(loop, "forward", dt, args)
         return fm
 
@@ -474,7 +472,6 @@ class CompiledCPU:
         x = np.ascontiguousarray(x)
         w_ih, w_hh = np.ascontiguousarray(p["w_ih"]), np.ascontiguousarray(p["w_hh"])
         h0 = np.ascontiguousarray(state0[0])
-        extra = self._scratch("backward extra", (H, B), dt)  # saved[len(loop.saved)]
         h_prev = self._scratch("h_prev", (chunk * B, H), dt)  # a chunk's h_{t−1} taking h0
         dstate_scratch = [self._scratch(f"dstate {k}", (H, B), dt) for k in range(len(rest))]
         names = [name for name, _ in loop.saved]
@@ -485,7 +482,6 @@ class CompiledCPU:
             args = _ARGS[dt](batch=B, hidden=H, reverse=int(bool(reverse)), w_hh=_ptr(w_hh),
                              valid=_ptr(valid_u8), dh=_ptr(dh), dh0=_ptr(dh0),
                              threads=threads, grad_stride=chunk * B, dout=_ptr(dout))
-            args.saved[len(names)] = _ptr(extra)
             for k, (d, sc) in enumerate(zip(rest, dstate_scratch)):
                 args.dstate[2 * k], args.dstate[2 * k + 1] = _ptr(d), _ptr(sc)
             for k, z in enumerate(zbuf):
