@@ -6,14 +6,16 @@
 - ``checkpoint_every`` (and ``memory="sqrt"``) gives gradients bitwise equal to the plain
   backward, in the reference and the compiled CPU driver, and passes the gradient check;
 - a forward whose activations would not fit fails before allocating, naming the bytes and
-  the recompute knob.
+  the recompute knob;
+- a loop of calls holds one call's buffers: a forward frees the module's last cache before
+  making its own, and the compiled driver's pool allocates nothing after the first call.
 """
 
 import numpy as np
 import pytest
 
 import rnncore
-from rnncore import memory
+from rnncore import memory, modules
 from rnncore.buffer_pool import ALIGN
 from rnncore.drivers import compiled_cpu
 from rnncore.gradcheck import check_module_gradients
@@ -179,7 +181,6 @@ def test_bad_limit_is_refused(monkeypatch):
 
 # ----------------------------------------------------------------------------- reuse
 def test_a_forward_frees_the_last_calls_cache_before_making_its_own(monkeypatch):
-    import rnncore.modules as modules
     module = Recurrent("lstm", 3, 4, num_layers=2, dtype=np.float64, impl="reference")
     x = np.random.default_rng(0).standard_normal((5, 2, 3))
     seen = []
