@@ -306,8 +306,9 @@ class Recurrent:
         every = self.checkpoint_steps(T)
         memory.check_activations(self.spec, T, B, self.dtype.itemsize, every)
         drivers.set_checkpointing(self.driver, every)
-        self._last = None  # the last call's cache, freed (and its buffers reusable) before
-        # this call makes its own: no second generation alive at once
+        # the last call's cache is freed before this call makes its own (its buffers reused):
+        # a loop of calls holds one call's activations, not two
+        self._last = None
         out, state_n, cache = stack_forward(self.spec, self.driver, self.params, x, state0,
                                             valid, masks, step_masks, weight_masks)
         self._last = (cache, batched, learned)
