@@ -175,6 +175,19 @@ def library():
     return _LIBRARY["lib"]
 
 
+def element_steps_library() -> ctypes.CDLL:
+    """kernels/lstm_elements_alone.cpp, the LSTM's element steps alone (for
+    scripts/numba-element-step), built with the loops' flags into a library of its own,
+    which leaves the loops' machine code as it is."""
+    if "elements" not in _LIBRARY:
+        library()  # the same checks: a compiler, NumPy's OpenBLAS
+        source = fused._expand(fused.kernels_dir() / "lstm_elements_alone.cpp", set())
+        path = fused.build_library("lstm_elements", source, FLAGS, LINK_FLAGS,
+                                   key_extra=_cpu_model())
+        _LIBRARY["elements"] = ctypes.CDLL(str(path))
+    return _LIBRARY["elements"]
+
+
 def reset() -> None:
     """Forget the library and its verdict (tests; a changed $CXX)."""
     _LIBRARY.clear()
