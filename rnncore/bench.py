@@ -92,7 +92,9 @@ PASSES = ("forward", "forward+backward")
 # --------------------------------------------------------------------------- rows
 @dataclass(frozen=True)
 class Row:
-    """One benchmark configuration; ``input`` defaults to ``hidden``."""
+    """One benchmark configuration; ``input`` defaults to ``hidden``. With ``lengths`` the
+    sequences' lengths run evenly from T down to T/2 (``sequence_lengths``): rnncore takes
+    them as ``lengths=``, torch.nn as a packed sequence."""
 
     key: str
     cell: str  # a registered cell name (rnncore.cells.names())
@@ -102,18 +104,47 @@ class Row:
     steps: int
     input: int = 0
     note: str = ""
+    bidirectional: bool = False
+    lengths: bool = False
 
     @property
     def input_size(self) -> int:
         return self.input or self.hidden
 
     @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
     def label(self) -> str:
         size = f"{self.cell.upper()} {self.layers}×{self.hidden}"
         if self.input_size != self.hidden:
             size += f", input {self.input_size}"
-        text = f"{size} (B {self.batch}, T {self.steps})"
+        if self.bidirectional:
+            size += ", bidirectional"
+        steps = f"T {self.steps}…{self.steps // 2}" if self.lengths else f"T {self.steps}"
+        text = f"{size} (B {self.batch}, {steps})"
         return f"{text} {self.note}" if self.note else text
+
+    def sequence_lengths(self) -> np.ndarray | None:
+        """Each sequence's length, from T down to T/2 evenly; None without ``lengths``."""
+        if not self.lengths:
+            return None
+        return np.linspace(self.steps, self.steps // 2, self.batch).round().astype(np.int64)
+
+    def rnncore_module(self, dtype, **options) -> Recurrent:
+        return Recurrent(self.cell, self.input_size, self.hidden, num_layers=self.layers,
+                         bidirectional=self.bidirectional, dtype=dtype, **options)
+
+    def torch_module(self):
+        """The cell's torch.nn twin (float32, on the CPU, untrained weights)."""
+        import torch
+
+        cell = cells.get(self.cell)
+        return getattr(torch.nn, cell.family)(self.input_size, self.hidden,
+                                              num_layers=self.layers,
+                                              bidirectional=self.bidirectional,
+                                              **cell.torch_options)
 
     def with_cell(self, cell: str) -> Row:
         """This row's sizes with another registered cell."""
@@ -138,6 +169,10 @@ ROWS = {
         # issue 17's long row: not in the default table (a forward + backward takes about
         # 20 s per implementation at one thread); ``--rows lstm-2x256-long``
         Row("lstm-2x256-long", "lstm", 2, 256, 32, 4000, note="(long)"),
+        # not in the default table either: a bidirectional stack, and a batch of sequences
+        # of different lengths (``--rows lstm-2x256-bi,lstm-2x256-lengths``)
+        Row("lstm-2x256-bi", "lstm", 2, 256, 32, 100, bidirectional=True),
+        Row("lstm-2x256-lengths", "lstm", 2, 256, 32, 100, lengths=True),
     )
 }
 DEFAULT_ROWS = {
@@ -173,24 +208,24 @@ def _as_float64(array) -> np.ndarray:
 
 def rnncore_runner(name, row, weights, x, dout, device, dtype, impl) -> Runner:
     """rnncore on ``device`` with ``impl`` ("reference", "fused", "auto")."""
-    module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                       dtype=dtype, device=device, impl=impl)
+    module = row.rnncore_module(dtype, device=device, impl=impl)
     if impl != "auto" and module.impl_in_use != impl:
         raise RuntimeError(f"impl={impl!r} resolved to {module.impl_in_use!r}")
     module.load_state_dict(weights)
     x = backend.to_device(x, device, module.dtype)
     dout = backend.to_device(dout, device, module.dtype)
+    lengths = row.sequence_lengths()
 
     def forward():
-        return module(x)
+        return module(x, lengths=lengths)
 
     def forward_backward():
-        module(x)
+        module(x, lengths=lengths)
         return module.backward(dout)
 
     def results():
         module.zero_grad()
-        out = module(x)[0]
+        out = module(x, lengths=lengths)[0]
         dx = module.backward(dout)[0]
         return {"out": _as_float64(out), "dx": _as_float64(dx),
                 "dW_hh_l0": _as_float64(module.grads["weight_hh_l0"])}
@@ -203,32 +238,43 @@ def torch_runner(name, row, weights, x, dout, device, dtype) -> Runner:
     import torch
 
     tdtype = getattr(torch, np.dtype(dtype).name)
-    cell = cells.get(row.cell)
-    module = getattr(torch.nn, cell.family)(row.input_size, row.hidden, num_layers=row.layers,
-                                            **cell.torch_options)
+    module = row.torch_module()
     module.load_state_dict({k: torch.from_numpy(np.asarray(backend.to_numpy(v)))
                             for k, v in weights.items()})
     module = module.to(device=device, dtype=tdtype)
     x = torch.from_numpy(x).to(device=device, dtype=tdtype).requires_grad_(True)
     dout = torch.from_numpy(dout).to(device=device, dtype=tdtype)
+    lengths = row.sequence_lengths()
 
     def forward():
-        return module(x)
+        return torch_output(module, x, lengths)
 
     def forward_backward():
-        out = module(x)[0]
+        out = torch_output(module, x, lengths)
         out.backward(dout)
         return x.grad
 
     def results():
         module.zero_grad()
         x.grad = None
-        out = module(x)[0]
+        out = torch_output(module, x, lengths)
         out.backward(dout)
         return {"out": _as_float64(out.detach()), "dx": _as_float64(x.grad),
                 "dW_hh_l0": _as_float64(module.weight_hh_l0.grad)}
 
     return Runner(name, forward, forward_backward, results)
+
+
+def torch_output(module, x, lengths=None):
+    """torch.nn's output for x (T, B, I): through a packed sequence where there are
+    lengths, padded back to T steps (zeros past each sequence's end, as rnncore's)."""
+    if lengths is None:
+        return module(x)[0]
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
+    return pad_packed_sequence(module(packed)[0], total_length=x.shape[0])[0]
 
 
 def baseline_name(device) -> str:
@@ -532,8 +578,7 @@ def gpu_splits(row, device, dtype, median_ms, seed=0) -> dict:
 
 def auto_choice(row, device, dtype) -> str:
     """The drivers impl="auto" runs for ``row``'s layers (e.g. "graph", "persistent")."""
-    module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                       dtype=dtype, device=device)
+    module = row.rnncore_module(dtype, device=device)
     choose = getattr(module.driver, "choose", None)
     if choose is None:
         return module.driver.name
@@ -589,12 +634,11 @@ def _reset_peak_rss() -> bool:
 
 
 def _row_inputs(row, dtype, seed):
-    weights = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                        dtype=dtype, seed=seed, impl="reference").state_dict()
+    weights = row.rnncore_module(dtype, seed=seed, impl="reference").state_dict()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((row.steps, row.batch, row.input_size)).astype(dtype)
-    dout = rng.standard_normal((row.steps, row.batch, row.hidden)).astype(dtype)
-    return weights, x, dout
+    dout = rng.standard_normal((row.steps, row.batch, row.directions * row.hidden))
+    return weights, x, dout.astype(dtype)
 
 
 LOOP_PASSES = 3  # the memory table's second peak: over this many passes after the first
@@ -614,17 +658,16 @@ def memory_child(spec: dict) -> dict:
 
         torch.set_num_threads(threads)
         tdtype = getattr(torch, np.dtype(dtype).name)
-        cell = cells.get(row.cell)
-        module = getattr(torch.nn, cell.family)(row.input_size, row.hidden,
-                                                num_layers=row.layers, **cell.torch_options)
+        module = row.torch_module()
         module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
         module = module.to(device=str(device), dtype=tdtype)
         tx = torch.from_numpy(x).to(device=str(device), dtype=tdtype).requires_grad_(True)
         tdout = torch.from_numpy(dout).to(device=str(device), dtype=tdtype)
         params = {q.untyped_storage().data_ptr() for q in module.parameters()}
+        lengths = row.sequence_lengths()
 
-        def pass_(tx=tx, tdout=tdout):
-            out = module(tx)[0]
+        def pass_(tx=tx, tdout=tdout, lengths=lengths):
+            out = torch_output(module, tx, lengths)
             out.backward(tdout)
             return out
 
@@ -638,25 +681,25 @@ def memory_child(spec: dict) -> dict:
                 return t
 
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = module(tx)[0]
+                out = torch_output(module, tx, lengths)
             del out
             return sum(storages.values())
     else:
         impl = spec.get("impl_arg", "auto")
-        module = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                           dtype=dtype, device=str(device), impl=impl,
-                           checkpoint_every=spec.get("checkpoint_every", 0))
+        module = row.rnncore_module(dtype, device=str(device), impl=impl,
+                                    checkpoint_every=spec.get("checkpoint_every", 0))
         module.load_state_dict(weights)
         mx = backend.to_device(x, device, module.dtype)
         mdout = backend.to_device(dout, device, module.dtype)
+        lengths = row.sequence_lengths()
 
-        def pass_(mx=mx, mdout=mdout):
-            out = module(mx)[0]
+        def pass_(mx=mx, mdout=mdout, lengths=lengths):
+            out = module(mx, lengths=lengths)[0]
             module.backward(mdout)
             return out
 
         def kept():
-            module(mx)
+            module(mx, lengths=lengths)
             count = memory.kept_bytes(module._last[0])
             module.drop_cache()
             return count
@@ -668,10 +711,10 @@ def memory_child(spec: dict) -> dict:
         small = (x[:2, :1], dout[:2, :1])
         if spec["impl"] == "torch":
             pass_(torch.from_numpy(small[0].copy()).to(str(device), tdtype).requires_grad_(True),
-                  torch.from_numpy(small[1].copy()).to(str(device), tdtype))
+                  torch.from_numpy(small[1].copy()).to(str(device), tdtype), None)
             module.zero_grad()
         else:
-            pass_(*(backend.to_device(a.copy(), device, module.dtype) for a in small))
+            pass_(*(backend.to_device(a.copy(), device, module.dtype) for a in small), None)
             module.drop_cache()
         if cuda:
             result.update(_cuda_peaks(spec["impl"], pass_, device))
@@ -830,12 +873,16 @@ def disable_tf32() -> None:
 
 def gemm_flops(row) -> dict:
     """{pass: GEMM FLOPs} of one row: 2·T·B·(I_l + H)·G·H per layer direction forward,
-    twice that again backward (∂x and ∂h, and the weight gradients)."""
+    twice that again backward (∂x and ∂h, and the weight gradients). With lengths, the
+    sequences' own steps (Σ lengths for T·B): the work asked for, though rnncore's loops
+    run the padded steps too."""
     G = cells.get(row.cell).num_gates
+    lengths = row.sequence_lengths()
+    columns = row.steps * row.batch if lengths is None else int(lengths.sum())
     forward = 0
     for k in range(row.layers):
-        width = row.input_size if k == 0 else row.hidden
-        forward += 2 * row.steps * row.batch * (width + row.hidden) * G * row.hidden
+        width = row.input_size if k == 0 else row.directions * row.hidden
+        forward += row.directions * 2 * columns * (width + row.hidden) * G * row.hidden
     return {"forward": forward, "forward+backward": 3 * forward}
 
 

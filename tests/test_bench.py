@@ -162,6 +162,44 @@ def test_long_row_is_documented_not_default():
     assert "lstm-2x256-long" not in bench.DEFAULT_ROWS["cpu"]
 
 
+def test_a_bidirectional_row_and_a_row_of_lengths_run_against_torch(tmp_path):
+    """The two extra rows: torch.nn bidirectional, and on a packed sequence, each giving
+    what rnncore gives; FLOPs counted over both directions and the sequences' own steps."""
+    from rnncore import bench
+
+    bench.main(["--quick", "--rows", "lstm-2x256-bi,lstm-2x256-lengths", "--threads", "1",
+                "--no-memory", "--json", str(tmp_path / "b.json")])
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["LSTM 2×16, bidirectional (B 4, T 6)",
+                                          "LSTM 2×16 (B 4, T 6…3)"]
+    for r in rows:
+        assert set(r["median_ms"]["forward"]) == {"rnncore", "torch"}
+        for errors in r["rel_error"].values():
+            assert all(e < 1e-4 for e in errors.values()), errors
+    H, B, T, G = 16, 4, 6, 4
+    # bidirectional: two directions a layer, the second layer's input 2H wide
+    forward = 2 * 2 * T * B * (H + H) * G * H + 2 * 2 * T * B * (2 * H + H) * G * H
+    assert rows[0]["gemm_flops"] == {"forward": forward, "forward+backward": 3 * forward}
+    # lengths 6, 5, 4, 3 (T down to T/2): their 18 steps for T·B's 24
+    lengths = bench.ROWS["lstm-2x256-lengths"].quick().sequence_lengths()
+    assert lengths.tolist() == [6, 5, 4, 3]
+    forward = 2 * 18 * (H + H) * G * H * 2
+    assert rows[1]["gemm_flops"] == {"forward": forward, "forward+backward": 3 * forward}
+
+
+def test_torch_on_a_packed_sequence_is_zero_past_each_end():
+    import torch
+
+    from rnncore import bench
+
+    row = bench.ROWS["lstm-2x256-lengths"].quick()
+    x = torch.randn(row.steps, row.batch, row.input_size)
+    out = bench.torch_output(row.torch_module(), x, row.sequence_lengths())
+    for b, n in enumerate(row.sequence_lengths()):
+        assert torch.all(out[n:, b] == 0) and torch.all(out[:n, b] != 0)
+    assert row.sequence_lengths().min() < row.steps  # some sequence has padding
+
+
 # ----------------------------------------------------------------------------- GPU split
 @pytest.mark.parametrize("name,want", [
     ("sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x64x32_warpgroupsize1x1x1", "GEMM"),
