@@ -59,6 +59,7 @@ Examples::
     python -m rnncore.bench                                  # CPU table, all cores
     python -m rnncore.bench --rows lstm-3x512,gru-3x512 --repeats 9 --json cpu.json
     python -m rnncore.bench --rows lstm-3x512 --cells all    # every registered cell
+    python -m rnncore.bench --rows lstm-2x256-bi,lstm-2x256-lengths  # bidirectional; lengths
     python -m rnncore.bench --device cuda --json gpu.json    # each driver, cuDNN
     python -m rnncore.bench --quick                          # tiny sizes: a smoke test
 """
