@@ -28,7 +28,9 @@ What is timed, so the columns compare like with like:
 
 Cells: a row names a registered cell (``rnncore.cells.names()``); rnncore builds it with
 ``rnncore.Recurrent(name, …)`` and torch with ``torch.nn.<cell.family>(…,
-**cell.torch_options)``. A cell with no torch.nn twin (``cell.family == ""``, e.g.
+**cell.torch_options)`` (``Row.rnncore_module``, ``Row.torch_module``), bidirectional
+where the row is; a row with lengths gives rnncore ``lengths=`` and torch a packed
+sequence (``torch_output``). A cell with no torch.nn twin (``cell.family == ""``, e.g.
 ``gru_reset_before``) gets no torch column (marked "no torch.nn twin" in the report) and
 its accuracy is measured against the float64 rnncore reference instead. ``--cells a,b``
 (or ``all``) benches those cells at the size of each selected row, so a newly registered
@@ -133,24 +135,36 @@ class Row:
             return None
         return np.linspace(self.steps, self.steps // 2, self.batch).round().astype(np.int64)
 
-    def rnncore_module(self, dtype, **options) -> Recurrent:
-        return Recurrent(self.cell, self.input_size, self.hidden, num_layers=self.layers,
-                         bidirectional=self.bidirectional, dtype=dtype, **options)
+    def rnncore_module(self, dtype, weights=None, **options) -> Recurrent:
+        """rnncore's module for this row (``options``: Recurrent's device, impl, …), with
+        ``weights`` loaded if given."""
+        module = Recurrent(self.cell, self.input_size, self.hidden, num_layers=self.layers,
+                           bidirectional=self.bidirectional, dtype=dtype, **options)
+        if weights is not None:
+            module.load_state_dict(weights)
+        return module
 
-    def torch_module(self):
-        """The cell's torch.nn twin (float32, on the CPU, untrained weights)."""
+    def torch_module(self, weights=None, device="cpu", dtype="float32"):
+        """The cell's torch.nn twin on ``device`` in ``dtype``, with ``weights`` (rnncore's
+        state dict: the same names) loaded if given."""
         import torch
 
         cell = cells.get(self.cell)
-        return getattr(torch.nn, cell.family)(self.input_size, self.hidden,
-                                              num_layers=self.layers,
-                                              bidirectional=self.bidirectional,
-                                              **cell.torch_options)
+        module = getattr(torch.nn, cell.family)(self.input_size, self.hidden,
+                                                num_layers=self.layers,
+                                                bidirectional=self.bidirectional,
+                                                **cell.torch_options)
+        if weights is not None:
+            module.load_state_dict({k: torch.from_numpy(np.asarray(backend.to_numpy(v)))
+                                    for k, v in weights.items()})
+        return module.to(device=str(device), dtype=getattr(torch, np.dtype(dtype).name))
 
     def with_cell(self, cell: str) -> Row:
         """This row's sizes with another registered cell."""
         return dataclasses.replace(self, cell=cell, key=f"{cell}-{self.layers}x{self.hidden}"
-                                   + (f"-in{self.input}" if self.input else ""))
+                                   + (f"-in{self.input}" if self.input else "")
+                                   + ("-bi" if self.bidirectional else "")
+                                   + ("-lengths" if self.lengths else ""))
 
     def quick(self) -> Row:
         """The same shape of network at toy sizes (for the smoke test)."""
@@ -209,10 +223,9 @@ def _as_float64(array) -> np.ndarray:
 
 def rnncore_runner(name, row, weights, x, dout, device, dtype, impl) -> Runner:
     """rnncore on ``device`` with ``impl`` ("reference", "fused", "auto")."""
-    module = row.rnncore_module(dtype, device=device, impl=impl)
+    module = row.rnncore_module(dtype, weights, device=device, impl=impl)
     if impl != "auto" and module.impl_in_use != impl:
         raise RuntimeError(f"impl={impl!r} resolved to {module.impl_in_use!r}")
-    module.load_state_dict(weights)
     x = backend.to_device(x, device, module.dtype)
     dout = backend.to_device(dout, device, module.dtype)
     lengths = row.sequence_lengths()
@@ -239,10 +252,7 @@ def torch_runner(name, row, weights, x, dout, device, dtype) -> Runner:
     import torch
 
     tdtype = getattr(torch, np.dtype(dtype).name)
-    module = row.torch_module()
-    module.load_state_dict({k: torch.from_numpy(np.asarray(backend.to_numpy(v)))
-                            for k, v in weights.items()})
-    module = module.to(device=device, dtype=tdtype)
+    module = row.torch_module(weights, device, dtype)
     x = torch.from_numpy(x).to(device=device, dtype=tdtype).requires_grad_(True)
     dout = torch.from_numpy(dout).to(device=device, dtype=tdtype)
     lengths = row.sequence_lengths()
@@ -274,7 +284,9 @@ def torch_output(module, x, lengths=None):
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
+    # sorted already (Row.sequence_lengths: longest first), so torch neither sorts nor
+    # copies x into sorted order
+    packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=True)
     return pad_packed_sequence(module(packed)[0], total_length=x.shape[0])[0]
 
 
@@ -659,9 +671,7 @@ def memory_child(spec: dict) -> dict:
 
         torch.set_num_threads(threads)
         tdtype = getattr(torch, np.dtype(dtype).name)
-        module = row.torch_module()
-        module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
-        module = module.to(device=str(device), dtype=tdtype)
+        module = row.torch_module(weights, device, dtype)
         tx = torch.from_numpy(x).to(device=str(device), dtype=tdtype).requires_grad_(True)
         tdout = torch.from_numpy(dout).to(device=str(device), dtype=tdtype)
         params = {q.untyped_storage().data_ptr() for q in module.parameters()}
@@ -687,9 +697,8 @@ def memory_child(spec: dict) -> dict:
             return sum(storages.values())
     else:
         impl = spec.get("impl_arg", "auto")
-        module = row.rnncore_module(dtype, device=str(device), impl=impl,
+        module = row.rnncore_module(dtype, weights, device=str(device), impl=impl,
                                     checkpoint_every=spec.get("checkpoint_every", 0))
-        module.load_state_dict(weights)
         mx = backend.to_device(x, device, module.dtype)
         mdout = backend.to_device(dout, device, module.dtype)
         lengths = row.sequence_lengths()
@@ -873,8 +882,9 @@ def disable_tf32() -> None:
 
 
 def gemm_flops(row) -> dict:
-    """{pass: GEMM FLOPs} of one row: 2·T·B·(I_l + H)·G·H per layer direction forward,
-    twice that again backward (∂x and ∂h, and the weight gradients). With lengths, the
+    """{pass: GEMM FLOPs} of one row: 2·T·B·(I_l + H)·G·H per layer direction forward
+    (I_l: the input's width, or the layer below's output, directions·H), twice that again
+    backward (∂x and ∂h, and the weight gradients). With lengths, the
     sequences' own steps (Σ lengths for T·B): the work asked for, though rnncore's loops
     run the padded steps too."""
     G = cells.get(row.cell).num_gates

@@ -126,7 +126,6 @@ def test_memory_columns_measure_each_implementation(tmp_path):
     """Issue 17: each implementation's memory in its own process: the engine's kept bytes
     are the exact count (``rnncore.memory.kept_bytes``), torch's its saved tensors."""
     from rnncore import bench, memory
-    from rnncore.modules import Recurrent
 
     row = bench.ROWS["lstm-1x128"].quick()
     figures = bench.measure_memory(row, bench.backend.parse_device("cpu"), "float32",
@@ -138,9 +137,7 @@ def test_memory_columns_measure_each_implementation(tmp_path):
     assert figures["rnncore"]["numpy_peak_bytes"] >= figures["rnncore"]["kept_bytes"]
     # the same count in this process
     weights, x, _ = bench._row_inputs(row, "float32", 0)
-    m = Recurrent(row.cell, row.input_size, row.hidden, num_layers=row.layers,
-                  dtype="float32")
-    m.load_state_dict(weights)
+    m = row.rnncore_module("float32", weights)
     m(x)
     assert memory.kept_bytes(m._last[0]) == figures["rnncore"]["kept_bytes"]
     lines = bench.memory_report([{"label": row.label, "memory": figures}], "torch")
@@ -183,7 +180,7 @@ def test_a_bidirectional_row_and_a_row_of_lengths_run_against_torch(tmp_path):
     # lengths 6, 5, 4, 3 (T down to T/2): their 18 steps for T·B's 24
     lengths = bench.ROWS["lstm-2x256-lengths"].quick().sequence_lengths()
     assert lengths.tolist() == [6, 5, 4, 3]
-    forward = 2 * 18 * (H + H) * G * H * 2
+    forward = 2 * 18 * (H + H) * G * H * 2  # two layers, each H wide in and out
     assert rows[1]["gemm_flops"] == {"forward": forward, "forward+backward": 3 * forward}
 
 
@@ -194,10 +191,10 @@ def test_torch_on_a_packed_sequence_is_zero_past_each_end():
 
     row = bench.ROWS["lstm-2x256-lengths"].quick()
     x = torch.randn(row.steps, row.batch, row.input_size)
+    assert row.sequence_lengths().min() < row.steps  # some sequence has padding
     out = bench.torch_output(row.torch_module(), x, row.sequence_lengths())
     for b, n in enumerate(row.sequence_lengths()):
         assert torch.all(out[n:, b] == 0) and torch.all(out[:n, b] != 0)
-    assert row.sequence_lengths().min() < row.steps  # some sequence has padding
 
 
 # ----------------------------------------------------------------------------- GPU split

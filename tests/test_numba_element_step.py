@@ -34,21 +34,28 @@ def test_the_compiled_element_steps_equal_the_numpy_reference(direction, hidden,
     assert error < 1e-5
 
 
-def test_the_reference_is_not_trivially_matched():
-    """The check fails on a wrong step: the reference's own forward, one step's h 1 % off."""
+@pytest.mark.parametrize("direction, output", [("forward", "h"), ("backward", "dz")])
+def test_the_check_fails_on_a_wrong_step(direction, output):
+    """The reference's own step, then one value of an output off by 1 % of the output's
+    largest: the check sees it (its threshold is 1e-5)."""
     script = _script()
 
     def wrong(direction, buf):
-        for name, a in script.reference_steps(direction, buf).items():
-            buf[name][...] = a
-        buf["h"][5] *= 1.01
+        results = script.reference_steps(direction, buf)
+        for name in ("gates", "h", "c") if direction == "forward" else ("dz",):
+            a = results[name]
+            buf[name][...] = a[:, :buf[name].shape[1]] if name == "dz" else a
+        flat = buf[output].reshape(-1)
+        flat[7] += 0.01 * abs(flat).max()
+        return results.get("dc0")
 
-    assert script.check(wrong, "forward", 16, 16) > 1e-3
+    assert script.check(wrong, direction, 16, 16) == pytest.approx(0.01, rel=1e-3)
 
 
-def _run(*args, block_numba=True):
-    code = ("import runpy, sys; " + ("sys.modules['numba'] = None; " if block_numba else "")
-            + f"sys.argv = {[str(SCRIPT), *args]!r}; "
+def _run(*args):
+    """The script in a fresh interpreter where `import numba` fails."""
+    code = ("import runpy, sys; sys.modules['numba'] = None; "
+            f"sys.argv = {[str(SCRIPT), *args]!r}; "
             f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
