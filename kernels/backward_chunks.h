@@ -185,7 +185,7 @@ void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c
     if (c.end <= c.first) return;
     const Chunks<T> chunks(a, c);
     const int64_t H = a.hidden;
-    const StepProduct<T> recurrent_t(blas, a.w_hh, true, 1, H, c.products.groups * H, a.batch,
+    const StepProduct<T> recurrent_t(a.w_hh, true, 1, H, c.products.groups * H, a.batch,
                                      a.threads);
     if (a.threads > 1 && c.buffers > 1)
         return pipelined_chunks(blas, a, c, chunks, recurrent_t, loop);

@@ -11,9 +11,10 @@
 //
 //     acc[r][v] += A[i0 + r][k] · X[k][col + v·L … col + v·L + L − 1].
 //
-// L is the lanes of a 64-byte vector (16 floats, 8 doubles); N must be a multiple of L
-// (packed_ok(N)), otherwise the loops call BLAS as before. X may be given as several row
-// segments stacked (h_{t−1}, then x_t: the LSTM's input projection joins the step's product).
+// L is the lanes of a 64-byte vector (16 floats, 8 doubles). A batch that is not a multiple
+// of L runs the second kernel below instead (tile_columns: vectors along M, X broadcast),
+// which any N fills. X may be given as several row segments stacked (h_{t−1}, then x_t:
+// the LSTM's input projection joins the step's product).
 // Measured alone, one thread, hot caches: 113 GFLOP/s at (512×128)·(128×32) and at
 // (2048×512)·(512×64) on an AMD EPYC (Zen 4), against OpenBLAS's 93 and 100 with its
 // packing; 165–175 and 150–164 on an Intel Xeon, against
@@ -32,7 +33,10 @@ template <typename T> struct Vector {
 };
 template <typename T> using vec = typename Vector<T>::type;
 template <typename T> constexpr int64_t lanes() { return int64_t(64 / sizeof(T)); }
-template <typename T> bool packed_ok(int64_t n) { return n > 0 && n % lanes<T>() == 0; }
+// Whether the batch-vectorised kernel (tile) fills the batch's columns: N a multiple of L.
+template <typename T> bool batch_vectors(int64_t n) { return n > 0 && n % lanes<T>() == 0; }
+// The rows of the other kernel's blocks (tile_columns): two vectors' worth.
+template <typename T> constexpr int64_t column_mr() { return 2 * lanes<T>(); }
 
 // The rows of a tile, MR: 12 (12 × 2 vectors = 24 accumulators) or 8 (16 accumulators).
 // Per k a tile loads 2 vectors of X for 2·MR FMAs, so the taller tile needs less of X's
@@ -40,8 +44,9 @@ template <typename T> bool packed_ok(int64_t n) { return n > 0 && n % lanes<T>()
 // at 164 GFLOP/s against 8 rows' 150 (X from L2). With a small X (H 128, B 32: 32 KiB
 // forward, 64 KiB backward, about L1's 48 KiB) 8 rows ran 3–5 % faster, and 128 units are
 // 16 blocks of 8 (two threads, 8 each) but 11 of 12, the last one a third empty (6 and 5).
-// pick_mr chooses by that.
+// pick_mr chooses by that; for a batch that is not a multiple of the lanes, column_mr.
 inline int64_t pick_mr(int64_t rows, int64_t depth, int64_t batch, int64_t item) {
+    if (batch % (64 / item) != 0) return 2 * 64 / item;  // column_mr<T>()
     const bool small_x = depth * batch * item <= (64 << 10);
     return small_x && rows % 8 == 0 ? 8 : 12;
 }
@@ -97,6 +102,8 @@ __attribute__((noinline)) void pack_block(const T* __restrict src, int64_t rs, i
                                           int64_t m, int64_t n, T* __restrict dst, int64_t mr) {
     if (rs == 1 && m == mr && mr == 8) return pack_contiguous_block<T, 8>(src, cs, n, dst);
     if (rs == 1 && m == mr && mr == 12) return pack_contiguous_block<T, 12>(src, cs, n, dst);
+    if (rs == 1 && m == mr && mr == column_mr<T>())
+        return pack_contiguous_block<T, column_mr<T>()>(src, cs, n, dst);
     for (int64_t k = 0; k < n; ++k) {
         for (int64_t r = 0; r < m; ++r) dst[k * mr + r] = src[r * rs + k * cs];
         for (int64_t r = m; r < mr; ++r) dst[k * mr + r] = T(0);
@@ -187,12 +194,97 @@ void gemm_packed_mr(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t
         }
 }
 
+// The kernel for any batch: vectors along A's rows instead of X's columns. A is packed in
+// blocks of MR = 2·L rows (column_mr), and a tile of C, MR rows × NR columns (NR ≤ 12),
+// lives in 2·NR vector registers; each k loads 2 vectors of A and broadcasts NR values of
+// X's row k into
+//
+//     acc[j][v] += A[i0 + v·L … i0 + v·L + L − 1][k] · X[k][col + j],
+//
+// so a batch of 20 costs 20 columns' FMAs, not the 32 of two 16-lane vectors, and a batch
+// of 1 is a matrix-vector product. The tile is stored a value at a time, transposed into
+// C's rows (once per tile, against K·2·NR FMAs).
+//
+// With few columns the 2·NR sums are too few to hide an FMA's latency (4 cycles, 2 a cycle:
+// 8 in flight), so below 4 columns the odd k go into a second set of sums, added at the end.
+template <typename T, int NR, int SETS>
+__attribute__((always_inline)) inline void accumulate_columns(const T*& ap, const T* x,
+                                                              int64_t count, int64_t stride,
+                                                              vec<T> (&acc)[SETS][NR][2]) {
+    constexpr int64_t L = lanes<T>();
+    int64_t k = 0;
+    for (; k + SETS <= count; k += SETS)
+        for (int s = 0; s < SETS; ++s, ap += 2 * L, x += stride) {
+            const vec<T> a0 = *reinterpret_cast<const vec<T>*>(ap);
+            const vec<T> a1 = *reinterpret_cast<const vec<T>*>(ap + L);
+            for (int j = 0; j < NR; ++j) {
+                const vec<T> xj = vec<T>{} + x[j];
+                acc[s][j][0] += a0 * xj;
+                acc[s][j][1] += a1 * xj;
+            }
+        }
+    for (; k < count; ++k, ap += 2 * L, x += stride)
+        for (int j = 0; j < NR; ++j) {
+            const vec<T> xj = vec<T>{} + x[j];
+            acc[0][j][0] += *reinterpret_cast<const vec<T>*>(ap) * xj;
+            acc[0][j][1] += *reinterpret_cast<const vec<T>*>(ap + L) * xj;
+        }
+}
+
+template <typename T, int NR>
+__attribute__((noinline)) void tile_columns(const T* ap, const Rows<T>* segs, int nsegs,
+                                            int64_t N, int64_t col, T* c, int64_t rows,
+                                            bool accumulate) {
+    constexpr int64_t L = lanes<T>();
+    constexpr int SETS = NR < 4 ? 2 : 1;
+    vec<T> acc[SETS][NR][2] = {};
+    accumulate_columns<T, NR, SETS>(ap, segs[0].x + col, segs[0].count, segs[0].stride, acc);
+    if (nsegs > 1)
+        accumulate_columns<T, NR, SETS>(ap, segs[1].x + col, segs[1].count, segs[1].stride,
+                                        acc);
+    for (int s = 1; s < SETS; ++s)
+        for (int j = 0; j < NR; ++j)
+            for (int v = 0; v < 2; ++v) acc[0][j][v] += acc[s][j][v];
+    for (int64_t r = 0; r < rows; ++r)
+        for (int j = 0; j < NR; ++j) {
+            T& out = c[r * N + col + j];
+            const T v = acc[0][j][r / L][r % L];
+            out = accumulate ? out + v : v;
+        }
+}
+
+template <typename T, int NR>
+void tile_columns_upto(int64_t n, const T* ap, const Rows<T>* segs, int nsegs, int64_t N,
+                       int64_t col, T* c, int64_t rows, bool accumulate) {
+    if constexpr (NR > 1)
+        if (n < NR)
+            return tile_columns_upto<T, NR - 1>(n, ap, segs, nsegs, N, col, c, rows, accumulate);
+    tile_columns<T, NR>(ap, segs, nsegs, N, col, c, rows, accumulate);
+}
+
+template <typename T>
+void gemm_columns(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
+                  bool accumulate, Units units) {
+    constexpr int64_t MR = column_mr<T>(), NR = 12;
+    for (int64_t g = 0; g < a.groups; ++g)
+        for (int64_t blk = units.lo / MR; blk * MR < units.hi; ++blk) {
+            const int64_t i0 = blk * MR, rows = std::min<int64_t>(MR, units.hi - i0);
+            T* cb = c + (g * a.rows + i0) * N;
+            for (int64_t col = 0; col < N; col += NR)
+                tile_columns_upto<T, NR>(std::min(NR, N - col), a.block(g, blk), segs, nsegs,
+                                         N, col, cb, rows, accumulate);
+        }
+}
+
 // The rows of `units` in every group of C (groups·rows × N, rows of N) = A · [segs stacked]
-// (+ C if accumulate), one or two segments; N: packed_ok; units.lo a multiple of a.mr.
+// (+ C if accumulate), one or two segments; units.lo a multiple of a.mr. A packed with
+// column_mr's blocks runs gemm_columns (any N); else N is a multiple of L.
 template <typename T>
 void gemm_packed(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t N, T* c,
                  bool accumulate, Units units) {
-    if (a.mr == 8)
+    if (a.mr == column_mr<T>())
+        gemm_columns<T>(a, segs, nsegs, N, c, accumulate, units);
+    else if (a.mr == 8)
         gemm_packed_mr<T, 8>(a, segs, nsegs, N, c, accumulate, units);
     else
         gemm_packed_mr<T, 12>(a, segs, nsegs, N, c, accumulate, units);

@@ -78,7 +78,8 @@ template <typename T> struct Args {
                             //   stride grad_stride, step t at grads + t·B (the layout the
                             //   weight-gradient GEMMs read); [3] (T, W, B)
     const T* x;             // (T, B, I) or null: the input, when the step's product takes
-    const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (packed_ok(B) only)
+    const T* w_ih;          //   W_ih (G·H, I) over it and there is no xg (B a multiple
+                            //   of the lanes only)
     int64_t input;          // I
     int64_t threads;        // the threads of the loop's parallel region (NumPy's BLAS count)
     int64_t grad_stride;    // of grads[0], grads[1]
@@ -128,35 +129,37 @@ template <typename Pack> void pack_in_parallel(int64_t depth, int64_t threads, P
     }
 }
 
-// The product a loop runs at every step, through the packed kernel (cpu_gemm.h) when the
-// batch allows, else BLAS:  C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)
-// or  C += Wᵀ · X  (backward: ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (groups·rows × depth)
-// row-major, or its transpose (depth × rows, one group) when `transposed`. A thread computes
-// the rows of its units in every group (a gate's rows of the units whose step it runs).
-// W is packed on `threads` threads.
+// The product a loop runs at every step, through the packed kernels (cpu_gemm.h):
+// C = W · X  (forward: W_hh · h_{t−1}, optionally + W_ih · x_t)  or  C += Wᵀ · X  (backward:
+// ∂h_{t−1} += W_hhᵀ ∂z_t).  W is (groups·rows × depth) row-major, or its transpose (depth ×
+// rows, one group) when `transposed`. A thread computes the rows of its units in every
+// group (a gate's rows of the units whose step it runs). W is packed on `threads` threads,
+// in blocks for the batch's kernel (pick_mr). OpenBLAS, which the loops called per step
+// where the batch was not a multiple of the lanes, packed W at every step: 45 % of a B 1,
+// H 512 forward in its copy routine (perf, one thread; torch 2.9× faster there).
 template <typename T> class StepProduct {
   public:
-    StepProduct(const Blas& blas, const T* w, bool transposed, int64_t groups, int64_t rows,
-                int64_t depth, int64_t batch, int64_t threads)
-        : blas_(blas), w_(w), trans_(transposed), rows_(groups * rows), depth_(depth),
-          batch_(batch), packed_(packed_ok<T>(batch) ? groups : 0, rows, depth,
-                                 pick_mr(rows, depth, batch, sizeof(T))) {
-        if (packed_ok<T>(batch) && transposed)
+    StepProduct(const T* w, bool transposed, int64_t groups, int64_t rows, int64_t depth,
+                int64_t batch, int64_t threads)
+        : depth_(depth), batch_(batch),
+          packed_(groups, rows, depth, pick_mr(rows, depth, batch, sizeof(T))) {
+        const int64_t all_rows = groups * rows;
+        if (transposed)
             pack_in_parallel(depth, threads, [&](int64_t k, int64_t n) {
-                packed_.fill(k, n, w + k * rows_, 1, rows_);
+                packed_.fill(k, n, w + k * all_rows, 1, all_rows);
             });
-        else if (packed_ok<T>(batch))
+        else
             pack_in_parallel(depth, threads, [&](int64_t k, int64_t n) {
                 pack_rows(packed_, k, w + k, depth, n);
             });
     }
     // A second operand W_in (groups·rows × in) over a second block of rows:
-    // C = W·X + W_in·X_in. Only with the packed kernel (the driver passes x only then).
-    StepProduct(const Blas& blas, const T* w, const T* w_in, int64_t groups, int64_t rows,
-                int64_t depth, int64_t in, int64_t batch, int64_t threads)
-        : blas_(blas), w_(w), trans_(false), rows_(groups * rows), depth_(depth),
-          batch_(batch), packed_(groups, rows, depth + in,
-                                 pick_mr(rows, depth + in, batch, sizeof(T))),
+    // C = W·X + W_in·X_in (the driver passes x only where the batch is a multiple of the
+    // lanes).
+    StepProduct(const T* w, const T* w_in, int64_t groups, int64_t rows, int64_t depth,
+                int64_t in, int64_t batch, int64_t threads)
+        : depth_(depth), batch_(batch),
+          packed_(groups, rows, depth + in, pick_mr(rows, depth + in, batch, sizeof(T))),
           in_(in) {
         pack_in_parallel(depth, threads, [&](int64_t k, int64_t n) {
             pack_rows(packed_, k, w + k, depth, n);
@@ -165,31 +168,18 @@ template <typename T> class StepProduct {
             pack_rows(packed_, depth + k, w_in + k, in, n);
         });
     }
-    // the threads the loop may run on: BLAS, called once per step, brings its own
-    int threads(int64_t wanted) const {
-        return packed() ? int(std::max<int64_t>(1, wanted)) : 1;
-    }
-    bool packed() const { return packed_.groups != 0; }
     int64_t block_rows() const { return packed_.mr; }
     int64_t depth() const { return depth_; }
     // X's row k at x + k·stride (B when 0); X_in's at x_in + k·B
     void operator()(const T* x, T* c, bool accumulate, Units units, const T* x_in = nullptr,
                     int64_t stride = 0) const {
         stride = stride ? stride : batch_;
-        if (!packed_.groups) {  // one thread, all units
-            gemm<T>(blas_, trans_, false, rows_, batch_, depth_, w_, trans_ ? rows_ : depth_,
-                    x, stride, accumulate ? T(1) : T(0), c, batch_);
-            return;
-        }
         const Rows<T> segs[2] = {{x, depth_, stride}, {x_in, in_, batch_}};
         gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate, units);
     }
 
   private:
-    const Blas& blas_;
-    const T* w_;
-    bool trans_;
-    int64_t rows_, depth_, batch_;
+    int64_t depth_, batch_;
     PackedA<T> packed_;
     int64_t in_ = 0;
 };
@@ -451,7 +441,7 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
     const int64_t H = a.hidden, B = a.batch, I = a.input;
     const Order order{a.steps, a.reverse != 0};
     AlignedArray<T> x_fm(a.x ? 2 * I * B : 0);
-    const int team = product.threads(a.threads);
+    const int team = int(std::max<int64_t>(1, a.threads));
     const UnitShares shares(H, product.block_rows(), team);
 #pragma omp parallel num_threads(team)
     {
@@ -513,14 +503,17 @@ template <typename T> class StagedRows {
         stride = ld;
         if (data_.empty()) return d;
         T* to = data_.data() + (k % 2) * rows_ * batch_;
-        // a row is a few vectors (batch_ a multiple of L: on only when packed), copied as
-        // such; a memcpy call a row cost more than the copy
+        // a row is a few vectors, copied as such where the batch is whole vectors (a memcpy
+        // call a row cost more than the copy)
         constexpr int64_t L = lanes<T>();
         for (int64_t g = 0; g < rows_ / H; ++g)
             for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
-                for (int64_t b = 0; b < batch_; b += L)
-                    *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =
-                        *reinterpret_cast<const vec<T>*>(d + r * ld + b);
+                if (batch_ % L == 0)
+                    for (int64_t b = 0; b < batch_; b += L)
+                        *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =
+                            *reinterpret_cast<const vec<T>*>(d + r * ld + b);
+                else
+                    std::memcpy(to + r * batch_, d + r * ld, sizeof(T) * batch_);
         stride = batch_;
         return to;
     }
@@ -534,8 +527,8 @@ template <typename T, typename Elements>
 void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    StagedRows<T> staged(product_t.packed() && a.grad_stride != B, product_t.depth(), B);
-    const int team = product_t.threads(a.threads);
+    StagedRows<T> staged(a.grad_stride != B, product_t.depth(), B);
+    const int team = int(std::max<int64_t>(1, a.threads));
     const UnitShares shares(H, product_t.block_rows(), team);
 #pragma omp parallel num_threads(team)
     {
@@ -575,7 +568,7 @@ extern "C" void cpu_loop_test_slow_thread(int64_t position, double factor) {
 extern "C" int64_t cpu_loop_share_moves() { return cpu_loop::UnitShares::moves.load(); }
 
 // the vector lanes of the packed kernel: the driver joins the input projection to the
-// step's product when the batch is a multiple of this (packed_ok)
+// step's product when the batch is a multiple of this (batch_vectors)
 extern "C" int64_t cpu_loop_lanes_f32() { return cpu_loop::lanes<float>(); }
 extern "C" int64_t cpu_loop_lanes_f64() { return cpu_loop::lanes<double>(); }
 

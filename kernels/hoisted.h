@@ -38,31 +38,37 @@ template <typename T> T row_sum(const T* row, int64_t n) {
     return sum;
 }
 
-// X_g[t] = W_ih X[t]ᵀ, each thread its range of steps. Where the batch allows, through the
-// step kernel (cpu_gemm.h): W_ih packed once, X[t] laid out feature-major, (I, B), a step at
-// a time; BLAS packed both operands at every step (the GRU's forward, LSTM 3×512's shape:
-// 45 % of the time in BLAS against 34 % in the kernel for the recurrent products' equal
-// FLOPs, perf, Intel Xeon).
+// X_g[t] = W_ih X[t]ᵀ, each thread its range of steps, through the step kernels
+// (cpu_gemm.h): W_ih packed once, X[t] laid out feature-major, (I, B), a step at a time;
+// BLAS packed both operands at every step (the GRU's forward, LSTM 3×512's shape: 45 % of
+// the time in BLAS against 34 % in the kernel for the recurrent products' equal FLOPs,
+// perf, Intel Xeon). With one sequence, (T, G·H, 1) is X_g's batch-major layout too, so it
+// is one BLAS product of all the steps, X (T × I) · W_ihᵀ: a step at a time it is a
+// matrix-vector product that reads all of W_ih from memory each time.
 template <typename T> void input_projection(const Blas& blas, const HoistedArgs<T>& a) {
     const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
-    const bool packed_kernel = packed_ok<T>(B);
-    PackedA<T> w_ih(packed_kernel ? 1 : 0, GH, I, pick_mr(GH, I, B, sizeof(T)));
-    if (packed_kernel)
-        pack_in_parallel(I, a.threads,
-                         [&](int64_t k, int64_t n) { pack_rows(w_ih, k, a.w_ih + k, I, n); });
+    if (B == 1) {
+#pragma omp parallel num_threads(int(a.threads))
+        {
+            const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+            const int64_t t0 = steps * k / n, t1 = steps * (k + 1) / n;
+            if (t1 > t0)
+                gemm<T>(blas, false, true, t1 - t0, GH, I, a.x + t0 * I, I, a.w_ih, I, T(0),
+                        a.xg + t0 * GH, GH);
+        }
+        return;
+    }
+    PackedA<T> w_ih(1, GH, I, pick_mr(GH, I, B, sizeof(T)));
+    pack_in_parallel(I, a.threads,
+                     [&](int64_t k, int64_t n) { pack_rows(w_ih, k, a.w_ih + k, I, n); });
 #pragma omp parallel num_threads(int(a.threads))
     {
         const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
-        AlignedArray<T> x_fm(packed_kernel ? I * B : 0);
+        AlignedArray<T> x_fm(I * B);
         const Rows<T> x_t[1] = {{x_fm.data(), I, B}};
         for (int64_t t = steps * k / n; t < steps * (k + 1) / n; ++t) {
-            if (packed_kernel) {
-                transpose_rect(a.x + t * B * I, I, x_fm.data(), B, B, I);
-                gemm_packed<T>(w_ih, x_t, 1, B, a.xg + t * GH * B, false, Units{0, GH});
-            } else {
-                gemm<T>(blas, false, true, GH, B, I, a.w_ih, I, a.x + t * B * I, I, T(0),
-                        a.xg + t * GH * B, B);
-            }
+            transpose_rect(a.x + t * B * I, I, x_fm.data(), B, B, I);
+            gemm_packed<T>(w_ih, x_t, 1, B, a.xg + t * GH * B, false, Units{0, GH});
         }
     }
 }

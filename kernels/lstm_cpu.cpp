@@ -61,13 +61,13 @@ void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, V
     }
 }
 
-template <typename T> void lstm_forward(const Blas& blas, const Args<T>& a) {
+template <typename T> void lstm_forward(const Blas&, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     // z = W_hh h_{t−1} (+ W_ih x_t when the input projection joins the step's product; then
     // there is no xg)
     const StepProduct<T> recurrent =
-        a.x ? StepProduct<T>(blas, a.w_hh, a.w_ih, 4, H, H, a.input, B, a.threads)
-            : StepProduct<T>(blas, a.w_hh, false, 4, H, H, B, a.threads);
+        a.x ? StepProduct<T>(a.w_hh, a.w_ih, 4, H, H, a.input, B, a.threads)
+            : StepProduct<T>(a.w_hh, false, 4, H, H, B, a.threads);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t tp, const T* hp,
                                        auto valid, Units units) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);

@@ -9,10 +9,10 @@
 
 namespace cpu_loop {
 
-template <typename T, bool Relu> void rnn_forward(const Blas& blas, const Args<T>& a) {
+template <typename T, bool Relu> void rnn_forward(const Blas&, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     // W_hh · h_{t−1}
-    const StepProduct<T> recurrent(blas, a.w_hh, false, 1, H, H, B, a.threads);
+    const StepProduct<T> recurrent(a.w_hh, false, 1, H, H, B, a.threads);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, H, B);

@@ -164,11 +164,14 @@ class Row:
         return dataclasses.replace(self, cell=cell, key=f"{cell}-{self.layers}x{self.hidden}"
                                    + (f"-in{self.input}" if self.input else "")
                                    + ("-bi" if self.bidirectional else "")
-                                   + ("-lengths" if self.lengths else ""))
+                                   + ("-lengths" if self.lengths else "")
+                                   + (f"-b{self.batch}" if self.key.endswith(f"-b{self.batch}")
+                                      else ""))
 
     def quick(self) -> Row:
-        """The same shape of network at toy sizes (for the smoke test)."""
-        return dataclasses.replace(self, hidden=16, batch=4, steps=6,
+        """The same shape of network at toy sizes (for the smoke test); a batch below 4
+        stays."""
+        return dataclasses.replace(self, hidden=16, batch=min(self.batch, 4), steps=6,
                                    input=12 if self.input else 0)
 
 
@@ -188,6 +191,12 @@ ROWS = {
         # of different lengths (``--rows lstm-2x256-bi,lstm-2x256-lengths``)
         Row("lstm-2x256-bi", "lstm", 2, 256, 32, 100, bidirectional=True),
         Row("lstm-2x256-lengths", "lstm", 2, 256, 32, 100, lengths=True),
+        # nor batches that are not a multiple of the packed kernel's 16 lanes (float32): one
+        # sequence (sampling, inference) and 20 (``--rows lstm-1x128-b1,lstm-1x512-b1,…``)
+        Row("lstm-1x128-b1", "lstm", 1, 128, 1, 100),
+        Row("lstm-1x512-b1", "lstm", 1, 512, 1, 100),
+        Row("lstm-1x128-b20", "lstm", 1, 128, 20, 100),
+        Row("lstm-1x512-b20", "lstm", 1, 512, 20, 100),
     )
 }
 DEFAULT_ROWS = {

@@ -66,11 +66,15 @@ def test_equals_the_reference_driver(cell, options, dtype):
                                        **TOL[dtype])
 
 
-# Batches that take the packed step kernel (kernels/cpu_gemm.h: a multiple of 16 floats or 8
-# doubles; 24 and 48 add a one-vector column tile to the two-vector ones) and one that
-# does not; hidden 7 and 13 leave a partial block of rows (blocks of 12), hidden 16 runs
-# blocks of 8 (pick_mr: a multiple of 8 with the step's operand in L1).
-PACKED_BATCHES = {"float32": (16, 48, 20), "float64": (8, 24, 12)}
+# Batches of both step kernels (kernels/cpu_gemm.h). The batch-vectorised one takes a
+# multiple of 16 floats or 8 doubles (24 and 48 add a one-vector column tile to the
+# two-vector ones); hidden 7 and 13 leave a partial block of rows (blocks of 12), hidden 16
+# runs blocks of 8 (pick_mr: a multiple of 8 with the step's operand in L1). The other
+# batches run the kernel with vectors along the rows (blocks of 32 floats or 16 doubles, all
+# three hidden sizes partial): 20 is a tile of 12 columns and one of 8, 3 and 1 take its
+# second set of sums (odd depth 7 and 13 leave a k over), and 1 the GRU's input projection
+# as one BLAS product.
+PACKED_BATCHES = {"float32": (16, 48, 20, 3, 1), "float64": (8, 24, 12, 3, 1)}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -175,16 +179,18 @@ def test_the_pipelined_backward_changes_no_bit(cell, chunk_steps, threads, monke
 @pytest.mark.parametrize("hidden", [25, 40])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, hidden):
+@pytest.mark.parametrize("batch", [16, 5])
+def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, hidden, batch):
     """The loops run on as many threads as NumPy's BLAS is limited to, each taking whole
-    blocks of units (hidden 25: 3 blocks of 12, 2 + 1 or 1 + 1 + 1; hidden 40: 5 of 8)."""
-    lengths = np.array([6, 2, 5, 1] * 4)
+    blocks of units (batch 16, hidden 25: 3 blocks of 12, 2 + 1 or 1 + 1 + 1; hidden 40: 5 of
+    8; batch 5, blocks of 16 doubles: 2 and 3 blocks, a thread of three with none)."""
+    lengths = np.array([6, 2, 5, 1] * 4)[:batch]
     with threadpool_limits(limits=threads, user_api="blas"):
         assert compiled_cpu.numpy_blas().get_num_threads() == threads
         _, ours, our_grads = _run(cell, "compiled", "float64", dict(num_layers=2), lengths,
-                                  hidden=hidden, batch=16)
+                                  hidden=hidden, batch=batch)
     _, ref, ref_grads = _run(cell, "reference", "float64", dict(num_layers=2), lengths,
-                             hidden=hidden, batch=16)
+                             hidden=hidden, batch=batch)
     for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
         np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
     for name in ref_grads:

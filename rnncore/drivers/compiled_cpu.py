@@ -420,7 +420,9 @@ class CompiledCPU:
                 state = tuple(fm[name][last % len(fm[name])] for name in cell.state)
                 if s + 1 < len(segments):  # fm is reused by the next segment
                     state = tuple(aligned_copy(st) for st in state)
-        state_T = tuple(np.ascontiguousarray(s.T) for s in state)
+        # copies: at B 1 s.T is already contiguous, and ascontiguousarray's view of the h ring
+        # (scratch the next layer's forward overwrites) was every layer's but the last's h_n
+        state_T = tuple(s.T.copy() for s in state)
         out = h if valid is None else h * valid
         if every < T:
             saved = {"h": h}
