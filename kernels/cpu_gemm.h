@@ -33,8 +33,6 @@ template <typename T> struct Vector {
 };
 template <typename T> using vec = typename Vector<T>::type;
 template <typename T> constexpr int64_t lanes() { return int64_t(64 / sizeof(T)); }
-// Whether the batch-vectorised kernel (tile) fills the batch's columns: N a multiple of L.
-template <typename T> bool batch_vectors(int64_t n) { return n > 0 && n % lanes<T>() == 0; }
 // The rows of the other kernel's blocks (tile_columns): two vectors' worth.
 template <typename T> constexpr int64_t column_mr() { return 2 * lanes<T>(); }
 

@@ -31,8 +31,7 @@ template <typename T> void gru_forward(const Blas&, const Args<T>& a) {
             }
             const T* hpj = hp + j * B;
             const int64_t s = j * B;
-#pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
+            for_columns<T, true>(B, [&](int64_t b) {
                 const T r = sigmoid<T>((x[0][b] + bx[0]) + (u[0][b] + bh[0]));
                 const T z = sigmoid<T>((x[1][b] + bx[1]) + (u[1][b] + bh[1]));
                 const T hn = u[2][b] + bh[2];
@@ -43,7 +42,7 @@ template <typename T> void gru_forward(const Blas&, const Args<T>& a) {
                 nt[s + b] = n;
                 hnt[s + b] = hn;
                 ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
-            }
+            });
         }
     });
 }
@@ -68,8 +67,7 @@ void gru_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
             }
             const T* hpj = hp + s;
             T* dhpj = dhp + s;
-#pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
+            for_columns<T, false>(B, [&](int64_t b) {
                 const bool keep = valid[b];
                 const T dh_in = dht[s + b];
                 const T d = keep ? dh_in : T(0);
@@ -84,7 +82,7 @@ void gru_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
                 du[1][b] = da_z;
                 du[2][b] = da_n * r;
                 dhpj[b] += d * z + (keep ? T(0) : dh_in);
-            }
+            });
         }
         return static_cast<const T*>(dut);
     });

@@ -41,15 +41,13 @@ void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, V
         // the gates, then the cell from them (read back from L1): as one loop the forward
         // took 1–1.5 % longer (Intel Xeon, LSTM 1×128, 3×512 and the seed row, one thread,
         // interleaved); the gates as four loops, or all units' gates before any cell, slower
-#pragma GCC ivdep
-        for (int64_t b = 0; b < B; ++b) {
+        for_columns<T, true>(B, [&](int64_t b) {
             g_out[0][b] = sigmoid<T>((Joined ? T(0) : x[0][b]) + r[0][b] + bias[0]);
             g_out[1][b] = sigmoid<T>((Joined ? T(0) : x[1][b]) + r[1][b] + bias[1]);
             g_out[2][b] = tanh_<T>((Joined ? T(0) : x[2][b]) + r[2][b] + bias[2]);
             g_out[3][b] = sigmoid<T>((Joined ? T(0) : x[3][b]) + r[3][b] + bias[3]);
-        }
-#pragma GCC ivdep
-        for (int64_t b = 0; b < B; ++b) {
+        });
+        for_columns<T, true>(B, [&](int64_t b) {
             const T i = g_out[0][b], f = g_out[1][b], g = g_out[2][b], o = g_out[3][b];
             const T c_new = f * cpj[b] + i * g;
             const T tc = tanh_<T>(c_new);
@@ -57,7 +55,7 @@ void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, V
             const bool keep = valid[b];
             hj[b] = keep ? o * tc : hpj[b];
             cj[b] = keep ? c_new : cpj[b];
-        }
+        });
     }
 }
 
@@ -100,8 +98,7 @@ void lstm_backward_elements(const Args<T>& a, int64_t t, const T* cp, const T* d
         const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
         const T* dcj = dc + j * B;
         T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
-#pragma GCC ivdep
-        for (int64_t b = 0; b < B; ++b) {
+        for_columns<T, std::is_same_v<Valid, AllValid>>(B, [&](int64_t b) {
             const bool keep = valid[b];
             const T dh_in = dhj[b], dc_in = dcj[b];
             const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
@@ -114,7 +111,7 @@ void lstm_backward_elements(const Args<T>& a, int64_t t, const T* cp, const T* d
             dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
             dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
             dhpj[b] += keep ? T(0) : dh_in;
-        }
+        });
     }
 }
 

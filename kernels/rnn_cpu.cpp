@@ -20,13 +20,12 @@ template <typename T, bool Relu> void rnn_forward(const Blas&, const Args<T>& a)
         for (int64_t j = units.lo; j < units.hi; ++j) {
             const T bias = (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
             const int64_t s = j * B;
-#pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
+            for_columns<T, true>(B, [&](int64_t b) {
                 const T pre = xt[s + b] + a.scratch[s + b] + bias;
                 const T y = Relu ? relu<T>(pre) : tanh_<T>(pre);
                 yt[s + b] = y;
                 ht[s + b] = valid[b] ? y : hp[s + b];
-            }
+            });
         }
     });
 }
@@ -41,14 +40,13 @@ void rnn_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
         T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
         for (int64_t j = units.lo; j < units.hi; ++j) {
             const int64_t s = j * B;
-#pragma GCC ivdep
-            for (int64_t b = 0; b < B; ++b) {
+            for_columns<T, std::is_same_v<decltype(valid), AllValid>>(B, [&](int64_t b) {
                 const bool keep = valid[b];
                 const T dh_in = dht[s + b], y = yt[s + b];
                 const T slope = Relu ? relu_grad<T>(y) : tanh_grad<T>(y);
                 dat[j * ld + b] = keep ? dh_in * slope : T(0);
                 dhp[s + b] += keep ? T(0) : dh_in;
-            }
+            });
         }
         return static_cast<const T*>(dat);
     });

@@ -4,6 +4,7 @@ configuration, pass the finite-difference checks, feed the gradient-flow recorde
 gradients, repeat bit for bit, and leave cells it cannot run to the reference."""
 
 import ctypes
+import itertools
 
 import numpy as np
 import pytest
@@ -73,15 +74,17 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # batches run the kernel with vectors along the rows (blocks of 32 floats or 16 doubles, all
 # three hidden sizes partial): 20 is a tile of 12 columns and one of 8, 3 and 1 take its
 # second set of sums (odd depth 7 and 13 leave a k over), and 1 the GRU's input projection
-# as one BLAS product.
+# as one BLAS product. Past the last whole vector (20 and 12) the element loops run the
+# vector that ends at the batch (for_columns, cpu_loop.h), with lengths and without.
 PACKED_BATCHES = {"float32": (16, 48, 20, 3, 1), "float64": (8, 24, 12, 3, 1)}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
-    for batch in PACKED_BATCHES[dtype]:
-        lengths = np.random.default_rng(batch).integers(1, 7, batch)
+    for batch, lengths in itertools.product(PACKED_BATCHES[dtype], ("none", "random")):
+        lengths = np.random.default_rng(batch).integers(1, 7, batch) \
+            if lengths == "random" else None
         for hidden, options in ((7, dict(num_layers=1)),
                                 (13, dict(num_layers=2, bidirectional=True)),
                                 (16, dict(num_layers=2, bidirectional=True))):
@@ -226,14 +229,15 @@ def test_the_threads_shares_move_without_changing_a_bit(cell):
         np.testing.assert_array_equal(even_grads[name], moved_grads[name], err_msg=name)
 
 
-def test_the_input_projection_joins_the_step_only_at_whole_vectors():
+def test_the_input_projection_joins_the_step_but_at_batch_1():
     driver = compiled_cpu.CompiledCPU()
     dims = rnncore.cells.Dims(5, 7)
     lstm, gru = (rnncore.cells.get(c).cpu_loop_for(dims) for c in ("lstm", "gru"))
-    assert driver._joins_input(lstm, np.dtype("float32"), 32)
-    assert driver._joins_input(lstm, np.dtype("float64"), 8)
-    assert not driver._joins_input(lstm, np.dtype("float32"), 8)
-    assert not driver._joins_input(gru, np.dtype("float32"), 32)  # its n gate needs W_hn h
+    assert driver._joins_input(lstm, 32)
+    assert driver._joins_input(lstm, 8)
+    assert driver._joins_input(lstm, 20)  # the column kernel
+    assert not driver._joins_input(lstm, 1)  # X_g: one product
+    assert not driver._joins_input(gru, 32)  # its n gate needs W_hn h
 
 
 @pytest.mark.parametrize("cell", CELLS)
