@@ -184,6 +184,27 @@ def test_a_bidirectional_row_and_a_row_of_lengths_run_against_torch(tmp_path):
     assert rows[1]["gemm_flops"] == {"forward": forward, "forward+backward": 3 * forward}
 
 
+def test_rows_of_batches_that_are_not_whole_vectors_run_against_torch(tmp_path):
+    """One sequence and 20 (not a multiple of the packed kernel's 16 lanes): rnncore runs
+    them through the kernel with vectors along the rows (kernels/cpu_gemm.h) and gives what
+    torch.nn gives; at --quick sizes the batches are 1 and 4."""
+    from rnncore import bench
+
+    keys = ["lstm-1x128-b1", "lstm-1x512-b1", "lstm-1x128-b20", "lstm-1x512-b20"]
+    assert [bench.ROWS[k].batch for k in keys] == [1, 1, 20, 20]
+    assert not set(keys) & set(bench.DEFAULT_ROWS["cpu"])
+    assert bench.ROWS["lstm-1x128-b1"].with_cell("gru").key == "gru-1x128-b1"
+    assert bench.ROWS["lstm-1x128"].with_cell("gru").key == "gru-1x128"
+    bench.main(["--quick", "--rows", "lstm-1x128-b1,lstm-1x128-b20", "--threads", "1",
+                "--no-memory", "--json", str(tmp_path / "b.json")])
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["LSTM 1×16 (B 1, T 6)", "LSTM 1×16 (B 4, T 6)"]
+    for r in rows:
+        assert set(r["median_ms"]["forward"]) == {"rnncore", "torch"}
+        for errors in r["rel_error"].values():
+            assert all(e < 1e-4 for e in errors.values()), errors
+
+
 def test_torch_on_a_packed_sequence_is_zero_past_each_end():
     import torch
 
