@@ -75,6 +75,7 @@ import gc
 import json
 import math
 import os
+import re
 import platform
 import shlex
 import statistics
@@ -165,13 +166,19 @@ class Row:
                                    + (f"-in{self.input}" if self.input else "")
                                    + ("-bi" if self.bidirectional else "")
                                    + ("-lengths" if self.lengths else "")
-                                   + (f"-b{self.batch}" if self.key.endswith(f"-b{self.batch}")
-                                      else ""))
+                                   + "".join(re.findall(r"-b\d+$", self.key)))
+
+    def with_batch(self, batch: int) -> Row:
+        """This row at another batch size (its key ends in -b<batch>)."""
+        return dataclasses.replace(self, batch=batch,
+                                   key=re.sub(r"-b\d+$", "", self.key) + f"-b{batch}")
 
     def quick(self) -> Row:
         """The same shape of network at toy sizes (for the smoke test); a batch below 4
-        stays."""
-        return dataclasses.replace(self, hidden=16, batch=min(self.batch, 4), steps=6,
+        stays (and a key's -b<batch> follows it)."""
+        batch = min(self.batch, 4)
+        return dataclasses.replace(self, hidden=16, batch=batch, steps=6,
+                                   key=re.sub(r"-b\d+$", f"-b{batch}", self.key),
                                    input=12 if self.input else 0)
 
 
@@ -1136,6 +1143,9 @@ def parse_args(argv):
                         help="bench these registered cells (comma list, or all) at the size "
                              "of each selected row, instead of the row's own cell; "
                              "registered: " + ", ".join(cells.names()))
+    parser.add_argument("--batches", default=None, type=cli.int_list(1, 65_536),
+                        help="run each selected row at these batch sizes instead of its own "
+                             "(a comma list; after --quick's sizes)")
     parser.add_argument("--repeats", type=cli.at_least(1, 100_000), default=None,
                         help="timed rounds per pass (default 5 on cpu, 30 on cuda, 2 with "
                              "--quick; an explicit value wins over --quick)")
@@ -1165,8 +1175,11 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     keys = args.rows or DEFAULT_ROWS[args.device.kind]
     rows = [ROWS[k].quick() if args.quick else ROWS[k] for k in keys]
+    if args.batches:
+        rows = [row.with_batch(b) for row in rows for b in args.batches]
     if args.cells:
         rows = [row.with_cell(c) for row in rows for c in args.cells]
+    if args.batches or args.cells:  # the same configuration once
         rows = list({dataclasses.replace(r, key="", note=""): r for r in rows}.values())
     args.rows = rows
     repeats, warmup = (2, 1) if args.quick else DEFAULT_REPEATS[args.device.kind]

@@ -205,6 +205,19 @@ def test_rows_of_batches_that_are_not_whole_vectors_run_against_torch(tmp_path):
             assert all(e < 1e-4 for e in errors.values()), errors
 
 
+def test_batches_run_each_row_at_each_size():
+    from rnncore import bench
+
+    args = bench.parse_args(["--rows", "lstm-1x128,lstm-1x128-b20", "--batches", "1,20",
+                             "--quick"])
+    # lstm-1x128 at 20 and lstm-1x128-b20 at 20 are one configuration
+    assert [(r.key, r.batch, r.hidden) for r in args.rows] == [
+        ("lstm-1x128-b1", 1, 16), ("lstm-1x128-b20", 20, 16)]
+    args = bench.parse_args(["--rows", "lstm-1x128", "--batches", "3", "--cells", "gru"])
+    assert [(r.key, r.cell, r.batch) for r in args.rows] == [("gru-1x128-b3", "gru", 3)]
+    assert bench.ROWS["lstm-1x512-b1"].with_batch(8).key == "lstm-1x512-b8"
+
+
 def test_torch_on_a_packed_sequence_is_zero_past_each_end():
     import torch
 

@@ -74,7 +74,7 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # batches run the kernel with vectors along the rows (blocks of 32 floats or 16 doubles, all
 # three hidden sizes partial): 20 is a tile of 12 columns and one of 8, 3 and 1 take its
 # second set of sums (odd depth 7 and 13 leave a k over), and 1 the GRU's input projection
-# as one BLAS product. Past the last whole vector (20 and 12) the element loops run the
+# as one BLAS product; hidden 40 is two such blocks of floats, the second partial. Past the last whole vector (20 and 12) the element loops run the
 # vector that ends at the batch (for_columns, cpu_loop.h), with lengths and without.
 PACKED_BATCHES = {"float32": (16, 48, 20, 3, 1), "float64": (8, 24, 12, 3, 1)}
 
@@ -87,7 +87,8 @@ def test_the_packed_step_kernel_equals_the_reference_driver(cell, dtype):
             if lengths == "random" else None
         for hidden, options in ((7, dict(num_layers=1)),
                                 (13, dict(num_layers=2, bidirectional=True)),
-                                (16, dict(num_layers=2, bidirectional=True))):
+                                (16, dict(num_layers=2, bidirectional=True)),
+                                (40, dict(num_layers=1))):
             m, ours, our_grads = _run(cell, "compiled", dtype, options, lengths, hidden,
                                       batch=batch)
             assert m.impl_in_use == "compiled"
@@ -182,11 +183,12 @@ def test_the_pipelined_backward_changes_no_bit(cell, chunk_steps, threads, monke
 @pytest.mark.parametrize("hidden", [25, 40])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("batch", [16, 5])
+@pytest.mark.parametrize("batch", [16, 5, 1])
 def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, hidden, batch):
     """The loops run on as many threads as NumPy's BLAS is limited to, each taking whole
     blocks of units (batch 16, hidden 25: 3 blocks of 12, 2 + 1 or 1 + 1 + 1; hidden 40: 5 of
-    8; batch 5, blocks of 16 doubles: 2 and 3 blocks, a thread of three with none)."""
+    8; batches 5 and 1, blocks of 16 doubles: 2 and 3 blocks, a thread of three with none;
+    at batch 1 the threads split X_g's one product by steps)."""
     lengths = np.array([6, 2, 5, 1] * 4)[:batch]
     with threadpool_limits(limits=threads, user_api="blas"):
         assert compiled_cpu.numpy_blas().get_num_threads() == threads

@@ -110,8 +110,8 @@ class CpuLoop(NamedTuple):
     grads: tuple  # (("dxg", G), …) and ("dhg", G) when ∂h_g differs from ∂x_g
     recurrent_bias: bool = False  # b_hh stays with the recurrent product (GRU), not hoisted
     history: bool = False  # keeps the second state's gradient per step for the recorder
-    # takes W_ih x_t into the step's product when the batch fills vectors (Args::x), so
-    # the driver hoists no input projection then
+    # takes W_ih x_t into the step's product at every batch but 1 (Args::x), so the driver
+    # hoists no input projection then
     joins_input: bool = False
 
 

@@ -8,11 +8,13 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
 - lays every per-step buffer out time-major and feature-major within a step, (T, width,
   B), so that the recurrent product of a step is  W_hh · h_{t−1}  into a (G·H, B) buffer
   and each step reads and writes contiguous blocks;
-- runs that product through its own kernel with W_hh packed once per call
-  (``kernels/cpu_gemm.h``) when B is a multiple of 16 floats (8 doubles): BLAS would pack
-  both operands at every step. The LSTM then also takes W_ih x_t into the step's product,
-  so its forward has no hoisted X_g at all. Other batches call NumPy's own OpenBLAS (its
-  ``cblas_?gemm``, found in the loaded library);
+- runs that product through its own kernels with W_hh packed once per call
+  (``kernels/cpu_gemm.h``: vectors along the batch where B is a multiple of 16 floats or 8
+  doubles, along W's rows otherwise): BLAS would pack both operands at every step. The
+  LSTM also takes W_ih x_t into the step's product, so its forward has no hoisted X_g, but
+  at B 1, where X_g is one BLAS product of all the steps. The hoisted products (weight
+  gradients, ∂x, that X_g) call NumPy's own OpenBLAS (its ``cblas_?gemm``, found in the
+  loaded library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
   kernels (common.cuh), so no NumPy temporaries and no Python per step;
 - runs on as many threads as NumPy's BLAS is limited to (``threadpoolctl``,
