@@ -419,8 +419,9 @@ struct AllValid {
 // over it. Where B is not whole vectors, the columns after the last whole vector ran scalar,
 // with glibc's scalar tanhf and expf: 21 % of an LSTM 1×128 forward at B 20 (perf, AMD
 // EPYC, one thread). Where Twice allows, they run as part of the whole vector that ends at
-// B instead, which runs some columns a second time: only for a body that reads none of the
-// values it writes.
+// B instead, which runs some columns a second time: only for a body that gives the same
+// values run twice (it reads nothing it writes, or, as the LSTM's and the RNN's backward
+// without lengths, adds 0 to what it reads).
 template <typename T, bool Twice, typename Body>
 inline void for_columns(int64_t B, Body body) {
     constexpr int64_t L = lanes<T>();
