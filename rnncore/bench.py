@@ -75,8 +75,8 @@ import gc
 import json
 import math
 import os
-import re
 import platform
+import re
 import shlex
 import statistics
 import sys

@@ -71,11 +71,12 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # multiple of 16 floats or 8 doubles (24 and 48 add a one-vector column tile to the
 # two-vector ones); hidden 7 and 13 leave a partial block of rows (blocks of 12), hidden 16
 # runs blocks of 8 (pick_mr: a multiple of 8 with the step's operand in L1). The other
-# batches run the kernel with vectors along the rows (blocks of 32 floats or 16 doubles, all
-# three hidden sizes partial): 20 is a tile of 12 columns and one of 8, 3 and 1 take its
-# second set of sums (odd depth 7 and 13 leave a k over), and 1 the GRU's input projection
-# as one BLAS product; hidden 40 is two such blocks of floats, the second partial. Past the last whole vector (20 and 12) the element loops run the
-# vector that ends at the batch (for_columns, cpu_loop.h), with lengths and without.
+# batches run the kernel with vectors along the rows, in blocks of 32 floats or 16 doubles
+# (every hidden size leaves a partial one; 40 is two blocks of floats, three of doubles):
+# 20 is a tile of 12 columns and one of 8, 3 and 1 take its second set of sums (odd depth 7
+# and 13 leave a k over), and 1 the GRU's input projection as one BLAS product. Past the
+# last whole vector (20 and 12) the element loops run the vector that ends at the batch
+# (for_columns, cpu_loop.h), with lengths and without.
 PACKED_BATCHES = {"float32": (16, 48, 20, 3, 1), "float64": (8, 24, 12, 3, 1)}
 
 
