@@ -44,7 +44,7 @@ template <typename T> T row_sum(const T* row, int64_t n) {
 // the time in BLAS against 34 % in the kernel for the recurrent products' equal FLOPs,
 // perf, Intel Xeon). With one sequence, (T, G·H, 1) is X_g's batch-major layout too, so it
 // is one BLAS product of all the steps, X (T × I) · W_ihᵀ: a step at a time it is a
-// matrix-vector product that reads all of W_ih from memory each time.
+// matrix-vector product that reads all of W_ih for one column.
 template <typename T> void input_projection(const Blas& blas, const HoistedArgs<T>& a) {
     const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
     if (B == 1) {

@@ -333,8 +333,9 @@ class CompiledCPU:
     def _joins_input(self, loop, batch) -> bool:
         """Whether the loop takes W_ih x_t into its step's product instead of a hoisted X_g:
         at every batch but 1, where X_g is one BLAS product of all the steps
-        (kernels/hoisted.h). Joined, LSTM 1×128's forward took 0.89 of the time at B 20,
-        0.86 at B 8; at B 1 1.05 (AMD EPYC, one thread)."""
+        (kernels/hoisted.h). Joined, LSTM 1×128's forward took 0.88–0.91 of the time at
+        B 20, 0.86 at B 8; at B 1 1.05 (AMD EPYC, one thread, processes one after the
+        other)."""
         return loop.joins_input and batch > 1
 
     def _run_forward(self, loop, p, x, state_fm, lo, hi, reverse, valid_u8, threads, fm=None,
