@@ -213,8 +213,9 @@ __attribute__((always_inline)) inline void accumulate_columns(const T*& ap, cons
     int64_t k = 0;
     for (; k + SETS <= count; k += SETS)
         for (int s = 0; s < SETS; ++s, ap += 2 * L, x += stride) {
-            const vec<T> a0 = *reinterpret_cast<const vec<T>*>(ap);
-            const vec<T> a1 = *reinterpret_cast<const vec<T>*>(ap + L);
+            vec<T> a0 = *reinterpret_cast<const vec<T>*>(ap);
+            vec<T> a1 = *reinterpret_cast<const vec<T>*>(ap + L);
+            asm("" : "+v"(a0), "+v"(a1));
             for (int j = 0; j < NR; ++j) {
                 const vec<T> xj = vec<T>{} + x[j];
                 acc[s][j][0] += a0 * xj;

@@ -433,6 +433,98 @@ inline void for_columns(int64_t B, Body body) {
         for (int64_t b = B - L; b < B; ++b) body(b);
 }
 
+// A step's gradient as a backward element loop writes it: rows of B values, row r at
+// rows + r·stride.
+template <typename T> struct GradRows {
+    T* rows;
+    int64_t stride;
+    T* row(int64_t r) const { return rows + r * stride; }
+};
+
+// A cell's element loop over a thread's units [lo, hi) of a step's (H, B) blocks, run one
+// of two ways. Unit j's row of a block is B contiguous values and the rows follow each
+// other, so in every block the units are the (hi − lo)·B values from lo·B on.
+//  * By unit, where B is whole vectors: for each unit, its B columns; the unit's constants
+//    (the cell's biases) are scalars, the flags the step's row of them.
+//  * Flat, else: the (hi − lo)·B values as one row. By unit, a batch of 4 ran 4 scalar
+//    values a unit, with glibc's scalar expf and tanhf; flat, it runs whole vectors across
+//    units. The constants are then read from a copy expanded to every value (K × H × B,
+//    made once a call), the flags from the step's row repeated for each unit.
+// The loop is written once for both ways, as
+//     body(j, n, constant, valid)
+// over n values from unit j's row on: value i of a block at (block + j·B)[i], constant k of
+// its unit constant(k, i), its flag valid[i].
+template <typename T, int K> class UnitElements {
+  public:
+    // constant(k, j): constant k of unit j
+    template <typename Constant>
+    UnitElements(int64_t H, int64_t B, bool masked, Constant constant)
+        : H_(H), B_(B), flat_(B % lanes<T>() != 0), per_unit_(K * H),
+          expanded_(flat_ ? K * H * B : 0), flags_(flat_ && masked ? H * B : 0) {
+        for (int k = 0; k < K; ++k)
+            for (int64_t j = 0; j < H; ++j) {
+                per_unit_[k * H + j] = constant(k, j);
+                if (flat_) std::fill_n(expanded_.data() + (k * H + j) * B, B, per_unit_[k * H + j]);
+            }
+    }
+    // a loop without constants (K 0)
+    UnitElements(int64_t H, int64_t B, bool masked)
+        : UnitElements(H, B, masked, [](int, int64_t) { return T(0); }) {}
+    bool flat() const { return flat_; }
+
+    // Where a backward element loop writes its rows of a step's gradient, given as G·H rows
+    // of B values at row stride ld (a chunk's columns of the step: the layout the weight
+    // gradients read). Flat, a thread's values of a gate are not contiguous there when
+    // ld > B, so the loop writes `block` (rows of B, a block of the step's own), and
+    // copy_rows moves them.
+    GradRows<T> rows_for(T* rows, int64_t ld, T* block) const {
+        return flat_ && ld != B_ ? GradRows<T>{block, B_} : GradRows<T>{rows, ld};
+    }
+    // from the block rows_for chose to the rows, the thread's units of each of `groups` gates
+    void copy_rows(GradRows<T> from, T* rows, int64_t ld, int64_t groups, Units units) const {
+        if (from.rows == rows) return;
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t r = g * H_ + units.lo; r < g * H_ + units.hi; ++r)
+                for (int64_t b = 0; b < B_; ++b) rows[r * ld + b] = from.rows[r * B_ + b];
+    }
+
+    template <typename Valid, typename Body> void run(Units units, Valid valid, Body body) {
+        if (flat_) {
+            const int64_t lo = units.lo * B_, n = (units.hi - units.lo) * B_;
+            body(units.lo, n, Expanded{expanded_.data() + lo, H_ * B_}, repeated(valid, lo, n));
+            return;
+        }
+        for (int64_t j = units.lo; j < units.hi; ++j) {
+            Scalars constant;
+            for (int k = 0; k < K; ++k) constant.v[k] = per_unit_[k * H_ + j];
+            body(j, B_, constant, valid);
+        }
+    }
+
+  private:
+    struct Scalars {
+        T v[K > 0 ? K : 1];
+        T operator()(int k, int64_t) const { return v[k]; }
+    };
+    struct Expanded {
+        const T* p;
+        int64_t stride;
+        T operator()(int k, int64_t i) const { return p[k * stride + i]; }
+    };
+    // the flags of values [lo, lo + n) of a block: the step's row for each unit
+    const uint8_t* repeated(const uint8_t* row, int64_t lo, int64_t n) {
+        for (int64_t i = lo; i < lo + n; i += B_) std::memcpy(flags_.data() + i, row, B_);
+        return flags_.data() + lo;
+    }
+    AllValid repeated(AllValid all, int64_t, int64_t) { return all; }
+
+    int64_t H_, B_;
+    bool flat_;
+    std::vector<T> per_unit_;
+    AlignedArray<T> expanded_;
+    AlignedArray<uint8_t> flags_;  // each thread writes and reads its own units' part
+};
+
 // elements(…, valid flags, …) with step t's flags, of either kind
 template <typename Call>
 inline auto with_valid(const uint8_t* valid, int64_t t, int64_t batch, Call call) {
@@ -499,11 +591,13 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 
 // The time loop of every cell's compiled backward, from the last step to the first: each
 // thread runs the cell's element step on its units,
-//     d = elements(k, t, tp, ∂h_{t−1}, valid flags, units)     (k: the loop position)
-// writing its units' rows of d, the gradient of step t's product (row stride grad_stride);
-// once every thread has, it computes its units' rows of  ∂h_{t−1} += W_hhᵀ d, which is all
-// its next element step reads. The shares move (UnitShares) only at that barrier, so a
-// product and the element step after it run the same units.
+//     d = elements(k, t, tp, ∂h_{t−1}, valid flags, units, block)     (k: the loop position)
+// writing its units' rows of d (GradRows), the gradient of step t's product: in place, at
+// row stride grad_stride, or in `block`, a contiguous (G·H, B) block of the step's
+// (UnitElements::rows_for); once every thread has, it computes its units' rows of
+// ∂h_{t−1} += W_hhᵀ d, which is all its next element step reads. The shares move
+// (UnitShares) only at that barrier, so a product and the element step after it run the
+// same units.
 //
 // The packed kernel reads d's rows from a contiguous (G·H, B) block (two, used in turn):
 // each thread first copies its own rows there, from its cache. Read in place, a chunk's
@@ -514,12 +608,15 @@ template <typename T> class StagedRows {
   public:
     StagedRows(bool on, int64_t rows, int64_t batch)
         : rows_(rows), batch_(batch), data_(on ? 2 * rows * batch : 0) {}
-    // this thread's rows (g·H + units, every g) of d (row stride ld) into block k % 2;
-    // returns the block and sets its row stride, or d and ld when off
-    const T* stage(const T* d, int64_t ld, int64_t k, int64_t H, Units units, int64_t& stride) {
-        stride = ld;
-        if (data_.empty()) return d;
-        T* to = data_.data() + (k % 2) * rows_ * batch_;
+    // block k % 2, or null when off
+    T* block(int64_t k) {
+        return data_.empty() ? nullptr : data_.data() + (k % 2) * rows_ * batch_;
+    }
+    // d's rows, contiguous: d itself where they are, else this thread's rows (g·H + units,
+    // every g) copied into block k % 2
+    const T* stage(GradRows<T> d, int64_t k, int64_t H, Units units) {
+        if (d.stride == batch_) return d.rows;
+        T* to = block(k);
         // a row is a few vectors, copied as such where the batch is whole vectors (a memcpy
         // call a row cost more than the copy)
         constexpr int64_t L = lanes<T>();
@@ -528,10 +625,9 @@ template <typename T> class StagedRows {
                 if (batch_ % L == 0)
                     for (int64_t b = 0; b < batch_; b += L)
                         *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =
-                            *reinterpret_cast<const vec<T>*>(d + r * ld + b);
+                            *reinterpret_cast<const vec<T>*>(d.row(r) + b);
                 else
-                    std::memcpy(to + r * batch_, d + r * ld, sizeof(T) * batch_);
-        stride = batch_;
+                    std::memcpy(to + r * batch_, d.row(r), sizeof(T) * batch_);
         return to;
     }
 
@@ -561,17 +657,18 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
             const T* dout_p = tp < 0 ? a.dout0 : a.dout ? a.dout + tp * B * H : nullptr;
             if (dout_p)
                 transpose_rect(dout_p + mine.lo, H, dhp + mine.lo * B, B, B, mine.hi - mine.lo);
-            int64_t stride;
-            const T* d = staged.stage(
-                with_valid(a.valid, t, B,
-                           [&](auto valid) { return elements(k, t, tp, dhp, valid, mine); }),
-                a.grad_stride, k, H, mine, stride);
+            const T* d = staged.stage(with_valid(a.valid, t, B,
+                                                 [&](auto valid) {
+                                                     return elements(k, t, tp, dhp, valid, mine,
+                                                                     staged.block(k));
+                                                 }),
+                                      k, H, mine);
             share.stop(k);
 #pragma omp barrier
             share.rebalance(k);
             mine = share.units();
             share.start();
-            product_t(d, dhp, true, mine, nullptr, stride);
+            product_t(d, dhp, true, mine);
         }
     }
 }

@@ -13,37 +13,38 @@ template <typename T> void gru_forward(const Blas&, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     // W_hh · h_{t−1}
     const StepProduct<T> recurrent(a.w_hh, false, 3, H, H, B, a.threads);
+    // the per-unit constants: b_ih of the gates r, z, n (0–2), then b_hh's (3–5)
+    UnitElements<T, 6> elements(H, B, a.valid != nullptr, [&](int k, int64_t j) {
+        const T* bias = k < 3 ? a.bias_x : a.bias_h;
+        return bias ? bias[k % 3 * H + j] : T(0);
+    });
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, 3 * H, B);
         T *ht = h_block(a, t), *rt = block<T>(a.saved[1], t, H, B);
         T *zt = block<T>(a.saved[2], t, H, B), *nt = block<T>(a.saved[3], t, H, B);
         T* hnt = block<T>(a.saved[4], t, H, B);
-        for (int64_t j = units.lo; j < units.hi; ++j) {
+        elements.run(units, valid, [&](int64_t j, int64_t count, auto bias, auto valid) {
             const T *x[3], *u[3];
-            T bx[3], bh[3];
             for (int q = 0; q < 3; ++q) {
-                const int64_t row = q * H + j;
-                x[q] = xt + row * B;
-                u[q] = a.scratch + row * B;
-                bx[q] = a.bias_x ? a.bias_x[row] : T(0);
-                bh[q] = a.bias_h ? a.bias_h[row] : T(0);
+                x[q] = xt + (q * H + j) * B;
+                u[q] = a.scratch + (q * H + j) * B;
             }
             const T* hpj = hp + j * B;
             const int64_t s = j * B;
-            for_columns<T, true>(B, [&](int64_t b) {
-                const T r = sigmoid<T>((x[0][b] + bx[0]) + (u[0][b] + bh[0]));
-                const T z = sigmoid<T>((x[1][b] + bx[1]) + (u[1][b] + bh[1]));
-                const T hn = u[2][b] + bh[2];
-                const T n = tanh_<T>((x[2][b] + bx[2]) + r * hn);
-                const T hpb = hpj[b];
-                rt[s + b] = r;
-                zt[s + b] = z;
-                nt[s + b] = n;
-                hnt[s + b] = hn;
-                ht[s + b] = valid[b] ? n + z * (hpb - n) : hpb;
+            for_columns<T, true>(count, [&](int64_t e) {
+                const T r = sigmoid<T>((x[0][e] + bias(0, e)) + (u[0][e] + bias(3, e)));
+                const T z = sigmoid<T>((x[1][e] + bias(1, e)) + (u[1][e] + bias(4, e)));
+                const T hn = u[2][e] + bias(5, e);
+                const T n = tanh_<T>((x[2][e] + bias(2, e)) + r * hn);
+                const T hpe = hpj[e];
+                rt[s + e] = r;
+                zt[s + e] = z;
+                nt[s + e] = n;
+                hnt[s + e] = hn;
+                ht[s + e] = valid[e] ? n + z * (hpe - n) : hpe;
             });
-        }
+        });
     });
 }
 
@@ -51,40 +52,46 @@ template <typename T> void gru_forward(const Blas&, const Args<T>& a) {
 template <typename T>
 void gru_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
+    UnitElements<T, 0> elements(H, B, a.valid != nullptr);
+    AlignedArray<T> dx_block(elements.flat() ? 3 * H * B : 0);  // ∂x_g's, where not in place
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
-                                          auto valid, Units units) {
+                                          auto valid, Units units, T* staging) {
         const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
         const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
         const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);
         const T* dht = block<T>(a.dh, t, H, B);
         T *dxt = a.grads[0] + t * B, *dut = a.grads[1] + t * B;  // row r at + r·ld
-        for (int64_t j = units.lo; j < units.hi; ++j) {
+        const GradRows<T> dx = elements.rows_for(dxt, ld, dx_block.data());
+        const GradRows<T> du = elements.rows_for(dut, ld, staging);
+        elements.run(units, valid, [&](int64_t j, int64_t count, auto, auto valid) {
             const int64_t s = j * B;
-            T *dx[3], *du[3];
+            T *dxq[3], *duq[3];
             for (int q = 0; q < 3; ++q) {
-                dx[q] = dxt + (q * H + j) * ld;
-                du[q] = dut + (q * H + j) * ld;
+                dxq[q] = dx.row(q * H + j);
+                duq[q] = du.row(q * H + j);
             }
             const T* hpj = hp + s;
             T* dhpj = dhp + s;
-            for_columns<T, false>(B, [&](int64_t b) {
-                const bool keep = valid[b];
-                const T dh_in = dht[s + b];
+            for_columns<T, false>(count, [&](int64_t e) {
+                const bool keep = valid[e];
+                const T dh_in = dht[s + e];
                 const T d = keep ? dh_in : T(0);
-                const T r = rt[s + b], z = zt[s + b], n = nt[s + b];
+                const T r = rt[s + e], z = zt[s + e], n = nt[s + e];
                 const T da_n = d * (T(1) - z) * tanh_grad<T>(n);
-                const T da_r = da_n * hnt[s + b] * sigmoid_grad<T>(r);
-                const T da_z = d * (hpj[b] - n) * sigmoid_grad<T>(z);
-                dx[0][b] = da_r;
-                dx[1][b] = da_z;
-                dx[2][b] = da_n;
-                du[0][b] = da_r;
-                du[1][b] = da_z;
-                du[2][b] = da_n * r;
-                dhpj[b] += d * z + (keep ? T(0) : dh_in);
+                const T da_r = da_n * hnt[s + e] * sigmoid_grad<T>(r);
+                const T da_z = d * (hpj[e] - n) * sigmoid_grad<T>(z);
+                dxq[0][e] = da_r;
+                dxq[1][e] = da_z;
+                dxq[2][e] = da_n;
+                duq[0][e] = da_r;
+                duq[1][e] = da_z;
+                duq[2][e] = da_n * r;
+                dhpj[e] += d * z + (keep ? T(0) : dh_in);
             });
-        }
-        return static_cast<const T*>(dut);
+        });
+        elements.copy_rows(dx, dxt, ld, 3, units);
+        elements.copy_rows(du, dut, ld, 3, units);
+        return du;
     });
 }
 

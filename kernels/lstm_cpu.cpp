@@ -16,47 +16,54 @@ namespace cpu_loop {
 
 // Step t's element loop over units [lo, hi): reading the pre-activations (+ x_g unless the
 // input joined the product, Joined), writing the gates, h_t, c_t and (KeepTanh) tanh(c_t).
+// The constants (lstm_constants): each gate's bias, b_ih + b_hh.
 template <typename T, bool Joined, bool KeepTanh, typename Valid>
-void lstm_step_elements(const Args<T>& a, int64_t t, const T* hp, const T* cp, Valid valid,
-                        Units units) {
+void lstm_step_elements(const Args<T>& a, UnitElements<T, 4>& elements, int64_t t,
+                        const T* hp, const T* cp, Valid valid, Units units) {
     const int64_t H = a.hidden, B = a.batch;
     const T* xt = Joined ? nullptr : block<const T>(a.xg, t, 4 * H, B);
     T* gt = block<T>(a.saved[2], t, 4 * H, B);
     T* ht = h_block(a, t);
     T* ct = block<T>(a.saved[1], t, H, B);
     T* tct = KeepTanh ? block<T>(a.saved[3], t, H, B) : nullptr;
-    for (int64_t j = units.lo; j < units.hi; ++j) {
+    elements.run(units, valid, [&](int64_t j, int64_t count, auto bias, auto valid) {
         const T *x[4], *r[4];
         T* g_out[4];
-        T bias[4];
         for (int q = 0; q < 4; ++q) {
             const int64_t row = q * H + j;
             x[q] = Joined ? nullptr : xt + row * B;
             r[q] = a.scratch + row * B;
             g_out[q] = gt + row * B;
-            bias[q] = (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
         }
         const T *hpj = hp + j * B, *cpj = cp + j * B;
         T *hj = ht + j * B, *cj = ct + j * B, *tcj = KeepTanh ? tct + j * B : nullptr;
         // the gates, then the cell from them (read back from L1): as one loop the forward
         // took 1–1.5 % longer (Intel Xeon, LSTM 1×128, 3×512 and the seed row, one thread,
         // interleaved); the gates as four loops, or all units' gates before any cell, slower
-        for_columns<T, true>(B, [&](int64_t b) {
-            g_out[0][b] = sigmoid<T>((Joined ? T(0) : x[0][b]) + r[0][b] + bias[0]);
-            g_out[1][b] = sigmoid<T>((Joined ? T(0) : x[1][b]) + r[1][b] + bias[1]);
-            g_out[2][b] = tanh_<T>((Joined ? T(0) : x[2][b]) + r[2][b] + bias[2]);
-            g_out[3][b] = sigmoid<T>((Joined ? T(0) : x[3][b]) + r[3][b] + bias[3]);
+        for_columns<T, true>(count, [&](int64_t e) {
+            g_out[0][e] = sigmoid<T>((Joined ? T(0) : x[0][e]) + r[0][e] + bias(0, e));
+            g_out[1][e] = sigmoid<T>((Joined ? T(0) : x[1][e]) + r[1][e] + bias(1, e));
+            g_out[2][e] = tanh_<T>((Joined ? T(0) : x[2][e]) + r[2][e] + bias(2, e));
+            g_out[3][e] = sigmoid<T>((Joined ? T(0) : x[3][e]) + r[3][e] + bias(3, e));
         });
-        for_columns<T, true>(B, [&](int64_t b) {
-            const T i = g_out[0][b], f = g_out[1][b], g = g_out[2][b], o = g_out[3][b];
-            const T c_new = f * cpj[b] + i * g;
+        for_columns<T, true>(count, [&](int64_t e) {
+            const T i = g_out[0][e], f = g_out[1][e], g = g_out[2][e], o = g_out[3][e];
+            const T c_new = f * cpj[e] + i * g;
             const T tc = tanh_<T>(c_new);
-            if (KeepTanh) tcj[b] = tc;
-            const bool keep = valid[b];
-            hj[b] = keep ? o * tc : hpj[b];
-            cj[b] = keep ? c_new : cpj[b];
+            if (KeepTanh) tcj[e] = tc;
+            const bool keep = valid[e];
+            hj[e] = keep ? o * tc : hpj[e];
+            cj[e] = keep ? c_new : cpj[e];
         });
-    }
+    });
+}
+
+// The LSTM's per-unit constants: gate q's bias b_ih + b_hh (either may be absent)
+template <typename T> UnitElements<T, 4> lstm_constants(const Args<T>& a) {
+    return UnitElements<T, 4>(a.hidden, a.batch, a.valid != nullptr, [&](int q, int64_t j) {
+        const int64_t row = q * a.hidden + j;
+        return (a.bias_x ? a.bias_x[row] : T(0)) + (a.bias_h ? a.bias_h[row] : T(0));
+    });
 }
 
 template <typename T> void lstm_forward(const Blas&, const Args<T>& a) {
@@ -66,76 +73,86 @@ template <typename T> void lstm_forward(const Blas&, const Args<T>& a) {
     const StepProduct<T> recurrent =
         a.x ? StepProduct<T>(a.w_hh, a.w_ih, 4, H, H, a.input, B, a.threads)
             : StepProduct<T>(a.w_hh, false, 4, H, H, B, a.threads);
+    UnitElements<T, 4> elements = lstm_constants(a);
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t tp, const T* hp,
                                        auto valid, Units units) {
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-        if (a.x && a.saved[3]) lstm_step_elements<T, true, true>(a, t, hp, cp, valid, units);
-        if (a.x && !a.saved[3]) lstm_step_elements<T, true, false>(a, t, hp, cp, valid, units);
-        if (!a.x && a.saved[3]) lstm_step_elements<T, false, true>(a, t, hp, cp, valid, units);
+        if (a.x && a.saved[3])
+            lstm_step_elements<T, true, true>(a, elements, t, hp, cp, valid, units);
+        if (a.x && !a.saved[3])
+            lstm_step_elements<T, true, false>(a, elements, t, hp, cp, valid, units);
+        if (!a.x && a.saved[3])
+            lstm_step_elements<T, false, true>(a, elements, t, hp, cp, valid, units);
         if (!a.x && !a.saved[3])
-            lstm_step_elements<T, false, false>(a, t, hp, cp, valid, units);
+            lstm_step_elements<T, false, false>(a, elements, t, hp, cp, valid, units);
     });
 }
 
 // Step t's backward element loop over units [lo, hi): from ∂h_t, ∂c_t and the kept gates,
-// ∂z_t (row stride ld), ∂c_{t−1}, and ∂h_{t−1} for padded steps. tanh(c_t) is read
-// (KeepTanh) or recomputed from c_t in the same loop (once a pass of its own into a scratch
-// block the loop read back: as fast, interleaved on an Intel Xeon, one thread).
+// ∂z_t (GradRows), ∂c_{t−1}, and ∂h_{t−1} for padded steps. tanh(c_t) is read (KeepTanh) or
+// recomputed from c_t in the same loop (once a pass of its own into a scratch block the
+// loop read back: as fast, interleaved on an Intel Xeon, one thread).
 template <typename T, bool KeepTanh, typename Valid>
-void lstm_backward_elements(const Args<T>& a, int64_t t, const T* cp, const T* dc, T* dc_prev,
-                            T* dhp, T* dzt, Valid valid, Units units) {
-    const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
+void lstm_backward_elements(const Args<T>& a, UnitElements<T, 0>& elements, int64_t t,
+                            const T* cp, const T* dc, T* dc_prev, T* dhp, GradRows<T> dz,
+                            Valid valid, Units units) {
+    const int64_t H = a.hidden, B = a.batch;
     const T* gt = block<T>(a.saved[2], t, 4 * H, B);
     const T* tct = KeepTanh ? block<T>(a.saved[3], t, H, B) : block<T>(a.saved[1], t, H, B);
     const T* dht = block<T>(a.dh, t, H, B);
-    for (int64_t j = units.lo; j < units.hi; ++j) {
+    elements.run(units, valid, [&](int64_t j, int64_t count, auto, auto valid) {
         const T* gq[4];
         T* dzq[4];
         for (int q = 0; q < 4; ++q) {
             gq[q] = gt + (q * H + j) * B;
-            dzq[q] = dzt + (q * H + j) * ld;
+            dzq[q] = dz.row(q * H + j);
         }
         const T *dhj = dht + j * B, *tcj = tct + j * B, *cpj = cp + j * B;
         const T* dcj = dc + j * B;
         T *dcpj = dc_prev + j * B, *dhpj = dhp + j * B;
-        for_columns<T, std::is_same_v<Valid, AllValid>>(B, [&](int64_t b) {
-            const bool keep = valid[b];
-            const T dh_in = dhj[b], dc_in = dcj[b];
+        for_columns<T, std::is_same_v<Valid, AllValid>>(count, [&](int64_t e) {
+            const bool keep = valid[e];
+            const T dh_in = dhj[e], dc_in = dcj[e];
             const T dh_new = keep ? dh_in : T(0), dc_new = keep ? dc_in : T(0);
-            const T i = gq[0][b], f = gq[1][b], g = gq[2][b], o = gq[3][b];
-            const T tc = KeepTanh ? tcj[b] : tanh_<T>(tcj[b]);  // tcj: tanh(c_t) or c_t
+            const T i = gq[0][e], f = gq[1][e], g = gq[2][e], o = gq[3][e];
+            const T tc = KeepTanh ? tcj[e] : tanh_<T>(tcj[e]);  // tcj: tanh(c_t) or c_t
             const T dcell = dc_new + dh_new * o * tanh_grad<T>(tc);
-            dzq[0][b] = dcell * g * sigmoid_grad<T>(i);
-            dzq[1][b] = dcell * cpj[b] * sigmoid_grad<T>(f);
-            dzq[2][b] = dcell * i * tanh_grad<T>(g);
-            dzq[3][b] = dh_new * tc * sigmoid_grad<T>(o);
-            dcpj[b] = dcell * f + (keep ? T(0) : dc_in);
-            dhpj[b] += keep ? T(0) : dh_in;
+            dzq[0][e] = dcell * g * sigmoid_grad<T>(i);
+            dzq[1][e] = dcell * cpj[e] * sigmoid_grad<T>(f);
+            dzq[2][e] = dcell * i * tanh_grad<T>(g);
+            dzq[3][e] = dh_new * tc * sigmoid_grad<T>(o);
+            dcpj[e] = dcell * f + (keep ? T(0) : dc_in);
+            dhpj[e] += keep ? T(0) : dh_in;
         });
-    }
+    });
 }
 
 // recurrent_t: W_hhᵀ ∂z_t (backward_chunks.h packs it once for all pieces)
 template <typename T>
 void lstm_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
+    UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     // ∂L/∂c of the step being processed and of the one before it: the two dstate buffers,
     // swapped at every step (loop position k)
     auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };
     backward_steps<T>(a, recurrent_t, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
-                                          auto valid, Units units) {
+                                          auto valid, Units units, T* staging) {
         const int64_t lo = units.lo * B, n = (units.hi - units.lo) * B;  // its part of a block
         const T* dc = dc_of(k);
         T* dc_prev = dc_of(k - 1);
         const T* cp = tp < 0 ? a.state0[1] : block<T>(a.saved[1], tp, H, B);
-        T* dzt = a.grads[0] + t * B;  // row r at dzt + r·ld
+        T* dzt = a.grads[0] + t * B;  // row r at dzt + r·grad_stride
+        const GradRows<T> dz = elements.rows_for(dzt, a.grad_stride, staging);
         if (a.grads[3] != nullptr)
             std::memcpy(block<T>(a.grads[3], t, H, B) + lo, dc + lo, sizeof(T) * n);
         if (a.saved[3])
-            lstm_backward_elements<T, true>(a, t, cp, dc, dc_prev, dhp, dzt, valid, units);
+            lstm_backward_elements<T, true>(a, elements, t, cp, dc, dc_prev, dhp, dz, valid,
+                                            units);
         else
-            lstm_backward_elements<T, false>(a, t, cp, dc, dc_prev, dhp, dzt, valid, units);
-        return static_cast<const T*>(dzt);
+            lstm_backward_elements<T, false>(a, elements, t, cp, dc, dc_prev, dhp, dz, valid,
+                                             units);
+        elements.copy_rows(dz, dzt, a.grad_stride, 4, units);
+        return dz;
     });
     if (a.steps % 2) std::memcpy(a.dstate[0], a.dstate[1], sizeof(T) * H * B);  // ∂L/∂c_0
 }

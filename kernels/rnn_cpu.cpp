@@ -13,42 +13,49 @@ template <typename T, bool Relu> void rnn_forward(const Blas&, const Args<T>& a)
     const int64_t H = a.hidden, B = a.batch;
     // W_hh · h_{t−1}
     const StepProduct<T> recurrent(a.w_hh, false, 1, H, H, B, a.threads);
+    // the per-unit constant: the bias b_ih + b_hh
+    UnitElements<T, 1> elements(H, B, a.valid != nullptr, [&](int, int64_t j) {
+        return (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
+    });
     forward_steps<T>(a, recurrent, [&](int64_t t, int64_t, const T* hp, auto valid,
                                        Units units) {
         const T* xt = block<const T>(a.xg, t, H, B);
         T *ht = h_block(a, t), *yt = block<T>(a.saved[1], t, H, B);
-        for (int64_t j = units.lo; j < units.hi; ++j) {
-            const T bias = (a.bias_x ? a.bias_x[j] : T(0)) + (a.bias_h ? a.bias_h[j] : T(0));
+        elements.run(units, valid, [&](int64_t j, int64_t count, auto bias, auto valid) {
             const int64_t s = j * B;
-            for_columns<T, true>(B, [&](int64_t b) {
-                const T pre = xt[s + b] + a.scratch[s + b] + bias;
+            for_columns<T, true>(count, [&](int64_t e) {
+                const T pre = xt[s + e] + a.scratch[s + e] + bias(0, e);
                 const T y = Relu ? relu<T>(pre) : tanh_<T>(pre);
-                yt[s + b] = y;
-                ht[s + b] = valid[b] ? y : hp[s + b];
+                yt[s + e] = y;
+                ht[s + e] = valid[e] ? y : hp[s + e];
             });
-        }
+        });
     });
 }
 
 // recurrent_t: W_hhᵀ ∂a_t (backward_chunks.h packs it once for all pieces)
 template <typename T, bool Relu>
 void rnn_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
-    const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
+    const int64_t H = a.hidden, B = a.batch;
+    UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t, T* dhp,
-                                          auto valid, Units units) {
+                                          auto valid, Units units, T* staging) {
         const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
-        T* dat = a.grads[0] + t * B;  // row j at dat + j·ld
-        for (int64_t j = units.lo; j < units.hi; ++j) {
+        T* dat = a.grads[0] + t * B;  // row j at dat + j·grad_stride
+        const GradRows<T> da = elements.rows_for(dat, a.grad_stride, staging);
+        elements.run(units, valid, [&](int64_t j, int64_t count, auto, auto valid) {
             const int64_t s = j * B;
-            for_columns<T, std::is_same_v<decltype(valid), AllValid>>(B, [&](int64_t b) {
-                const bool keep = valid[b];
-                const T dh_in = dht[s + b], y = yt[s + b];
+            T* daj = da.row(j);
+            for_columns<T, std::is_same_v<decltype(valid), AllValid>>(count, [&](int64_t e) {
+                const bool keep = valid[e];
+                const T dh_in = dht[s + e], y = yt[s + e];
                 const T slope = Relu ? relu_grad<T>(y) : tanh_grad<T>(y);
-                dat[j * ld + b] = keep ? dh_in * slope : T(0);
-                dhp[s + b] += keep ? T(0) : dh_in;
+                daj[e] = keep ? dh_in * slope : T(0);
+                dhp[s + e] += keep ? T(0) : dh_in;
             });
-        }
-        return static_cast<const T*>(dat);
+        });
+        elements.copy_rows(da, dat, a.grad_stride, 1, units);
+        return da;
     });
 }
 
