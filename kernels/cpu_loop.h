@@ -490,8 +490,10 @@ template <typename T, int K> class UnitElements {
 
     template <typename Valid, typename Body> void run(Units units, Valid valid, Body body) {
         if (flat_) {
-            const int64_t lo = units.lo * B_, n = (units.hi - units.lo) * B_;
-            body(units.lo, n, Expanded{expanded_.data() + lo, H_ * B_}, repeated(valid, lo, n));
+            for (int64_t j = units.lo; j < units.hi; j += column_mr<T>()) {
+                const int64_t lo = j * B_, n = std::min(units.hi - j, column_mr<T>()) * B_;
+                body(j, n, Expanded{expanded_.data() + lo, H_ * B_}, repeated(valid, lo, n));
+            }
             return;
         }
         for (int64_t j = units.lo; j < units.hi; ++j) {

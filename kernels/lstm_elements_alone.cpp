@@ -24,14 +24,14 @@ template <typename T> void lstm_elements_forward(const Blas&, const Args<T>& a) 
 template <typename T> void lstm_elements_backward(const Blas&, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     UnitElements<T, 0> elements(H, B, false);
-    AlignedArray<T> block(elements.flat() ? 4 * H * B : 0);
+    AlignedArray<T> staging(elements.flat() ? 4 * H * B : 0);
     for (int64_t t = a.steps - 1; t >= 0; --t) {
         const T* cp = t == 0 ? a.state0[1] : block<T>(a.saved[1], t - 1, H, B);
         T* dhp = t == 0 ? a.dh0 : block<T>(a.dh, t - 1, H, B);
         const T* dc = a.dstate[(a.steps - 1 - t) % 2];
         T* dc_prev = a.dstate[(a.steps - t) % 2];
         T* dzt = a.grads[0] + t % (a.grad_stride / B) * B;
-        const GradRows<T> dz = elements.rows_for(dzt, a.grad_stride, block.data());
+        const GradRows<T> dz = elements.rows_for(dzt, a.grad_stride, staging.data());
         lstm_backward_elements<T, false>(a, elements, t, cp, dc, dc_prev, dhp, dz, AllValid{},
                                          Units{0, H});
         elements.copy_rows(dz, dzt, a.grad_stride, 4, Units{0, H});

@@ -74,9 +74,11 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # batches run the kernel with vectors along the rows, in blocks of 32 floats or 16 doubles
 # (every hidden size leaves a partial one; 40 is two blocks of floats, three of doubles):
 # 20 is a tile of 12 columns and one of 8, 3 and 1 take its second set of sums (odd depth 7
-# and 13 leave a k over), and 1 the GRU's input projection as one BLAS product. Past the
-# last whole vector (20 and 12) the element loops run the vector that ends at the batch
-# (for_columns, cpu_loop.h), with lengths and without.
+# and 13 leave a k over), and 1 the GRU's input projection as one BLAS product. At those
+# batches the element loops run flat, over a thread's units as one row (UnitElements,
+# cpu_loop.h: the biases expanded, the flags repeated, the backward's gradient rows copied
+# into the chunk), and past the row's last whole vector the vector that ends there
+# (for_columns), with lengths and without.
 PACKED_BATCHES = {"float32": (16, 48, 20, 3, 1), "float64": (8, 24, 12, 3, 1)}
 
 
@@ -204,12 +206,14 @@ def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, 
                                    **TOL["float64"])
 
 
+@pytest.mark.parametrize("batch, hidden", [(16, 40), (5, 64)])
 @pytest.mark.parametrize("cell", CELLS)
-def test_the_threads_shares_move_without_changing_a_bit(cell):
+def test_the_threads_shares_move_without_changing_a_bit(cell, batch, hidden):
     """The loops move whole blocks of units from a slower thread to a faster one as they
     run (kernels/cpu_loop.h, UnitShares); which thread computes a unit changes no bit of
     the result. Team position 0 is made to look four times slower, so that the shares move
-    on any machine (hidden 40: 5 blocks of 8, 2 + 3 at first)."""
+    on any machine (batch 16, hidden 40: 5 blocks of 8, 2 + 3 at first; batch 5, hidden 64:
+    4 blocks of 16 doubles, 2 + 2, the element loops flat, UnitElements)."""
     lib, _ = compiled_cpu.library()
     lib.cpu_loop_share_moves.restype = ctypes.c_int64
     lengths = np.array([6, 2, 5, 1] * 4)
@@ -220,7 +224,7 @@ def test_the_threads_shares_move_without_changing_a_bit(cell):
         try:
             with threadpool_limits(limits=2, user_api="blas"):
                 _, outs, grads = _run(cell, "compiled", "float64", dict(num_layers=2),
-                                      lengths, hidden=40, batch=16)
+                                      lengths[:batch], hidden=hidden, batch=batch)
         finally:
             lib.cpu_loop_test_slow_thread(ctypes.c_int64(-1), ctypes.c_double(1.0))
         runs.append((outs, grads, lib.cpu_loop_share_moves() - moves))
