@@ -513,10 +513,14 @@ template <typename T, int K> class UnitElements {
         int64_t stride;
         T operator()(int k, int64_t i) const { return p[k * stride + i]; }
     };
-    // the flags of values [lo, lo + n) of a block: the step's row for each unit
+    // the flags of values [lo, lo + n) of a block: the step's row for each unit (n a
+    // multiple of B), the copied part doubled until it is all there
     const uint8_t* repeated(const uint8_t* row, int64_t lo, int64_t n) {
-        for (int64_t i = lo; i < lo + n; i += B_) std::memcpy(flags_.data() + i, row, B_);
-        return flags_.data() + lo;
+        uint8_t* flags = flags_.data() + lo;
+        std::memcpy(flags, row, B_);
+        for (int64_t done = B_; done < n; done *= 2)
+            std::memcpy(flags + done, flags, std::min(done, n - done));
+        return flags;
     }
     AllValid repeated(AllValid all, int64_t, int64_t) { return all; }
 
