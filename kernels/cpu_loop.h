@@ -415,13 +415,14 @@ struct AllValid {
     constexpr bool operator[](int64_t) const { return true; }
 };
 
-// body(b) for each column b < B of a step's block, b innermost: the element loops vectorise
-// over it. Where B is not whole vectors, the columns after the last whole vector ran scalar,
-// with glibc's scalar tanhf and expf: 21 % of an LSTM 1×128 forward at B 20 (perf, AMD
-// EPYC, one thread). Where Twice allows, they run as part of the whole vector that ends at
-// B instead, which runs some columns a second time: only for a body that gives the same
-// values run twice (it reads nothing it writes, or, as the LSTM's and the RNN's backward
-// without lengths, adds 0 to what it reads).
+// body(b) for each b < B: the columns of a unit's row of a step's block, or (UnitElements,
+// flat) the values of a row of units; b innermost, so the element loops vectorise over it.
+// Past the last whole vector the values ran scalar, with glibc's scalar tanhf and expf
+// (21 % of an LSTM 1×128 forward at B 20, perf, AMD EPYC, one thread). Where Twice allows,
+// they run as part of the whole vector that ends at B instead, which runs some values a
+// second time: only for a body that gives the same values run twice (it reads nothing it
+// writes, or, as the LSTM's and the RNN's backward without lengths, adds 0 to what it
+// reads).
 template <typename T, bool Twice, typename Body>
 inline void for_columns(int64_t B, Body body) {
     constexpr int64_t L = lanes<T>();
@@ -446,14 +447,18 @@ template <typename T> struct GradRows {
 // other, so in every block the units are the (hi − lo)·B values from lo·B on.
 //  * By unit, where B is whole vectors: for each unit, its B columns; the unit's constants
 //    (the cell's biases) are scalars, the flags the step's row of them.
-//  * Flat, else: the (hi − lo)·B values as one row. By unit, a batch of 4 ran 4 scalar
-//    values a unit, with glibc's scalar expf and tanhf; flat, it runs whole vectors across
-//    units. The constants are then read from a copy expanded to every value (K × H × B,
-//    made once a call), the flags from the step's row repeated for each unit.
+//  * Flat, else: a block of column_mr units at a time, its values as one row. By unit, a
+//    batch of 4 ran 4 scalar values a unit, with glibc's scalar expf and tanhf (32 % of an
+//    LSTM 1×128 forward at B 4, perf, AMD EPYC); flat, whole vectors across units. The
+//    constants are then read from a copy expanded to every value (K × H × B, made once a
+//    call), the flags from the step's row repeated for each unit. A block at a time, not
+//    the thread's share at once, so that a value runs the same way (in a whole vector or in
+//    the loop's tail) whichever thread's share its block is in: the shares move (UnitShares)
+//    and the results must not (2–3 % slower at B 4 and 12 than a share at once).
 // The loop is written once for both ways, as
-//     body(j, n, constant, valid)
-// over n values from unit j's row on: value i of a block at (block + j·B)[i], constant k of
-// its unit constant(k, i), its flag valid[i].
+//     body(j, count, constant, valid)
+// over `count` values from unit j's row on: value e of a block at (block + j·B)[e],
+// constant k of its unit constant(k, e), its flag valid[e].
 template <typename T, int K> class UnitElements {
   public:
     // constant(k, j): constant k of unit j
@@ -464,7 +469,8 @@ template <typename T, int K> class UnitElements {
         for (int k = 0; k < K; ++k)
             for (int64_t j = 0; j < H; ++j) {
                 per_unit_[k * H + j] = constant(k, j);
-                if (flat_) std::fill_n(expanded_.data() + (k * H + j) * B, B, per_unit_[k * H + j]);
+                if (flat_)
+                    std::fill_n(expanded_.data() + (k * H + j) * B, B, per_unit_[k * H + j]);
             }
     }
     // a loop without constants (K 0)
