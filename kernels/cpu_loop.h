@@ -448,7 +448,7 @@ template <typename T> struct GradRows {
 //  * By unit, where B is whole vectors: for each unit, its B columns; the unit's constants
 //    (the cell's biases) are scalars, the flags the step's row of them.
 //  * Flat, else: a block of column_mr units at a time, its values as one row. By unit, a
-//    batch of 4 ran 4 scalar values a unit, with glibc's scalar expf and tanhf (32 % of an
+//    batch of 4 ran 4 scalar values a unit, with glibc's scalar expf and tanhf (34 % of an
 //    LSTM 1×128 forward at B 4, perf, AMD EPYC); flat, whole vectors across units. The
 //    constants are then read from a copy expanded to every value (K × H × B, made once a
 //    call), the flags from the step's row repeated for each unit. A block at a time, not

@@ -199,7 +199,8 @@ ROWS = {
         Row("lstm-2x256-bi", "lstm", 2, 256, 32, 100, bidirectional=True),
         Row("lstm-2x256-lengths", "lstm", 2, 256, 32, 100, lengths=True),
         # nor batches that are not a multiple of the packed kernel's 16 lanes (float32): one
-        # sequence (sampling, inference) and 20 (``--rows lstm-1x128-b1,lstm-1x512-b1,…``)
+        # sequence (sampling, inference) and 20 (``--rows lstm-1x128-b1,lstm-1x512-b1,…``;
+        # with ``--batches 1,4,8,12,20,24`` the sweep of docs/bench/cpu-small-batches.md)
         Row("lstm-1x128-b1", "lstm", 1, 128, 1, 100),
         Row("lstm-1x512-b1", "lstm", 1, 512, 1, 100),
         Row("lstm-1x128-b20", "lstm", 1, 128, 20, 100),

@@ -16,7 +16,9 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
   gradients, ∂x, that X_g) call NumPy's own OpenBLAS (its ``cblas_?gemm``, found in the
   loaded library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
-  kernels (common.cuh), so no NumPy temporaries and no Python per step;
+  kernels (common.cuh), so no NumPy temporaries and no Python per step; where B is not a
+  multiple of the vector's lanes, over a block of units' values as one row instead
+  (``UnitElements`` in ``kernels/cpu_loop.h``), so that B 1 or 4 still runs whole vectors;
 - runs on as many threads as NumPy's BLAS is limited to (``threadpoolctl``,
   ``OPENBLAS_NUM_THREADS``): one OpenMP team per call, each thread taking whole blocks of
   units (their rows of the product and their element loop; one barrier a step), with BLAS
