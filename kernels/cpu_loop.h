@@ -169,11 +169,10 @@ template <typename T> class StepProduct {
     }
     int64_t block_rows() const { return packed_.mr; }
     int64_t depth() const { return depth_; }
-    // X's row k at x + k·stride (B when 0); X_in's at x_in + k·B
-    void operator()(const T* x, T* c, bool accumulate, Units units, const T* x_in = nullptr,
-                    int64_t stride = 0) const {
-        stride = stride ? stride : batch_;
-        const Rows<T> segs[2] = {{x, depth_, stride}, {x_in, in_, batch_}};
+    // X's row k at x + k·B, X_in's at x_in + k·B
+    void operator()(const T* x, T* c, bool accumulate, Units units,
+                    const T* x_in = nullptr) const {
+        const Rows<T> segs[2] = {{x, depth_, batch_}, {x_in, in_, batch_}};
         gemm_packed<T>(packed_, segs, x_in ? 2 : 1, batch_, c, accumulate, units);
     }
 
@@ -452,9 +451,11 @@ template <typename T> struct GradRows {
 //    LSTM 1×128 forward at B 4, perf, AMD EPYC); flat, whole vectors across units. The
 //    constants are then read from a copy expanded to every value (K × H × B, made once a
 //    call), the flags from the step's row repeated for each unit. A block at a time, not
-//    the thread's share at once, so that a value runs the same way (in a whole vector or in
-//    the loop's tail) whichever thread's share its block is in: the shares move (UnitShares)
-//    and the results must not (2–3 % slower at B 4 and 12 than a share at once).
+//    the thread's share at once, so that a value runs the same way whichever thread's
+//    share its block is in: GCC's vectorised loop runs a row's last values in an epilogue
+//    of its own (narrower vectors or scalar, other expf/tanhf), so with shares the values
+//    there changed as the shares moved (UnitShares), and the results must not (2–3 % slower
+//    at B 4 and 12 than a share at once).
 // The loop is written once for both ways, as
 //     body(j, count, constant, valid)
 // over `count` values from unit j's row on: value e of a block at (block + j·B)[e],
@@ -612,7 +613,8 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 // same units.
 //
 // The packed kernel reads d's rows from a contiguous (G·H, B) block (two, used in turn):
-// each thread first copies its own rows there, from its cache. Read in place, a chunk's
+// each thread first copies its own rows there, from its cache (or, flat, its element loop
+// writes them there and copies them into the chunk, UnitElements). Read in place, a chunk's
 // columns apart (grad_stride·sizeof(T) bytes: 3 KiB at LSTM 3×512), the rows ran the
 // kernel at 40 % of its contiguous rate on an Intel Xeon (cache-set conflicts among 2048
 // rows a multiple of 1 KiB apart).

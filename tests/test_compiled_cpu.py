@@ -75,7 +75,7 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # (every hidden size leaves a partial one; 40 is two blocks of floats, three of doubles):
 # 20 is a tile of 12 columns and one of 8, 3 and 1 take its second set of sums (odd depth 7
 # and 13 leave a k over), and 1 the GRU's input projection as one BLAS product. At those
-# batches the element loops run flat, over a thread's units as one row (UnitElements,
+# batches the element loops run flat, a block of units' values as one row (UnitElements,
 # cpu_loop.h: the biases expanded, the flags repeated, the backward's gradient rows copied
 # into the chunk), and past the row's last whole vector the vector that ends there
 # (for_columns), with lengths and without.
@@ -130,31 +130,35 @@ CHUNKED_LENGTHS = np.array([6, 2, 5, 1, 3, 6, 4, 2])
 CHUNKED_OPTIONS = dict(num_layers=2, bidirectional=True, checkpoint_every=4)
 
 
-def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None, impl="compiled"):
+def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None, impl="compiled",
+                 batch=8):
     """Over ∂z chunks of chunk_steps steps and recompute segments of 4 (pieces starting
     mid-sequence; with 3-step chunks a chunk split over two segments), in both directions,
-    batch 8 (the packed kernel), on `threads` threads."""
+    on `threads` threads; batch 8 runs the batch kernel and the element loops by unit, 5 the
+    other kernel and the flat loops, whose ∂z rows are copied into the chunk."""
     monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", (1, 1 << 30))
-    monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", 8 * chunk_steps)
+    monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", batch * chunk_steps)
     if buffers is not None:
         monkeypatch.setattr(compiled_cpu, "ZBUFFERS", buffers)
     with threadpool_limits(limits=threads, user_api="blas"):
-        _, outs, grads = _run(cell, impl, "float64", CHUNKED_OPTIONS, CHUNKED_LENGTHS,
-                              hidden=13, batch=8)
+        _, outs, grads = _run(cell, impl, "float64", CHUNKED_OPTIONS,
+                              CHUNKED_LENGTHS[:batch], hidden=13, batch=batch)
     return outs, grads
 
 
+@pytest.mark.parametrize("batch", [8, 5])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("chunk_steps", [2, 3])
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(
-        cell, chunk_steps, threads, monkeypatch):
+        cell, chunk_steps, threads, batch, monkeypatch):
     """With the packed kernel the backward stages each step's ∂z rows contiguously, and on
     several threads it runs the loop beside the finished chunks' products
     (pipelined_chunks): over chunks and segments (_chunked_run) it must equal the
     reference driver."""
-    ours, our_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads)
-    ref, ref_grads = _chunked_run(cell, monkeypatch, chunk_steps, 1, impl="reference")
+    ours, our_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, batch=batch)
+    ref, ref_grads = _chunked_run(cell, monkeypatch, chunk_steps, 1, impl="reference",
+                                  batch=batch)
     for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
         np.testing.assert_allclose(a, b, err_msg=f"output {k}", **TOL["float64"])
     for name in ref_grads:
@@ -162,20 +166,24 @@ def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(
                                    **TOL["float64"])
 
 
+@pytest.mark.parametrize("batch", [8, 5])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("chunk_steps", [1, 2, 3])
 @pytest.mark.parametrize("cell", CELLS)
-def test_the_pipelined_backward_changes_no_bit(cell, chunk_steps, threads, monkeypatch):
+def test_the_pipelined_backward_changes_no_bit(cell, chunk_steps, threads, batch,
+                                               monkeypatch):
     """The loop beside the products (pipelined_chunks, ∂z in 2 buffers, so that the loop
     waits for a buffer at 1- and 2-step chunks) computes every product share exactly as
     the loop-then-products order on the same threads (one buffer): the same bits."""
     lib, _ = compiled_cpu.library()
     lib.cpu_loop_pipelined_calls.restype = ctypes.c_int64
     before = lib.cpu_loop_pipelined_calls()
-    outs, grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=2)
+    outs, grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=2,
+                               batch=batch)
     assert lib.cpu_loop_pipelined_calls() > before
     middle = lib.cpu_loop_pipelined_calls()
-    one_outs, one_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=1)
+    one_outs, one_grads = _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=1,
+                                       batch=batch)
     assert lib.cpu_loop_pipelined_calls() == middle
     for k, (a, b) in enumerate(zip(outs, one_outs, strict=True)):
         np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
@@ -206,14 +214,15 @@ def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, 
                                    **TOL["float64"])
 
 
-@pytest.mark.parametrize("batch, hidden", [(16, 40), (5, 64)])
+@pytest.mark.parametrize("batch, hidden", [(16, 40), (5, 64), (3, 57)])
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_threads_shares_move_without_changing_a_bit(cell, batch, hidden):
     """The loops move whole blocks of units from a slower thread to a faster one as they
     run (kernels/cpu_loop.h, UnitShares); which thread computes a unit changes no bit of
     the result. Team position 0 is made to look four times slower, so that the shares move
     on any machine (batch 16, hidden 40: 5 blocks of 8, 2 + 3 at first; batch 5, hidden 64:
-    4 blocks of 16 doubles, 2 + 2, the element loops flat, UnitElements)."""
+    4 blocks of 16 doubles, 2 + 2, the element loops flat, UnitElements; batch 3, hidden 57:
+    a last block of 9 units, 27 values, whose last 3 are not a whole vector)."""
     lib, _ = compiled_cpu.library()
     lib.cpu_loop_share_moves.restype = ctypes.c_int64
     lengths = np.array([6, 2, 5, 1] * 4)
