@@ -441,6 +441,23 @@ template <typename T> struct GradRows {
     T* row(int64_t r) const { return rows + r * stride; }
 };
 
+// Rows g·H + u (every group g < groups, u in units) of B values each, from `from` (row
+// stride from_ld) to `to` (row stride to_ld). A row is a few vectors, copied as such where B
+// is whole vectors (a memcpy call a row cost more than the copy).
+template <typename T>
+void copy_unit_rows(const T* from, int64_t from_ld, T* to, int64_t to_ld, int64_t groups,
+                    int64_t H, int64_t B, Units units) {
+    constexpr int64_t L = lanes<T>();
+    for (int64_t g = 0; g < groups; ++g)
+        for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
+            if (B % L == 0)
+                for (int64_t b = 0; b < B; b += L)
+                    *reinterpret_cast<vec<T>*>(to + r * to_ld + b) =
+                        *reinterpret_cast<const vec<T>*>(from + r * from_ld + b);
+            else
+                for (int64_t b = 0; b < B; ++b) to[r * to_ld + b] = from[r * from_ld + b];
+}
+
 // A cell's element loop over a thread's units [lo, hi) of a step's (H, B) blocks, run one
 // of two ways. Unit j's row of a block is B contiguous values and the rows follow each
 // other, so in every block the units are the (hi − lo)·B values from lo·B on.
@@ -489,10 +506,7 @@ template <typename T, int K> class UnitElements {
     }
     // from the block rows_for chose to the rows, the thread's units of each of `groups` gates
     void copy_rows(GradRows<T> from, T* rows, int64_t ld, int64_t groups, Units units) const {
-        if (from.rows == rows) return;
-        for (int64_t g = 0; g < groups; ++g)
-            for (int64_t r = g * H_ + units.lo; r < g * H_ + units.hi; ++r)
-                for (int64_t b = 0; b < B_; ++b) rows[r * ld + b] = from.rows[r * B_ + b];
+        if (from.rows != rows) copy_unit_rows(from.rows, B_, rows, ld, groups, H_, B_, units);
     }
 
     template <typename Valid, typename Body> void run(Units units, Valid valid, Body body) {
@@ -630,19 +644,8 @@ template <typename T> class StagedRows {
     // every g) copied into block k % 2
     const T* stage(GradRows<T> d, int64_t k, int64_t H, Units units) {
         if (d.stride == batch_) return d.rows;
-        T* to = block(k);
-        // a row is a few vectors, copied as such where the batch is whole vectors (a memcpy
-        // call a row cost more than the copy)
-        constexpr int64_t L = lanes<T>();
-        for (int64_t g = 0; g < rows_ / H; ++g)
-            for (int64_t r = g * H + units.lo; r < g * H + units.hi; ++r)
-                if (batch_ % L == 0)
-                    for (int64_t b = 0; b < batch_; b += L)
-                        *reinterpret_cast<vec<T>*>(to + r * batch_ + b) =
-                            *reinterpret_cast<const vec<T>*>(d.row(r) + b);
-                else
-                    std::memcpy(to + r * batch_, d.row(r), sizeof(T) * batch_);
-        return to;
+        copy_unit_rows(d.rows, d.stride, block(k), batch_, rows_ / H, H, batch_, units);
+        return block(k);
     }
 
   private:
