@@ -206,10 +206,10 @@ void gemm_packed_mr(const PackedA<T>& a, const Rows<T>* segs, int nsegs, int64_t
 // With few columns the 2·NR sums are too few to hide an FMA's latency (4 cycles, 2 a cycle:
 // 8 in flight), so below 4 columns the odd k go into a second set of sums, added at the end.
 // The two vectors of A are held in registers (the empty asm, with AVX-512): GCC had folded
-// their loads
-// into every FMA, loading each once per column (12 loads for 8 FMAs at 4 columns). Alone,
-// one thread, AMD EPYC, (512×128)·(128×B) at B 2, 3, 4 ran 60, 64, 69 GFLOP/s so and 77,
-// 86, 91 held; (2048×512)·(512×B) 81, 82, 83 against 89, 109, 112.
+// their loads into every FMA, loading each once per column (12 loads for 8 FMAs at 4
+// columns). Alone, one thread, AMD EPYC, (512×128)·(128×B) at B 2, 3, 4 ran 60, 64, 69
+// GFLOP/s with the loads folded and 77, 86, 91 held; (2048×512)·(512×B) 81, 82, 83 against
+// 89, 109, 112.
 template <typename T, int NR, int SETS>
 __attribute__((always_inline)) inline void accumulate_columns(const T*& ap, const T* x,
                                                               int64_t count, int64_t stride,
