@@ -141,7 +141,7 @@ void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& 
         if (s >= shares || s / n >= ready.load(std::memory_order_acquire)) return false;
         if (!next.compare_exchange_strong(s, s + 1)) return true;
         if (s >= n)
-            while (!done[s - n].load(std::memory_order_acquire)) __builtin_ia32_pause();
+            while (!done[s - n].load(std::memory_order_acquire)) spin_pause();
         weight_grads_share(blas, products[s / n], s % n, n);
         done[s].store(1, std::memory_order_release);
         return true;
@@ -163,12 +163,12 @@ void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& 
         if (omp_get_thread_num() == 0) {
             for (int64_t i = 1; i < pieces; ++i) {
                 while (i >= c.buffers && !chunk_done(i - c.buffers))  // its buffer's last chunk
-                    if (!run_share()) __builtin_ia32_pause();
+                    if (!run_share()) spin_pause();
                 run_piece(i, 1);
             }
         }
         while (next.load(std::memory_order_relaxed) < shares)
-            if (!run_share()) __builtin_ia32_pause();
+            if (!run_share()) spin_pause();
     }
 }
 
