@@ -237,9 +237,11 @@ __attribute__((always_inline)) inline void accumulate_columns(const T*& ap, cons
         }
 }
 
-template <typename T, int NR>
+// One MR × NR tile of C, at row stride ldc; or (TransposedC) of Cᵀ, C's column j at
+// c + j·ldc, stored a whole vector at a time (the input projection at batch 1, hoisted.h).
+template <typename T, int NR, bool TransposedC = false>
 __attribute__((noinline)) void tile_columns(const T* ap, const Rows<T>* segs, int nsegs,
-                                            int64_t N, int64_t col, T* c, int64_t rows,
+                                            int64_t ldc, int64_t col, T* c, int64_t rows,
                                             bool accumulate) {
     constexpr int64_t L = lanes<T>();
     constexpr int SETS = NR < 4 ? 2 : 1;
@@ -251,21 +253,29 @@ __attribute__((noinline)) void tile_columns(const T* ap, const Rows<T>* segs, in
     for (int s = 1; s < SETS; ++s)
         for (int j = 0; j < NR; ++j)
             for (int v = 0; v < 2; ++v) acc[0][j][v] += acc[s][j][v];
-    for (int64_t r = 0; r < rows; ++r)
-        for (int j = 0; j < NR; ++j) {
-            T& out = c[r * N + col + j];
-            const T v = acc[0][j][r / L][r % L];
-            out = accumulate ? out + v : v;
-        }
+    if (TransposedC && rows == 2 * L)
+        for (int j = 0; j < NR; ++j)
+            for (int v = 0; v < 2; ++v) {
+                vec<T>& out = *reinterpret_cast<vec<T>*>(c + (col + j) * ldc + v * L);
+                out = accumulate ? out + acc[0][j][v] : acc[0][j][v];
+            }
+    else
+        for (int64_t r = 0; r < rows; ++r)
+            for (int j = 0; j < NR; ++j) {
+                T& out = TransposedC ? c[(col + j) * ldc + r] : c[r * ldc + col + j];
+                const T v = acc[0][j][r / L][r % L];
+                out = accumulate ? out + v : v;
+            }
 }
 
-template <typename T, int NR>
-void tile_columns_upto(int64_t n, const T* ap, const Rows<T>* segs, int nsegs, int64_t N,
+template <typename T, int NR, bool TransposedC = false>
+void tile_columns_upto(int64_t n, const T* ap, const Rows<T>* segs, int nsegs, int64_t ldc,
                        int64_t col, T* c, int64_t rows, bool accumulate) {
     if constexpr (NR > 1)
         if (n < NR)
-            return tile_columns_upto<T, NR - 1>(n, ap, segs, nsegs, N, col, c, rows, accumulate);
-    tile_columns<T, NR>(ap, segs, nsegs, N, col, c, rows, accumulate);
+            return tile_columns_upto<T, NR - 1, TransposedC>(n, ap, segs, nsegs, ldc, col, c,
+                                                             rows, accumulate);
+    tile_columns<T, NR, TransposedC>(ap, segs, nsegs, ldc, col, c, rows, accumulate);
 }
 
 template <typename T>

@@ -107,9 +107,24 @@ void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_
 // (groups·rows × ld). Packed from W itself, each k reads mr values a row apart: 3.7 % of the
 // seed row's forward (perf, Intel Xeon; 0.2 % this way). So each group's rows are first
 // transposed (in L × L tiles) and packed from the copy, where a block's values of one k are
-// contiguous.
+// contiguous. Blocks of whole vectors (column_mr) are a transpose themselves, block[k][r] =
+// W[i0 + r][k]: their rows are transposed straight into them, in one pass instead of two
+// (alone, one thread, AMD EPYC: 4 MiB of weights packed in 120 µs instead of 305, 256 KiB
+// in 5.8 instead of 11.2).
 template <typename T>
 void pack_rows(PackedA<T>& packed, int64_t k0, const T* w, int64_t ld, int64_t n) {
+    const int64_t mr = packed.mr;
+    if (mr % lanes<T>() == 0) {
+        for (int64_t g = 0; g < packed.groups; ++g)
+            for (int64_t b = 0; b < packed.blocks; ++b) {
+                const int64_t i0 = b * mr, m = std::min(mr, packed.rows - i0);
+                T* dst = packed.block(g, b) + k0 * mr;
+                transpose_rect(w + (g * packed.rows + i0) * ld, ld, dst, mr, m, n);
+                for (int64_t k = 0; k < n && m < mr; ++k)  // a last, partial block's zeros
+                    std::fill(dst + k * mr + m, dst + (k + 1) * mr, T(0));
+            }
+        return;
+    }
     AlignedArray<T> wt(n * packed.rows);  // group g's rows of W, transposed: (n, rows)
     for (int64_t g = 0; g < packed.groups; ++g) {
         transpose_rect(w + g * packed.rows * ld, ld, wt.data(), packed.rows, packed.rows, n);
