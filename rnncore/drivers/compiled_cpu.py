@@ -12,9 +12,9 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
   (``kernels/cpu_gemm.h``: vectors along the batch where B is a multiple of 16 floats or 8
   doubles, along W's rows otherwise): BLAS would pack both operands at every step. The
   LSTM also takes W_ih x_t into the step's product, so its forward has no hoisted X_g, but
-  at B 1, where X_g is one BLAS product of all the steps. The hoisted products (weight
-  gradients, ∂x, that X_g) call NumPy's own OpenBLAS (its ``cblas_?gemm``, found in the
-  loaded library);
+  at B 1, where X_g is one product of all the steps through the same kernels
+  (``kernels/hoisted.h``). The hoisted weight gradients and ∂x call NumPy's own OpenBLAS
+  (its ``cblas_?gemm``, found in the loaded library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
   kernels (common.cuh), so no NumPy temporaries and no Python per step; where B is not a
   multiple of the vector's lanes, over a block of units' values as one row instead
@@ -334,7 +334,7 @@ class CompiledCPU:
 
     def _joins_input(self, loop, batch) -> bool:
         """Whether the loop takes W_ih x_t into its step's product instead of a hoisted X_g:
-        at every batch but 1, where X_g is one BLAS product of all the steps
+        at every batch but 1, where X_g is one product of all the steps
         (kernels/hoisted.h). Joined, LSTM 1×128's forward took 0.88–0.91 of the time at
         B 20, 0.86 at B 8; at B 1 1.05 (AMD EPYC, one thread, processes one after the
         other)."""
