@@ -154,7 +154,9 @@ __attribute__((always_inline)) inline void accumulate_rows(const T*& ap, const T
                                                            vec<T> (&acc)[MR][V]) {
     constexpr int64_t L = lanes<T>();
     for (int64_t k = 0; k < count; ++k, ap += MR, x += stride) {
-        __builtin_prefetch(ap + PREFETCH_K * MR);
+        __builtin_prefetch(ap + PREFETCH_K * MR);  // past A's end too: a prefetch never faults
+        if constexpr (MR * sizeof(T) > 64)  // a k's values span two lines (12 doubles)
+            __builtin_prefetch(ap + PREFETCH_K * MR + lanes<T>());
         vec<T> xv[V];
         for (int v = 0; v < V; ++v) xv[v] = *reinterpret_cast<const vec<T>*>(x + v * L);
         for (int r = 0; r < MR; ++r) {
@@ -259,7 +261,8 @@ __attribute__((always_inline)) inline void accumulate_columns(const T*& ap, cons
 }
 
 // One MR × NR tile of C, at row stride ldc; or (TransposedC) of Cᵀ, C's column j at
-// c + j·ldc, stored a whole vector at a time (the input projection at batch 1, hoisted.h).
+// c + j·ldc (the input projection at batch 1, hoisted.h), a whole vector at a time where
+// the block's rows are whole (a last, partial block a value at a time).
 template <typename T, int NR, bool TransposedC = false>
 __attribute__((noinline)) void tile_columns(const T* ap, const Rows<T>* segs, int nsegs,
                                             int64_t ldc, int64_t col, T* c, int64_t rows,

@@ -107,8 +107,9 @@ void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_
 // (groups·rows × ld). Packed from W itself, each k reads mr values a row apart: 3.7 % of the
 // seed row's forward (perf, Intel Xeon; 0.2 % this way). So each group's rows are first
 // transposed (in L × L tiles) and packed from the copy, where a block's values of one k are
-// contiguous. Blocks of whole vectors (column_mr) are a transpose themselves, block[k][r] =
-// W[i0 + r][k]: their rows are transposed straight into them, in one pass instead of two
+// contiguous. Blocks of whole vectors (the column kernel's, column_mr, and doubles' 8 rows)
+// are a transpose themselves, block[k][r] = W[i0 + r][k]: their rows are transposed
+// straight into them, in one pass instead of two
 // (alone, one thread, AMD EPYC: 4 MiB of weights packed in 120 µs instead of 305, 256 KiB
 // in 5.8 instead of 11.2).
 template <typename T>
@@ -120,8 +121,9 @@ void pack_rows(PackedA<T>& packed, int64_t k0, const T* w, int64_t ld, int64_t n
                 const int64_t i0 = b * mr, m = std::min(mr, packed.rows - i0);
                 T* dst = packed.block(g, b) + k0 * mr;
                 transpose_rect(w + (g * packed.rows + i0) * ld, ld, dst, mr, m, n);
-                for (int64_t k = 0; k < n && m < mr; ++k)  // a last, partial block's zeros
-                    std::fill(dst + k * mr + m, dst + (k + 1) * mr, T(0));
+                if (m < mr)  // a last, partial block's zeros
+                    for (int64_t k = 0; k < n; ++k)
+                        std::fill(dst + k * mr + m, dst + (k + 1) * mr, T(0));
             }
         return;
     }
@@ -589,9 +591,9 @@ inline void spin_pause() {
 // The wait between a loop's steps: each thread of the team returns once every one has
 // arrived. libgomp's `omp barrier` ends each wait with a futex wake, a system call, even
 // where no thread sleeps (on one thread, or two both spinning): one a step. Without them,
-// LSTM 1×128's forward at B 1 took 0.96 of the time at one thread, the seed row's 0.988 at
-// two (AMD EPYC, interleaved). A thread that waits long (another thread descheduled) yields
-// its core instead of spinning on.
+// LSTM 1×128's forward at B 1 took 0.955–0.96 of the time at one thread, the seed row's
+// 0.988 at two (AMD EPYC, interleaved). A thread that waits long (another thread
+// descheduled) yields its core instead of spinning on; OMP_WAIT_POLICY does not apply.
 class StepBarrier {
   public:
     void wait(int64_t team) {

@@ -38,32 +38,6 @@ template <typename T> T row_sum(const T* row, int64_t n) {
     return sum;
 }
 
-// X_g[t] = W_ih X[t]ᵀ, each thread its range of steps, through the step kernels
-// (cpu_gemm.h): W_ih packed once, X[t] laid out feature-major, (I, B), a step at a time;
-// BLAS packed both operands at every step (the GRU's forward, LSTM 3×512's shape: 45 % of
-// the time in BLAS against 34 % in the kernel for the recurrent products' equal FLOPs,
-// perf, Intel Xeon). With one sequence a step at a time would be a matrix-vector product
-// that reads all of W_ih for one column: input_projection_b1 instead.
-template <typename T> void input_projection_b1(const HoistedArgs<T>& a);
-
-template <typename T> void input_projection(const Blas&, const HoistedArgs<T>& a) {
-    const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
-    if (B == 1) return input_projection_b1(a);
-    PackedA<T> w_ih(1, GH, I, pick_mr(GH, I, B, sizeof(T)));
-    pack_in_parallel(I, a.threads,
-                     [&](int64_t k, int64_t n) { pack_rows(w_ih, k, a.w_ih + k, I, n); });
-#pragma omp parallel num_threads(int(a.threads))
-    {
-        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
-        AlignedArray<T> x_fm(I * B);
-        const Rows<T> x_t[1] = {{x_fm.data(), I, B}};
-        for (int64_t t = steps * k / n; t < steps * (k + 1) / n; ++t) {
-            transpose_rect(a.x + t * B * I, I, x_fm.data(), B, B, I);
-            gemm_packed<T>(w_ih, x_t, 1, B, a.xg + t * GH * B, false, Units{0, GH});
-        }
-    }
-}
-
 // X_g at batch 1, all the steps as the columns of one product: W_ih X[0…T−1]ᵀ by the column
 // kernel (cpu_gemm.h), whose tiles store their columns, steps, as X_g's rows: (T, G·H, 1) is
 // (T, G·H). Each thread takes whole tiles of steps, so a step's sums are the same on any
@@ -91,6 +65,30 @@ template <typename T> void input_projection_b1(const HoistedArgs<T>& a) {
                 tile_columns_upto<T, NR, true>(std::min(NR, t1 - col), w_ih.block(0, blk),
                                                x_rows, 1, GH, col, a.xg + blk * MR,
                                                std::min(MR, GH - blk * MR), false);
+    }
+}
+
+// X_g[t] = W_ih X[t]ᵀ, each thread its range of steps, through the step kernels
+// (cpu_gemm.h): W_ih packed once, X[t] laid out feature-major, (I, B), a step at a time;
+// BLAS packed both operands at every step (the GRU's forward, LSTM 3×512's shape: 45 % of
+// the time in BLAS against 34 % in the kernel for the recurrent products' equal FLOPs,
+// perf, Intel Xeon). With one sequence a step at a time would be a matrix-vector product
+// that reads all of W_ih for one column: input_projection_b1 instead.
+template <typename T> void input_projection(const Blas&, const HoistedArgs<T>& a) {
+    const int64_t GH = a.groups * a.hidden, B = a.batch, I = a.input, steps = a.columns / B;
+    if (B == 1) return input_projection_b1(a);
+    PackedA<T> w_ih(1, GH, I, pick_mr(GH, I, B, sizeof(T)));
+    pack_in_parallel(I, a.threads,
+                     [&](int64_t k, int64_t n) { pack_rows(w_ih, k, a.w_ih + k, I, n); });
+#pragma omp parallel num_threads(int(a.threads))
+    {
+        const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+        AlignedArray<T> x_fm(I * B);
+        const Rows<T> x_t[1] = {{x_fm.data(), I, B}};
+        for (int64_t t = steps * k / n; t < steps * (k + 1) / n; ++t) {
+            transpose_rect(a.x + t * B * I, I, x_fm.data(), B, B, I);
+            gemm_packed<T>(w_ih, x_t, 1, B, a.xg + t * GH * B, false, Units{0, GH});
+        }
     }
 }
 

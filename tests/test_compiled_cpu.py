@@ -30,12 +30,12 @@ CONFIGS = [
 
 
 def _run(cell, impl, dtype, options, lengths, hidden=7, recorder=None, batch=4, inputs=5,
-         spoil_input=False):
+         spoil_input=False, steps=6):
     """Forward and backward; ``spoil_input``: the caller overwrites x in between (the
     backward must read the copy of x the driver kept)."""
     m = rnncore.Recurrent(cell, inputs, hidden, impl=impl, dtype=dtype, seed=3, **options)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((6, batch, inputs)).astype(dtype)
+    x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
     out, state = m(x, lengths=lengths)
     if spoil_input:
         x[...] = np.nan
@@ -199,7 +199,8 @@ def test_the_loops_split_over_threads_equal_the_reference_driver(cell, threads, 
     """The loops run on as many threads as NumPy's BLAS is limited to, each taking whole
     blocks of units (batch 16, hidden 25: 3 blocks of 12, 2 + 1 or 1 + 1 + 1; hidden 40: 5 of
     8; batches 5 and 1, blocks of 16 doubles: 2 and 3 blocks, a thread of three with none;
-    at batch 1 the threads split X_g's one product by steps)."""
+    at batch 1 X_g's one product of the 6 steps is one tile, on one of the threads: the
+    next test splits it)."""
     lengths = np.array([6, 2, 5, 1] * 4)[:batch]
     with threadpool_limits(limits=threads, user_api="blas"):
         assert compiled_cpu.numpy_blas().get_num_threads() == threads
@@ -243,6 +244,37 @@ def test_the_threads_shares_move_without_changing_a_bit(cell, batch, hidden):
         np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
     for name in even_grads:
         np.testing.assert_array_equal(even_grads[name], moved_grads[name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_batch_1_input_projection_splits_whole_tiles_of_steps(cell, dtype):
+    """At batch 1 X_g is one product of all the steps (kernels/hoisted.h,
+    input_projection_b1), its tiles of up to 12 steps stored transposed into X_g's rows:
+    27 steps are tiles of 12, 12 and 3 (the last with its second set of sums, and with
+    5 inputs a k left over). Two threads take 1 and 2 tiles, three one each; a step's sums
+    do not depend on the tile it is in, so the forward is the same bit for bit on 1, 2 and
+    3 threads, and equals the reference driver. Hidden 25 and 40: the gates' rows in blocks
+    of 32 floats or 16 doubles, the last one partial."""
+    for hidden in (25, 40):
+        forwards = []
+        for threads in (1, 2, 3):
+            with threadpool_limits(limits=threads, user_api="blas"):
+                m, ours, our_grads = _run(cell, "compiled", dtype, dict(num_layers=2), None,
+                                          hidden=hidden, batch=1, steps=27)
+            states = len(m.cell.state)
+            forwards.append([ours[0], *ours[2:2 + states]])  # the output, the last states
+        for run in forwards[1:]:
+            for k, (a, b) in enumerate(zip(run, forwards[0], strict=True)):
+                np.testing.assert_array_equal(a, b, err_msg=f"hidden {hidden}, output {k}")
+        _, ref, ref_grads = _run(cell, "reference", dtype, dict(num_layers=2), None,
+                                 hidden=hidden, batch=1, steps=27)
+        for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            np.testing.assert_allclose(a, b, err_msg=f"hidden {hidden}, output {k}",
+                                       **TOL[dtype])
+        for name in ref_grads:
+            np.testing.assert_allclose(our_grads[name], ref_grads[name], err_msg=name,
+                                       **TOL[dtype])
 
 
 def test_the_input_projection_joins_the_step_but_at_batch_1():
