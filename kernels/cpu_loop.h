@@ -109,9 +109,8 @@ void transpose_rect(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_
 // transposed (in L × L tiles) and packed from the copy, where a block's values of one k are
 // contiguous. Blocks of whole vectors (the column kernel's, column_mr, and doubles' 8 rows)
 // are a transpose themselves, block[k][r] = W[i0 + r][k]: their rows are transposed
-// straight into them, in one pass instead of two
-// (alone, one thread, AMD EPYC: 4 MiB of weights packed in 120 µs instead of 305, 256 KiB
-// in 5.8 instead of 11.2).
+// straight into them, in one pass instead of two (alone, one thread, AMD EPYC: 4 MiB of
+// weights packed in 120 µs instead of 305, 256 KiB in 5.8 instead of 11.2).
 template <typename T>
 void pack_rows(PackedA<T>& packed, int64_t k0, const T* w, int64_t ld, int64_t n) {
     const int64_t mr = packed.mr;

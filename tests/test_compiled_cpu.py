@@ -74,8 +74,8 @@ def test_equals_the_reference_driver(cell, options, dtype):
 # batches run the kernel with vectors along the rows, in blocks of 32 floats or 16 doubles
 # (every hidden size leaves a partial one; 40 is two blocks of floats, three of doubles):
 # 20 is a tile of 12 columns and one of 8, 3 and 1 take its second set of sums (odd depth 7
-# and 13 leave a k over), and 1 the GRU's input projection as one product of all the steps. At those
-# batches the element loops run flat, a block of units' values as one row (UnitElements,
+# and 13 leave a k over), and 1 the input projection as one product of all the steps. At
+# those batches the element loops run flat, a block of units' values as one row (UnitElements,
 # cpu_loop.h: the biases expanded, the flags repeated, the backward's gradient rows copied
 # into the chunk), and past the row's last whole vector the vector that ends there
 # (for_columns), with lengths and without.
