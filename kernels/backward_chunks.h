@@ -9,6 +9,8 @@
 // finished by the second call. Loop position k is time step t(k) = k, or T − 1 − k for the
 // reverse direction; the loop runs from the segment's last position down to its first.
 #pragma once
+#include <optional>
+
 #include "cpu_loop.h"
 #include "hoisted.h"
 
@@ -34,7 +36,10 @@ template <typename T> struct ChunkedArgs {
 
 template <typename T> class Chunks {
   public:
-    Chunks(const Args<T>& a, const ChunkedArgs<T>& c) : a_(a), c_(c) {}
+    // input_t: W_ihᵀ where the loop computes ∂x (BackwardProducts), else null
+    Chunks(const Args<T>& a, const ChunkedArgs<T>& c, const StepProduct<T>& recurrent_t,
+           const StepProduct<T>* input_t)
+        : a_(a), c_(c), recurrent_t_(recurrent_t), input_t_(input_t) {}
     int64_t step(int64_t k) const { return a_.reverse ? c_.total - 1 - k : k; }
     // where the ∂z chunk holding loop position k starts in Args::grads
     int64_t buffer_offset(int64_t k) const {
@@ -73,6 +78,13 @@ template <typename T> class Chunks {
         return p;
     }
 
+    // the step products of the loop over loop positions [p0, p1)
+    BackwardProducts<T> step_products(int64_t p0, int64_t p1) const {
+        const int64_t t_lo = first_step(p0, p1 - p0);
+        return {recurrent_t_, input_t_,
+                input_t_ ? c_.dx + t_lo * a_.batch * c_.products.input : nullptr};
+    }
+
     // the hoisted products of the chunk at loop positions [c0, …)
     HoistedArgs<T> products(int64_t c0) const {
         const int64_t B = a_.batch, H = a_.hidden, I = c_.products.input, T_ = c_.total;
@@ -81,7 +93,7 @@ template <typename T> class Chunks {
         h.columns = n * B;
         h.stride = c_.chunk * B;
         h.x = c_.x + lo * B * I;
-        h.dx = c_.dx ? c_.dx + lo * B * I : nullptr;
+        h.dx = c_.dx && !input_t_ ? c_.dx + lo * B * I : nullptr;
         h.dxg = a_.grads[0] + buffer_offset(c0);
         h.dhg = a_.grads[1] ? a_.grads[1] + buffer_offset(c0) : nullptr;
         // h_{t−1} of steps lo … hi − 1: h[lo − 1 … hi − 2] (h0 first at lo = 0), or for the
@@ -103,9 +115,12 @@ template <typename T> class Chunks {
   private:
     const Args<T>& a_;
     const ChunkedArgs<T>& c_;
+    const StepProduct<T>& recurrent_t_;
+    const StepProduct<T>* input_t_;
 };
 
-inline std::atomic<int64_t> pipelined_calls{0};  // for the tests
+inline std::atomic<int64_t> pipelined_calls{0};      // for the tests
+inline std::atomic<int64_t> input_grad_step_calls{0};  // segments whose loop computes ∂x
 
 // The pieces of a segment's backward on a team of n threads, with the products of each
 // finished chunk in n fixed shares (weight_grads_share: the same arithmetic as
@@ -120,7 +135,7 @@ inline std::atomic<int64_t> pipelined_calls{0};  // for the tests
 // as on one), while the hoisted GEMMs ran 1.8× as fast.
 template <typename T, typename Loop>
 void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c,
-                      const Chunks<T>& chunks, const StepProduct<T>& recurrent_t, Loop loop) {
+                      const Chunks<T>& chunks, Loop loop) {
     pipelined_calls.fetch_add(1, std::memory_order_relaxed);
     const int64_t n = a.threads, first_chunk = (c.end - 1) / c.chunk;
     const int64_t pieces = first_chunk - c.first / c.chunk + 1;
@@ -151,7 +166,7 @@ void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& 
         const int64_t p0 = std::max(c.first, (first_chunk - i) * c.chunk);
         Args<T> piece = chunks.piece(p0, p1);
         piece.threads = threads;
-        loop(recurrent_t, piece);
+        loop(chunks.step_products(p0, p1), piece);
         if (i < complete) {
             products[i] = chunks.products(p0);
             ready.store(i + 1, std::memory_order_release);
@@ -172,6 +187,18 @@ void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& 
     }
 }
 
+// Whether the loop computes ∂x a step at a time (BackwardProducts): where ∂x is asked
+// for, the loop's d_t is ∂x_g,t (no separate ∂h_g: the LSTM, the RNN) and the batch is 8
+// or more. A step's ∂x reads all of W_ih for B columns; below 8 one BLAS product of a
+// chunk's columns is faster. Forward + backward against that product (AMD EPYC, one
+// process, interleaved; one thread, two): LSTM 3×512 (B 64) 0.984, 0.996; LSTM 1×128
+// (B 32) 0.984, 1.012; B 20 0.988, 0.987; B 8 0.971, 0.936; LSTM 1×512 B 64 0.985,
+// 1.002; B 8 1.007, 0.922; B 4 1.015, 1.025 (LSTM 1×128 B 4: 1.044, 0.998).
+constexpr int64_t JOIN_INPUT_GRAD_MIN_BATCH = 8;
+template <typename T> bool joins_input_grad(const Args<T>& a, const ChunkedArgs<T>& c) {
+    return c.dx && !a.grads[1] && a.batch >= JOIN_INPUT_GRAD_MIN_BATCH;
+}
+
 // The segment's backward: pieces from its last loop position down, each followed, when it
 // completes its chunk, by that chunk's products. The loop's product, ∂h_{t−1} += W_hhᵀ d_t,
 // is packed once for all of them (packed per piece, it was 1.8 % of an LSTM 3×512 forward +
@@ -183,15 +210,18 @@ void pipelined_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& 
 template <typename T, typename Loop>
 void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c, Loop loop) {
     if (c.end <= c.first) return;
-    const Chunks<T> chunks(a, c);
-    const int64_t H = a.hidden;
-    const StepProduct<T> recurrent_t(a.w_hh, true, 1, H, c.products.groups * H, a.batch,
-                                     a.threads);
-    if (a.threads > 1 && c.buffers > 1)
-        return pipelined_chunks(blas, a, c, chunks, recurrent_t, loop);
+    const int64_t H = a.hidden, GH = c.products.groups * H;
+    const StepProduct<T> recurrent_t(a.w_hh, true, 1, H, GH, a.batch, a.threads);
+    std::optional<StepProduct<T>> input_t;
+    if (joins_input_grad(a, c)) {
+        input_grad_step_calls.fetch_add(1, std::memory_order_relaxed);
+        input_t.emplace(c.products.w_ih, true, 1, c.products.input, GH, a.batch, a.threads);
+    }
+    const Chunks<T> chunks(a, c, recurrent_t, input_t ? &*input_t : nullptr);
+    if (a.threads > 1 && c.buffers > 1) return pipelined_chunks(blas, a, c, chunks, loop);
     for (int64_t p1 = c.end; p1 > c.first;) {
         const int64_t p0 = std::max(c.first, (p1 - 1) / c.chunk * c.chunk);
-        loop(recurrent_t, chunks.piece(p0, p1));
+        loop(chunks.step_products(p0, p1), chunks.piece(p0, p1));
         if (p0 % c.chunk == 0) weight_grads<T>(blas, chunks.products(p0));
         p1 = p0;
     }
@@ -200,6 +230,9 @@ void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c
 }  // namespace cpu_loop
 
 extern "C" int64_t cpu_loop_pipelined_calls() { return cpu_loop::pipelined_calls.load(); }
+extern "C" int64_t cpu_loop_input_grad_step_calls() {
+    return cpu_loop::input_grad_step_calls.load();
+}
 
 // A cell's backward export: <name>(blas, segment Args, ChunkedArgs)
 #define RNNCORE_CPU_EXPORT_BACKWARD(name, fn, T)                                          \

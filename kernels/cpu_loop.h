@@ -185,6 +185,7 @@ template <typename T> class StepProduct {
         });
     }
     int64_t block_rows() const { return packed_.mr; }
+    int64_t rows() const { return packed_.groups * packed_.rows; }
     int64_t depth() const { return depth_; }
     // X's row k at x + k·B, X_in's at x_in + k·B
     void operator()(const T* x, T* c, bool accumulate, Units units,
@@ -708,10 +709,33 @@ template <typename T> class StagedRows {
     AlignedArray<T> data_;
 };
 
+// The products of a backward step, W packed once a segment (backward_chunks.h):
+//     ∂h_{t−1} += W_hhᵀ d_t                      (recurrent_t)
+//     ∂x_t      = (W_ihᵀ d_t)ᵀ  into dx's step t  (input_t, where the loop takes it: d_t is
+//                                                 then ∂x_g,t, as in the LSTM and the RNN)
+// ∂x a step at a time joins the packed kernel's product of the step, where d_t is in
+// cache, instead of one BLAS product of a chunk's columns after the loop (hoisted.h).
+template <typename T> struct BackwardProducts {
+    const StepProduct<T>& recurrent_t;
+    const StepProduct<T>* input_t = nullptr;  // null: ∂x is hoisted, or not asked for
+    T* dx = nullptr;                          // (steps, B, I): the piece's steps of ∂x
+};
+
+// A thread's rows of a second product beside its units' of H: `rows` in proportion, in
+// whole blocks of mr, so that the threads' shares follow each other as their units do
+inline Units proportional_rows(Units units, int64_t H, int64_t rows, int64_t mr) {
+    auto at = [&](int64_t u) { return u >= H ? rows : rows * u / H / mr * mr; };
+    return {at(units.lo), at(units.hi)};
+}
+
 template <typename T, typename Elements>
-void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements elements) {
+void backward_steps(const Args<T>& a, const BackwardProducts<T>& products, Elements elements) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
+    const StepProduct<T>& product_t = products.recurrent_t;
+    const StepProduct<T>* input_t = products.input_t;
+    const int64_t I = input_t ? input_t->rows() : 0;
+    AlignedArray<T> dx_fm(I * B);  // ∂x_tᵀ (I, B): each thread its rows
     StagedRows<T> staged(a.grad_stride != B, product_t.depth(), B);
     const int team = int(std::max<int64_t>(1, a.threads));
     const UnitShares shares(H, product_t.block_rows(), team);
@@ -743,6 +767,14 @@ void backward_steps(const Args<T>& a, const StepProduct<T>& product_t, Elements 
             mine = share.units();
             share.start();
             product_t(d, dhp, true, mine);
+            if (input_t) {
+                const Units rows = proportional_rows(mine, H, I, input_t->block_rows());
+                if (rows.hi > rows.lo) {
+                    (*input_t)(d, dx_fm.data(), false, rows);
+                    transpose_rect(dx_fm.data() + rows.lo * B, B, products.dx + t * B * I + rows.lo,
+                                   I, rows.hi - rows.lo, B);
+                }
+            }
         }
     }
 }

@@ -48,13 +48,13 @@ template <typename T> void gru_forward(const Blas&, const Args<T>& a) {
     });
 }
 
-// recurrent_t: W_hhᵀ ∂h_g (backward_chunks.h packs it once for all pieces)
+// products: W_hhᵀ ∂h_g (BackwardProducts; backward_chunks.h packs it once for all pieces)
 template <typename T>
-void gru_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
+void gru_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch, ld = a.grad_stride;
     UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     AlignedArray<T> dx_block(elements.flat() ? 3 * H * B : 0);  // ∂x_g's, where not in place
-    backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t tp, T* dhp,
+    backward_steps<T>(a, products, [&](int64_t, int64_t t, int64_t tp, T* dhp,
                                           auto valid, Units units, T* staging) {
         const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
         const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);

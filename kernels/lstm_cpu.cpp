@@ -127,15 +127,16 @@ void lstm_backward_elements(const Args<T>& a, UnitElements<T, 0>& elements, int6
     });
 }
 
-// recurrent_t: W_hhᵀ ∂z_t (backward_chunks.h packs it once for all pieces)
+// products: W_hhᵀ ∂z_t and, where the loop computes ∂x, W_ihᵀ ∂z_t (BackwardProducts;
+// backward_chunks.h packs them once for all pieces)
 template <typename T>
-void lstm_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
+void lstm_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     // ∂L/∂c of the step being processed and of the one before it: the two dstate buffers,
     // swapped at every step (loop position k)
     auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };
-    backward_steps<T>(a, recurrent_t, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
+    backward_steps<T>(a, products, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
                                           auto valid, Units units, T* staging) {
         const int64_t lo = units.lo * B, n = (units.hi - units.lo) * B;  // its part of a block
         const T* dc = dc_of(k);

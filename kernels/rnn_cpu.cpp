@@ -33,12 +33,13 @@ template <typename T, bool Relu> void rnn_forward(const Blas&, const Args<T>& a)
     });
 }
 
-// recurrent_t: W_hhᵀ ∂a_t (backward_chunks.h packs it once for all pieces)
+// products: W_hhᵀ ∂a_t and, where the loop computes ∂x, W_ihᵀ ∂a_t (BackwardProducts;
+// backward_chunks.h packs them once for all pieces)
 template <typename T, bool Relu>
-void rnn_backward(const StepProduct<T>& recurrent_t, const Args<T>& a) {
+void rnn_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     UnitElements<T, 0> elements(H, B, a.valid != nullptr);
-    backward_steps<T>(a, recurrent_t, [&](int64_t, int64_t t, int64_t, T* dhp,
+    backward_steps<T>(a, products, [&](int64_t, int64_t t, int64_t, T* dhp,
                                           auto valid, Units units, T* staging) {
         const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
         T* dat = a.grads[0] + t * B;  // row j at dat + j·grad_stride

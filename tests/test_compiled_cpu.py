@@ -277,6 +277,48 @@ def test_the_batch_1_input_projection_splits_whole_tiles_of_steps(cell, dtype):
                                        **TOL[dtype])
 
 
+# The cells whose backward step's gradient d_t is ∂x_g,t itself (no separate ∂h_g): their
+# loop computes ∂x_t = (W_ihᵀ d_t)ᵀ a step at a time from batch 8 on (kernels/backward_chunks.h,
+# joins_input_grad). The GRU's ∂h_g is not its ∂x_g: ∂x stays one product of a chunk.
+INPUT_GRAD_IN_LOOP = {"lstm", "rnn_tanh", "rnn_relu"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_loop_computes_the_input_gradient_from_batch_8(cell, dtype):
+    """From batch 8 (the batch kernel at 16, the column kernel at 8 doubles' lanes and 20)
+    each step's ∂x_t is the packed kernel's product W_ihᵀ d_t, every thread its rows of
+    ∂x_t in proportion to its units (hidden 25, input 40: blocks of 12 rows, the last
+    partial, on 1, 2 and 3 threads, a thread of three with none of H's blocks but rows of
+    ∂x_t). A row of ∂x_t is one thread's whole sum, so ∂x is the same bit for bit on any
+    number of threads, and equals the reference driver, in both directions and with
+    lengths; below batch 8 ∂x is the hoisted product."""
+    lib, _ = compiled_cpu.library()
+    lib.cpu_loop_input_grad_step_calls.restype = ctypes.c_int64
+    options = dict(num_layers=2, bidirectional=True)
+    for batch in (16, 20, 8, 5):
+        lengths = np.random.default_rng(batch).integers(1, 7, batch)
+        runs = []
+        for threads in (1, 2, 3):
+            before = lib.cpu_loop_input_grad_step_calls()
+            with threadpool_limits(limits=threads, user_api="blas"):
+                _, ours, our_grads = _run(cell, "compiled", dtype, options, lengths,
+                                          hidden=25, batch=batch, inputs=40)
+            in_loop = lib.cpu_loop_input_grad_step_calls() - before
+            # two directions of the first layer; the second layer's ∂x too
+            assert (in_loop > 0) == (cell in INPUT_GRAD_IN_LOOP and batch >= 8), in_loop
+            runs.append(ours[1])
+        for threads, dx in zip((2, 3), runs[1:]):
+            np.testing.assert_array_equal(dx, runs[0], err_msg=f"B {batch}, {threads} threads")
+        _, ref, ref_grads = _run(cell, "reference", dtype, options, lengths, hidden=25,
+                                 batch=batch, inputs=40)
+        for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            np.testing.assert_allclose(a, b, err_msg=f"B {batch}, output {k}", **TOL[dtype])
+        for name in ref_grads:
+            np.testing.assert_allclose(our_grads[name], ref_grads[name],
+                                       err_msg=f"B {batch}, {name}", **TOL[dtype])
+
+
 def test_the_input_projection_joins_the_step_but_at_batch_1():
     driver = compiled_cpu.CompiledCPU()
     dims = rnncore.cells.Dims(5, 7)
