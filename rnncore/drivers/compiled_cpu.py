@@ -13,8 +13,10 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
   doubles, along W's rows otherwise): BLAS would pack both operands at every step. The
   LSTM also takes W_ih x_t into the step's product, so its forward has no hoisted X_g, but
   at B 1, where X_g is one product of all the steps through the same kernels
-  (``kernels/hoisted.h``). The hoisted weight gradients and ∂x call NumPy's own OpenBLAS
-  (its ``cblas_?gemm``, found in the loaded library);
+  (``kernels/hoisted.h``). Its backward, and the RNN's, likewise takes ∂x_t = (W_ihᵀ d_t)ᵀ
+  into the step's product from B 8 on (``BackwardProducts``). The hoisted weight gradients
+  (and ∂x elsewhere) call NumPy's own OpenBLAS (its ``cblas_?gemm``, found in the loaded
+  library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
   kernels (common.cuh), so no NumPy temporaries and no Python per step; where B is not a
   multiple of the vector's lanes, over a block of units' values as one row instead
@@ -31,7 +33,7 @@ cache) and writes h_t batch-major; the backward starts ∂h_{t−1} from ∂L/�
 Before and after the loop, the hoisted products (``kernels/hoisted.h``, on the same
 threads):
 
-    X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih
+    X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih  (nor this)
     ∂W_ih += ∂X_g X     ∂W_hh += ∂H_g H_prev              ∂b += Σ_columns
 
 a chunk of steps at a time, the backward loop writing ∂X_g and ∂H_g straight into (G·H,
