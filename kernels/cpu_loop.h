@@ -771,8 +771,8 @@ void backward_steps(const Args<T>& a, const BackwardProducts<T>& products, Eleme
                 const Units rows = proportional_rows(mine, H, I, input_t->block_rows());
                 if (rows.hi > rows.lo) {
                     (*input_t)(d, dx_fm.data(), false, rows);
-                    transpose_rect(dx_fm.data() + rows.lo * B, B, products.dx + t * B * I + rows.lo,
-                                   I, rows.hi - rows.lo, B);
+                    transpose_rect(dx_fm.data() + rows.lo * B, B,
+                                   products.dx + t * B * I + rows.lo, I, rows.hi - rows.lo, B);
                 }
             }
         }

@@ -55,7 +55,7 @@ void gru_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     AlignedArray<T> dx_block(elements.flat() ? 3 * H * B : 0);  // ∂x_g's, where not in place
     backward_steps<T>(a, products, [&](int64_t, int64_t t, int64_t tp, T* dhp,
-                                          auto valid, Units units, T* staging) {
+                                       auto valid, Units units, T* staging) {
         const T* hp = tp < 0 ? a.state0[0] : h_block(a, tp);
         const T *rt = block<T>(a.saved[1], t, H, B), *zt = block<T>(a.saved[2], t, H, B);
         const T *nt = block<T>(a.saved[3], t, H, B), *hnt = block<T>(a.saved[4], t, H, B);

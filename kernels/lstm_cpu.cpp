@@ -137,7 +137,7 @@ void lstm_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     // swapped at every step (loop position k)
     auto dc_of = [&](int64_t k) { return a.dstate[(a.steps - 1 - k) % 2]; };
     backward_steps<T>(a, products, [&](int64_t k, int64_t t, int64_t tp, T* dhp,
-                                          auto valid, Units units, T* staging) {
+                                       auto valid, Units units, T* staging) {
         const int64_t lo = units.lo * B, n = (units.hi - units.lo) * B;  // its part of a block
         const T* dc = dc_of(k);
         T* dc_prev = dc_of(k - 1);

@@ -40,7 +40,7 @@ void rnn_backward(const BackwardProducts<T>& products, const Args<T>& a) {
     const int64_t H = a.hidden, B = a.batch;
     UnitElements<T, 0> elements(H, B, a.valid != nullptr);
     backward_steps<T>(a, products, [&](int64_t, int64_t t, int64_t, T* dhp,
-                                          auto valid, Units units, T* staging) {
+                                       auto valid, Units units, T* staging) {
         const T *yt = block<T>(a.saved[1], t, H, B), *dht = block<T>(a.dh, t, H, B);
         T* dat = a.grads[0] + t * B;  // row j at dat + j·grad_stride
         const GradRows<T> da = elements.rows_for(dat, a.grad_stride, staging);
