@@ -1,6 +1,7 @@
 // A segment of a cell's compiled backward, in one call: the time loop (the cell's backward,
 // cpu_loop.h) a piece at a time, and after each complete chunk of ∂z the products hoisted
-// out of it (hoisted.h: ∂W_ih, ∂W_hh, ∂b, ∂x), while the chunk is still in cache.
+// out of it (hoisted.h: ∂W_ih, ∂W_hh, ∂b, and ∂x where the loop does not compute it), while
+// the chunk is still in cache.
 //
 // ∂z is kept for one chunk of loop positions at a time, (rows, chunk·B) with row stride
 // chunk·B, the layout the weight-gradient GEMMs read. Chunk boundaries are fixed loop
@@ -120,7 +121,7 @@ template <typename T> class Chunks {
 };
 
 inline std::atomic<int64_t> pipelined_calls{0};      // for the tests
-inline std::atomic<int64_t> input_grad_step_calls{0};  // segments whose loop computes ∂x
+inline std::atomic<int64_t> input_grad_in_loop_segments{0};  // for the tests
 
 // The pieces of a segment's backward on a team of n threads, with the products of each
 // finished chunk in n fixed shares (weight_grads_share: the same arithmetic as
@@ -200,9 +201,10 @@ template <typename T> bool joins_input_grad(const Args<T>& a, const ChunkedArgs<
 }
 
 // The segment's backward: pieces from its last loop position down, each followed, when it
-// completes its chunk, by that chunk's products. The loop's product, ∂h_{t−1} += W_hhᵀ d_t,
-// is packed once for all of them (packed per piece, it was 1.8 % of an LSTM 3×512 forward +
-// backward at one thread, 3.2 % at two: 27 pieces, one thread packing).
+// completes its chunk, by that chunk's products. The loop's products, ∂h_{t−1} += W_hhᵀ d_t
+// and where it computes ∂x (joins_input_grad) W_ihᵀ d_t, are packed once for all of them
+// (packed per piece, W_hhᵀ was 1.8 % of an LSTM 3×512 forward + backward at one thread,
+// 3.2 % at two: 27 pieces, one thread packing).
 //
 // On several threads (and with more than one ∂z buffer) the two run side by side instead
 // (pipelined_chunks): the loop on one thread, the products of the chunks it has finished on
@@ -214,7 +216,7 @@ void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c
     const StepProduct<T> recurrent_t(a.w_hh, true, 1, H, GH, a.batch, a.threads);
     std::optional<StepProduct<T>> input_t;
     if (joins_input_grad(a, c)) {
-        input_grad_step_calls.fetch_add(1, std::memory_order_relaxed);
+        input_grad_in_loop_segments.fetch_add(1, std::memory_order_relaxed);
         input_t.emplace(c.products.w_ih, true, 1, c.products.input, GH, a.batch, a.threads);
     }
     const Chunks<T> chunks(a, c, recurrent_t, input_t ? &*input_t : nullptr);
@@ -230,8 +232,8 @@ void backward_chunks(const Blas& blas, const Args<T>& a, const ChunkedArgs<T>& c
 }  // namespace cpu_loop
 
 extern "C" int64_t cpu_loop_pipelined_calls() { return cpu_loop::pipelined_calls.load(); }
-extern "C" int64_t cpu_loop_input_grad_step_calls() {
-    return cpu_loop::input_grad_step_calls.load();
+extern "C" int64_t cpu_loop_input_grad_in_loop_segments() {
+    return cpu_loop::input_grad_in_loop_segments.load();
 }
 
 // A cell's backward export: <name>(blas, segment Args, ChunkedArgs)

@@ -678,9 +678,10 @@ void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements ele
 // writing its units' rows of d (GradRows), the gradient of step t's product: in place, at
 // row stride grad_stride, or in `block`, a contiguous (G·H, B) block of the step's
 // (UnitElements::rows_for); once every thread has, it computes its units' rows of
-// ∂h_{t−1} += W_hhᵀ d, which is all its next element step reads. The shares move
-// (UnitShares) only at that barrier, so a product and the element step after it run the
-// same units.
+// ∂h_{t−1} += W_hhᵀ d, which is all its next element step reads, and, where the loop
+// computes ∂x (BackwardProducts), its rows of ∂x_tᵀ = W_ihᵀ d (proportional_rows) into a
+// feature-major (I, B) block, transposed into ∂x's step. The shares move (UnitShares) only
+// at that barrier, so a product and the element step after it run the same units.
 //
 // The packed kernel reads d's rows from a contiguous (G·H, B) block (two, used in turn):
 // each thread first copies its own rows there, from its cache (or, flat, its element loop
@@ -721,8 +722,9 @@ template <typename T> struct BackwardProducts {
     T* dx = nullptr;                          // (steps, B, I): the piece's steps of ∂x
 };
 
-// A thread's rows of a second product beside its units' of H: `rows` in proportion, in
-// whole blocks of mr, so that the threads' shares follow each other as their units do
+// A thread's rows of a second product beside its units of H: `rows` in proportion, each
+// share starting on a block of mr. Units that cover [0, H) between the threads, one after
+// the other, give rows that cover [0, rows) the same way (empty units: no rows).
 inline Units proportional_rows(Units units, int64_t H, int64_t rows, int64_t mr) {
     auto at = [&](int64_t u) { return u >= H ? rows : rows * u / H / mr * mr; };
     return {at(units.lo), at(units.hi)};
@@ -732,13 +734,13 @@ template <typename T, typename Elements>
 void backward_steps(const Args<T>& a, const BackwardProducts<T>& products, Elements elements) {
     const int64_t H = a.hidden, B = a.batch;
     const Order order{a.steps, a.reverse != 0};
-    const StepProduct<T>& product_t = products.recurrent_t;
+    const StepProduct<T>& recurrent_t = products.recurrent_t;
     const StepProduct<T>* input_t = products.input_t;
     const int64_t I = input_t ? input_t->rows() : 0;
     AlignedArray<T> dx_fm(I * B);  // ∂x_tᵀ (I, B): each thread its rows
-    StagedRows<T> staged(a.grad_stride != B, product_t.depth(), B);
+    StagedRows<T> staged(a.grad_stride != B, recurrent_t.depth(), B);
     const int team = int(std::max<int64_t>(1, a.threads));
-    const UnitShares shares(H, product_t.block_rows(), team);
+    const UnitShares shares(H, recurrent_t.block_rows(), team);
     StepBarrier barrier;
 #pragma omp parallel num_threads(team)
     {
@@ -766,7 +768,7 @@ void backward_steps(const Args<T>& a, const BackwardProducts<T>& products, Eleme
             share.rebalance(k);
             mine = share.units();
             share.start();
-            product_t(d, dhp, true, mine);
+            recurrent_t(d, dhp, true, mine);
             if (input_t) {
                 const Units rows = proportional_rows(mine, H, I, input_t->block_rows());
                 if (rows.hi > rows.lo) {

@@ -5,8 +5,8 @@
 //
 // over a chunk of n steps (backward: ∂X_g, ∂H_g are the loops' (G·H, ·, B) grads, n·B
 // columns at row stride `stride`; X, H_prev the chunk's (n·B, ·) rows, batch-major). ∂X
-// only where the backward's loop does not compute it a step at a time (below batch 8, and
-// the GRU's: backward_chunks.h, joins_input_grad).
+// only where the backward's loop does not compute it a step at a time (backward_chunks.h,
+// joins_input_grad).
 //
 // Each thread calls BLAS on its share, with BLAS itself on one thread (the driver sets
 // that): a range of the weight rows, and a range of the n·B columns for ∂X. One pool of

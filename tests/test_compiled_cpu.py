@@ -126,7 +126,7 @@ def test_the_output_and_copy_of_x_written_past_the_cache_equal_the_reference(
                                    **TOL[dtype])
 
 
-CHUNKED_LENGTHS = np.array([6, 2, 5, 1, 3, 6, 4, 2])
+CHUNKED_LENGTHS = np.array([6, 2, 5, 1, 3, 6, 4, 2, 5, 6, 1, 3])
 CHUNKED_OPTIONS = dict(num_layers=2, bidirectional=True, checkpoint_every=4)
 
 
@@ -135,7 +135,8 @@ def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None, impl="co
     """Over ∂z chunks of chunk_steps steps and recompute segments of 4 (pieces starting
     mid-sequence; with 3-step chunks a chunk split over two segments), in both directions,
     on `threads` threads; batch 8 runs the batch kernel and the element loops by unit, 5 the
-    other kernel and the flat loops, whose ∂z rows are copied into the chunk."""
+    other kernel and the flat loops, whose ∂z rows are copied into the chunk; 8 and 12 (the
+    other kernel too) compute ∂x in the loop, 5 after it (joins_input_grad)."""
     monkeypatch.setattr(compiled_cpu, "CHUNK_BYTES", (1, 1 << 30))
     monkeypatch.setattr(compiled_cpu, "CHUNK_MIN_COLUMNS", batch * chunk_steps)
     if buffers is not None:
@@ -146,7 +147,7 @@ def _chunked_run(cell, monkeypatch, chunk_steps, threads, buffers=None, impl="co
     return outs, grads
 
 
-@pytest.mark.parametrize("batch", [8, 5])
+@pytest.mark.parametrize("batch", [8, 5, 12])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("chunk_steps", [2, 3])
 @pytest.mark.parametrize("cell", CELLS)
@@ -166,7 +167,7 @@ def test_the_packed_backward_over_chunks_and_segments_equals_the_reference(
                                    **TOL["float64"])
 
 
-@pytest.mark.parametrize("batch", [8, 5])
+@pytest.mark.parametrize("batch", [8, 5, 12])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("chunk_steps", [1, 2, 3])
 @pytest.mark.parametrize("cell", CELLS)
@@ -286,27 +287,28 @@ INPUT_GRAD_IN_LOOP = {"lstm", "rnn_tanh", "rnn_relu"}
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_loop_computes_the_input_gradient_from_batch_8(cell, dtype):
-    """From batch 8 (the batch kernel at 16, the column kernel at 8 doubles' lanes and 20)
-    each step's ∂x_t is the packed kernel's product W_ihᵀ d_t, every thread its rows of
-    ∂x_t in proportion to its units (hidden 25, input 40: blocks of 12 rows, the last
-    partial, on 1, 2 and 3 threads, a thread of three with none of H's blocks but rows of
-    ∂x_t). A row of ∂x_t is one thread's whole sum, so ∂x is the same bit for bit on any
-    number of threads, and equals the reference driver, in both directions and with
-    lengths; below batch 8 ∂x is the hoisted product."""
+    """From batch 8 on each step's ∂x_t is the packed kernel's product W_ihᵀ d_t (the batch
+    kernel at 16, and at 8 for doubles; the column kernel at 20, and at 8 for floats), each
+    thread its rows of ∂x_t in proportion to its units (hidden 25 at batch 16: units in
+    blocks of 12, 12 + 13 on two threads, 12 + 12 + 1 on three; inputs 40 and, in the second
+    layer, 50, whose last block of rows is partial). A row of ∂x_t is one thread's whole sum,
+    so ∂x is the same bit for bit on 1, 2 and 3 threads, and equals the reference driver, in
+    both directions and with lengths; at batch 5 ∂x is the hoisted product. Over several
+    chunks, segments and the pipelined backward: the chunked tests' batch 12."""
     lib, _ = compiled_cpu.library()
-    lib.cpu_loop_input_grad_step_calls.restype = ctypes.c_int64
+    lib.cpu_loop_input_grad_in_loop_segments.restype = ctypes.c_int64
     options = dict(num_layers=2, bidirectional=True)
     for batch in (16, 20, 8, 5):
         lengths = np.random.default_rng(batch).integers(1, 7, batch)
         runs = []
         for threads in (1, 2, 3):
-            before = lib.cpu_loop_input_grad_step_calls()
+            before = lib.cpu_loop_input_grad_in_loop_segments()
             with threadpool_limits(limits=threads, user_api="blas"):
                 _, ours, our_grads = _run(cell, "compiled", dtype, options, lengths,
                                           hidden=25, batch=batch, inputs=40)
-            in_loop = lib.cpu_loop_input_grad_step_calls() - before
-            # two directions of the first layer; the second layer's ∂x too
-            assert (in_loop > 0) == (cell in INPUT_GRAD_IN_LOOP and batch >= 8), in_loop
+            in_loop = lib.cpu_loop_input_grad_in_loop_segments() - before
+            # a segment for each of the 2 layers' 2 directions, each computing its ∂x
+            assert in_loop == (4 if cell in INPUT_GRAD_IN_LOOP and batch >= 8 else 0)
             runs.append(ours[1])
         for threads, dx in zip((2, 3), runs[1:]):
             np.testing.assert_array_equal(dx, runs[0], err_msg=f"B {batch}, {threads} threads")

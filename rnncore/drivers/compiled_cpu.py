@@ -13,8 +13,9 @@ the element loops vectorise, with glibc's vector expf/tanhf), which
   doubles, along W's rows otherwise): BLAS would pack both operands at every step. The
   LSTM also takes W_ih x_t into the step's product, so its forward has no hoisted X_g, but
   at B 1, where X_g is one product of all the steps through the same kernels
-  (``kernels/hoisted.h``). Its backward, and the RNN's, likewise takes ∂x_t = (W_ihᵀ d_t)ᵀ
-  into the step's product from B 8 on (``BackwardProducts``). The hoisted weight gradients
+  (``kernels/hoisted.h``). Its backward, and the RNN's, likewise computes ∂x_t = (W_ihᵀ d_t)ᵀ
+  beside the step's product but at small batches (``BackwardProducts``,
+  ``joins_input_grad``). The hoisted weight gradients
   (and ∂x elsewhere) call NumPy's own OpenBLAS (its ``cblas_?gemm``, found in the loaded
   library);
 - runs the pointwise step as plain loops over b, with the helper functions of the CUDA
@@ -33,7 +34,7 @@ cache) and writes h_t batch-major; the backward starts ∂h_{t−1} from ∂L/�
 Before and after the loop, the hoisted products (``kernels/hoisted.h``, on the same
 threads):
 
-    X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih  (nor this)
+    X_g[t] = W_ih X[t]ᵀ  (cells that do not join it)     ∂X = ∂X_gᵀ W_ih  (where the loop does not)
     ∂W_ih += ∂X_g X     ∂W_hh += ∂H_g H_prev              ∂b += Σ_columns
 
 a chunk of steps at a time, the backward loop writing ∂X_g and ∂H_g straight into (G·H,
@@ -464,8 +465,8 @@ class CompiledCPU:
         rest = [aligned_copy(d.T) for d in dstate[1:]]
         history = _POOL.empty((T, H, B), dt) if record is not None and loop.history else None
         # ∂z is kept for a chunk of steps at a time (a few, ZBUFFERS, on several threads):
-        # its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b, ∂x) run as soon as the backward has passed the
-        # chunk (kernels/backward_chunks.h).
+        # its hoisted GEMMs (∂W_ih, ∂W_hh, ∂b; ∂x where the loop does not compute it) run as
+        # soon as the backward has passed the chunk (kernels/backward_chunks.h).
         # The chunk length is a fixed function of the shapes (CHUNK_BYTES, CHUNK_SHARE; at
         # least 512 columns: 2-step chunks measured 10 % slower), so the arithmetic does
         # not depend on checkpoint_every.
