@@ -120,8 +120,9 @@ template <typename T> class Chunks {
     const StepProduct<T>* input_t_;
 };
 
-inline std::atomic<int64_t> pipelined_calls{0};      // for the tests
-inline std::atomic<int64_t> input_grad_in_loop_segments{0};  // for the tests
+// for the tests
+inline std::atomic<int64_t> pipelined_calls{0};
+inline std::atomic<int64_t> input_grad_in_loop_segments{0};
 
 // The pieces of a segment's backward on a team of n threads, with the products of each
 // finished chunk in n fixed shares (weight_grads_share: the same arithmetic as

@@ -626,11 +626,11 @@ class StepBarrier {
 //
 // With the input joined to the product (Args::x), x_t is laid out feature-major, (I, B):
 // each thread lays out all of x_{t+1} in a block of its own after its product of step t
-// (and copies its share of x_{t+1}'s inputs to Args::x_copy). Laid out a share each into one
-// block, x_t's rows reached the other threads' products from another core's cache, after
-// the barrier: the forward at two threads took 0.971–0.977 of the time this way at LSTM
-// 1×128, 0.955–0.957 for the seed row, 0.948 and 0.957 at B 20 and 24 (AMD EPYC,
-// interleaved); one thread and LSTM 3×512 level.
+// (and copies its share of x_{t+1}'s inputs to Args::x_copy). When each thread laid out a
+// share into one block, half of x_t reached each thread's product from the other core's
+// cache after the barrier; a block each took the forward at two threads to 0.971–0.977 of
+// that time at LSTM 1×128, 0.955–0.957 for the seed row, 0.948 and 0.957 at B 20 and 24
+// (AMD EPYC, interleaved); one thread and LSTM 3×512 level.
 template <typename T, typename Elements>
 void forward_steps(const Args<T>& a, const StepProduct<T>& product, Elements elements) {
     const int64_t H = a.hidden, B = a.batch, I = a.input;
